@@ -1,0 +1,255 @@
+package smolvm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+
+	"github.com/smolvm/smolvm/image"
+	"github.com/smolvm/smolvm/internal/disk"
+	"github.com/smolvm/smolvm/internal/guest"
+	"github.com/smolvm/smolvm/internal/initramfs"
+	"github.com/smolvm/smolvm/internal/network"
+	"github.com/smolvm/smolvm/internal/store"
+	"golang.org/x/crypto/ssh"
+)
+
+var lookPath = exec.LookPath
+
+// New creates an auto-configured VM from the default image: 1 vCPU,
+// 512 MiB memory, 512 MiB disk, unless options say otherwise. The VM is
+// created, not started; call Start.
+func New(ctx context.Context, opts ...Option) (*VM, error) {
+	return NewFromConfig(ctx, VMConfig{}, opts...)
+}
+
+// Start creates a VM as New does and starts it: one call to an SSH-ready
+// VM. On failure nothing is left behind.
+func Start(ctx context.Context, opts ...Option) (*VM, error) {
+	vm, err := New(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if err := vm.Start(ctx); err != nil {
+		vm.Delete(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	return vm, nil
+}
+
+// NewFromConfig creates a VM from cfg. Bad settings are rejected with an
+// error matching ErrInvalid before anything is created; a failure later
+// removes whatever this call had made.
+func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, err error) {
+	s := newSettings(opts)
+	if s.config != nil {
+		s.config(&cfg)
+	}
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, opError("create", cfg.ID, err)
+	}
+	mode, err := resolveNetwork(s.network)
+	if err != nil {
+		return nil, opError("create", cfg.ID, err)
+	}
+	pool, err := resolvePool(s.subnet)
+	if err != nil {
+		return nil, opError("create", cfg.ID, err)
+	}
+	if cfg.ID == "" {
+		cfg.ID = randomID()
+	}
+	backend, err := newBackend()
+	if err != nil {
+		return nil, opError("create", cfg.ID, err)
+	}
+	kernel, initrd, rootfs, bootArgs, err := resolveBoot(ctx, s, cfg)
+	if err != nil {
+		return nil, opError("create", cfg.ID, err)
+	}
+
+	st, err := openStore(ctx, s)
+	if err != nil {
+		return nil, opError("create", cfg.ID, err)
+	}
+	v := &VM{s: s, st: st, id: cfg.ID, paths: newPaths(s.home, cfg.ID), owned: true}
+	var undo undoStack
+	defer func() {
+		if err != nil {
+			undo.run(v.log())
+			st.Close()
+			err = opError("create", cfg.ID, err)
+		}
+	}()
+
+	cfgJSON, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.CreateVM(ctx, store.VM{ID: cfg.ID, State: string(StateCreated), Config: cfgJSON}); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			return nil, fmt.Errorf("%w: pick another id, or reconnect with FromID", ErrAlreadyExists)
+		}
+		return nil, err
+	}
+	undo.push("state row", func() error { return st.DeleteVM(context.WithoutCancel(ctx), cfg.ID) })
+
+	// A directory without a row is debris of a crashed earlier create.
+	os.RemoveAll(v.paths.dir)
+	if err := os.MkdirAll(v.paths.dir, 0o700); err != nil {
+		return nil, err
+	}
+	undo.push("data dir", func() error { return os.RemoveAll(v.paths.dir) })
+
+	rt := runtimeRecord{Kernel: kernel, BootArgs: bootArgs, Initrd: v.paths.initrd(), Backend: backend.Name()}
+	if mode == NetworkTAP {
+		idx, err := st.LeaseIP(ctx, cfg.ID, pool.Size())
+		if err != nil {
+			return nil, err
+		}
+		host, guestIP, err := pool.Addrs(idx)
+		if err != nil {
+			return nil, err
+		}
+		rt.Network = NetworkInfo{
+			Mode: NetworkTAP, TAP: network.TAPName(cfg.ID), HostIP: host.String(),
+			GuestIP: guestIP.String(), Gateway: host.Addr().String(),
+			SSHAddr: guestIP.Addr().String() + ":22",
+		}
+	} else {
+		rt.Network = NetworkInfo{
+			Mode: NetworkUser, GuestIP: network.UserGuestIP.String(), Gateway: network.UserGateway.String(),
+			Note: "user-mode networking (not root): the guest is reached through forwarded ports on 127.0.0.1",
+		}
+	}
+
+	v.log().Debug("create: disk", "from", rootfs, "mib", cfg.DiskMiB)
+	if err := disk.Clone(rootfs, v.paths.disk()); err != nil {
+		return nil, err
+	}
+	if err := disk.Grow(ctx, v.paths.disk(), cfg.DiskMiB); err != nil {
+		return nil, err
+	}
+	if err := v.writeKeys(initrd, cfg.Env); err != nil {
+		return nil, err
+	}
+	if err := v.update(ctx, func(_ *store.VM, r *runtimeRecord) error { *r = rt; return nil }); err != nil {
+		return nil, err
+	}
+	v.log().Info("created", "network", mode, "ip", rt.Network.GuestIP)
+	return v, nil
+}
+
+// writeKeys makes the VM's SSH keys and its own initramfs, which carries
+// the guest's host key, the key the host logs in with, and the env.
+func (v *VM) writeKeys(baseInitrd string, env map[string]string) error {
+	hostSigner, hostPEM, err := guest.GenerateKey()
+	if err != nil {
+		return err
+	}
+	clientSigner, clientPEM, err := guest.GenerateKey()
+	if err != nil {
+		return err
+	}
+	authKey := ssh.MarshalAuthorizedKey(clientSigner.PublicKey())
+	files := map[string][]byte{
+		v.paths.hostKey():      hostPEM,
+		v.paths.hostKeyPub():   ssh.MarshalAuthorizedKey(hostSigner.PublicKey()),
+		v.paths.clientKey():    clientPEM,
+		v.paths.clientKeyPub(): authKey,
+	}
+	for path, data := range files {
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			return err
+		}
+	}
+	envJSON, err := json.Marshal(env)
+	if err != nil {
+		return err
+	}
+	return initramfs.Append(baseInitrd, v.paths.initrd(), []initramfs.File{
+		{Name: initramfs.HostKeyFile, Mode: 0o600, Data: hostPEM},
+		{Name: initramfs.AuthorizedKeysFile, Mode: 0o600, Data: authKey},
+		{Name: initramfs.EnvFile, Mode: 0o600, Data: envJSON},
+	})
+}
+
+// resolveBoot finds the kernel, agent initramfs, root filesystem and boot
+// args for cfg, building the default image on first use.
+func resolveBoot(ctx context.Context, s settings, cfg VMConfig) (kernel, initrd, rootfs, bootArgs string, err error) {
+	b := &image.Builder{CacheDir: s.home, Agent: s.agent, AlpineSource: s.alpineSource, Progress: s.progress, Logger: s.logger}
+	bootArgs = cfg.BootArgs
+	if bootArgs == "" {
+		bootArgs = image.SSHBootArgs
+	}
+	if cfg.KernelPath != "" {
+		b.Kernel = cfg.KernelPath
+		kernel, initrd = cfg.KernelPath, cfg.InitrdPath
+		if initrd == "" {
+			if _, initrd, err = b.Boot(ctx); err != nil {
+				return
+			}
+		}
+		return kernel, initrd, cfg.RootfsPath, bootArgs, nil
+	}
+	var img *image.Image
+	if cfg.Image != "" {
+		img, err = b.Get(cfg.Image)
+		if err == nil {
+			img.Kernel, img.Initrd, err = b.Boot(ctx)
+		}
+		if errors.Is(err, image.ErrNotFound) {
+			err = &ValidationError{Field: "image", Value: fmt.Sprintf("%q", cfg.Image), Reason: "no such image; build it first"}
+		}
+	} else {
+		img, err = b.Default(ctx)
+	}
+	if err != nil {
+		return
+	}
+	if cfg.BootArgs == "" {
+		bootArgs = img.BootArgs
+	}
+	return img.Kernel, img.Initrd, img.Rootfs, bootArgs, nil
+}
+
+func resolveNetwork(mode string) (string, error) {
+	switch mode {
+	case NetworkAuto:
+		if network.CanUseTAP() {
+			return NetworkTAP, nil
+		}
+		return NetworkUser, nil
+	case NetworkTAP:
+		if !network.CanUseTAP() {
+			return "", &ValidationError{Field: "network", Value: mode, Reason: "TAP networking needs root and /dev/net/tun; use user networking"}
+		}
+		return NetworkTAP, nil
+	case NetworkUser:
+		return NetworkUser, nil
+	}
+	return "", &ValidationError{Field: "network", Value: fmt.Sprintf("%q", mode), Reason: "use auto, tap or user"}
+}
+
+func resolvePool(subnet string) (network.Pool, error) {
+	if subnet == "" {
+		return network.Pool{Prefix: network.DefaultPool}, nil
+	}
+	p, err := network.ParsePool(subnet)
+	if err != nil {
+		return p, &ValidationError{Field: "subnet (SMOLVM_SUBNET)", Value: subnet, Reason: err.Error()}
+	}
+	return p, nil
+}
+
+func randomID() string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return "vm-" + hex.EncodeToString(b)
+}

@@ -1,0 +1,165 @@
+package smolvm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"maps"
+	"time"
+
+	"github.com/smolvm/smolvm/internal/guest"
+)
+
+// CommandResult is the outcome of a command that ran to completion. A
+// non-zero exit code is a result, not an error.
+type CommandResult struct {
+	Stdout   string `json:"stdout"`
+	Stderr   string `json:"stderr"`
+	ExitCode int    `json:"exit_code"`
+}
+
+// OK reports whether the command exited with status 0.
+func (r *CommandResult) OK() bool { return r.ExitCode == 0 }
+
+// Output returns stdout, or stderr when stdout is empty, for quick checks.
+func (r *CommandResult) Output() string {
+	if r.Stdout == "" {
+		return r.Stderr
+	}
+	return r.Stdout
+}
+
+// RunOption adjusts one command.
+type RunOption func(*ExecOptions)
+
+// WithTimeout bounds the command; past it the command is killed in the
+// guest and Run returns a *TimeoutError.
+func WithTimeout(d time.Duration) RunOption { return func(o *ExecOptions) { o.Timeout = d } }
+
+// WithRunEnv sets variables for this command only.
+func WithRunEnv(env map[string]string) RunOption {
+	return func(o *ExecOptions) {
+		if o.Env == nil {
+			o.Env = map[string]string{}
+		}
+		maps.Copy(o.Env, env)
+	}
+}
+
+// WithStdin feeds r to the command's standard input.
+func WithStdin(r io.Reader) RunOption { return func(o *ExecOptions) { o.Stdin = r } }
+
+// ExecOptions configures a streaming command.
+type ExecOptions struct {
+	Stdin   io.Reader
+	Stdout  io.Writer
+	Stderr  io.Writer
+	Env     map[string]string
+	Timeout time.Duration
+	// TTY runs the command on a pseudo-terminal (stdout and stderr merge).
+	TTY bool
+}
+
+// Run runs cmd with the guest's shell and returns its output and exit code.
+func (v *VM) Run(ctx context.Context, cmd string, opts ...RunOption) (*CommandResult, error) {
+	var o ExecOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	var stdout, stderr bytes.Buffer
+	o.Stdout, o.Stderr = &stdout, &stderr
+	code, err := v.Exec(ctx, cmd, o)
+	if err != nil {
+		return nil, err
+	}
+	return &CommandResult{Stdout: stdout.String(), Stderr: stderr.String(), ExitCode: code}, nil
+}
+
+// Exec runs cmd streaming its input and output, and returns its exit code.
+func (v *VM) Exec(ctx context.Context, cmd string, o ExecOptions) (int, error) {
+	if o.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.Timeout)
+		defer cancel()
+	}
+	c, err := v.conn(ctx)
+	if err != nil {
+		return -1, opError("run", v.id, err)
+	}
+	code, err := c.Exec(ctx, guest.ExecRequest{
+		Command: cmd, Env: o.Env, Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr, PTY: o.TTY,
+	})
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return -1, &TimeoutError{Op: "run", VM: v.id, Timeout: o.Timeout, Detail: "command killed: " + cmd}
+		}
+		v.dropClientOnError(c)
+		return -1, opError("run", v.id, err)
+	}
+	return code, nil
+}
+
+// Shell runs an interactive login shell on a pseudo-terminal.
+func (v *VM) Shell(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer, term string, width, height int, resize <-chan [2]int) (int, error) {
+	c, err := v.conn(ctx)
+	if err != nil {
+		return -1, opError("shell", v.id, err)
+	}
+	code, err := c.Shell(ctx, stdin, stdout, stderr, term, width, height, resize)
+	return code, opError("shell", v.id, err)
+}
+
+// dropClientOnError forgets a connection that failed, so the next call
+// dials again (after a guest restart, say).
+func (v *VM) dropClientOnError(c *guest.Client) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.client == c {
+		v.dropClient()
+	}
+}
+
+// CanRunCommands reports whether a command can run now.
+func (v *VM) CanRunCommands(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	res, err := v.Run(ctx, "true")
+	return err == nil && res.OK()
+}
+
+// SetEnv sets persistent environment variables in the running guest; every
+// later command sees them, also after a restart.
+func (v *VM) SetEnv(ctx context.Context, vars map[string]string) (map[string]string, error) {
+	for k := range vars {
+		if !envPattern.MatchString(k) {
+			return nil, opError("setenv", v.id, &ValidationError{Field: "env name", Value: k, Reason: "use letters, digits and '_', not starting with a digit"})
+		}
+	}
+	c, err := v.conn(ctx)
+	if err != nil {
+		return nil, opError("setenv", v.id, err)
+	}
+	env, err := c.SetEnv(ctx, vars)
+	return env, opError("setenv", v.id, err)
+}
+
+// UnsetEnv removes persistent environment variables from the guest.
+func (v *VM) UnsetEnv(ctx context.Context, keys ...string) (map[string]string, error) {
+	c, err := v.conn(ctx)
+	if err != nil {
+		return nil, opError("unsetenv", v.id, err)
+	}
+	env, err := c.UnsetEnv(ctx, keys...)
+	return env, opError("unsetenv", v.id, err)
+}
+
+// Env returns the guest's persistent environment variables.
+func (v *VM) Env(ctx context.Context) (map[string]string, error) {
+	c, err := v.conn(ctx)
+	if err != nil {
+		return nil, opError("env", v.id, err)
+	}
+	env, err := c.Env(ctx)
+	return env, opError("env", v.id, err)
+}

@@ -1,0 +1,317 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Where the boot step leaves what the SSH server reads. /run is a tmpfs, so
+// the host key never touches the guest's disk.
+const (
+	runDir             = "/run/smolvm"
+	runHostKey         = runDir + "/host_key"
+	runAuthorizedKeys  = runDir + "/authorized_keys"
+	persistentEnvFile  = "/etc/smolvm/env.json"
+	serveArg0          = "smolvm-agent-serve"
+	initramfsRoot      = "/"
+	initramfsHostKey   = "/smolvm/host_key"
+	initramfsAuthKeys  = "/smolvm/authorized_keys"
+	initramfsEnv       = "/smolvm/env.json"
+	initramfsModOrder  = "/lib/modules/smolvm/order"
+	initramfsModDir    = "/lib/modules/smolvm"
+	rootDeviceWaitTime = 10 * time.Second
+)
+
+// Main runs the agent when this process is a guest's init or the SSH server
+// child, and reports whether it did (it then never returns). The CLI calls
+// it first, so one binary is both the host tool and the guest agent.
+func Main() bool {
+	switch {
+	case os.Getpid() == 1 || filepath.Base(os.Args[0]) == "smolvm-init":
+		if err := Init(); err != nil {
+			console("smolvm-init: %v", err)
+		}
+		powerOff()
+		return true
+	case os.Args[0] == serveArg0:
+		if err := serveMain(); err != nil {
+			console("smolvm-agent: %v", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	return false
+}
+
+// Init boots the guest from the initramfs: modules, root filesystem, switch
+// to it, network, then runs the SSH server as a child and reaps orphans
+// forever.
+func Init() error {
+	start := time.Now()
+	for _, m := range []struct{ src, dst, typ string }{
+		{"devtmpfs", "/dev", "devtmpfs"},
+		{"proc", "/proc", "proc"},
+		{"sysfs", "/sys", "sysfs"},
+	} {
+		os.MkdirAll(m.dst, 0o755)
+		if err := unix.Mount(m.src, m.dst, m.typ, unix.MS_NOSUID, ""); err != nil && !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("mount %s: %w", m.dst, err)
+		}
+	}
+	cmdline, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return err
+	}
+	cfg, err := ParseCmdline(string(cmdline))
+	if err != nil {
+		return err
+	}
+	step := func(name string) {
+		if cfg.Debug {
+			console("smolvm-init: %s at %v", name, time.Since(start).Round(time.Millisecond))
+		}
+	}
+	if err := loadModules(); err != nil {
+		return err
+	}
+	step("modules loaded")
+	// Read the per-VM files before the initramfs goes out of sight.
+	hostKey, _ := os.ReadFile(initramfsHostKey)
+	authKeys, _ := os.ReadFile(initramfsAuthKeys)
+	envJSON, _ := os.ReadFile(initramfsEnv)
+
+	if err := mountRoot(cfg); err != nil {
+		return err
+	}
+	step("root mounted")
+	if err := switchRoot("/newroot"); err != nil {
+		return err
+	}
+	if err := mountSystem(); err != nil {
+		return err
+	}
+	if err := writeRunFiles(hostKey, authKeys); err != nil {
+		return err
+	}
+	if len(envJSON) > 0 {
+		if err := mergeEnv(persistentEnvFile, envJSON); err != nil {
+			console("smolvm-init: env: %v", err)
+		}
+	}
+	if cfg.Hostname != "" {
+		unix.Sethostname([]byte(cfg.Hostname))
+	}
+	if err := configureNetwork(cfg); err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	step("network up")
+	return superviseServer()
+}
+
+func loadModules() error {
+	order, err := os.ReadFile(initramfsModOrder)
+	if err != nil {
+		return nil // a kernel with the drivers built in
+	}
+	for _, name := range strings.Fields(string(order)) {
+		f, err := os.Open(filepath.Join(initramfsModDir, name))
+		if err != nil {
+			return fmt.Errorf("module %s: %w", name, err)
+		}
+		err = unix.FinitModule(int(f.Fd()), "", 0)
+		f.Close()
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("load module %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func mountRoot(cfg BootConfig) error {
+	deadline := time.Now().Add(rootDeviceWaitTime)
+	for {
+		if _, err := os.Stat(cfg.Root); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("root device %s did not appear within %v", cfg.Root, rootDeviceWaitTime)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	os.MkdirAll("/newroot", 0o755)
+	if err := unix.Mount(cfg.Root, "/newroot", cfg.RootType, unix.MS_NOATIME, ""); err != nil {
+		return fmt.Errorf("mount root %s (%s): %w", cfg.Root, cfg.RootType, err)
+	}
+	return nil
+}
+
+// switchRoot makes newRoot the root, as switch_root(8) does, carrying the
+// virtual filesystems along. The initramfs stays underneath: the running
+// agent is its /init and the SSH server child is started from it.
+func switchRoot(newRoot string) error {
+	for _, d := range []string{"/dev", "/proc", "/sys"} {
+		dst := newRoot + d
+		os.MkdirAll(dst, 0o755)
+		if err := unix.Mount(d, dst, "", unix.MS_MOVE, ""); err != nil {
+			return fmt.Errorf("move %s: %w", d, err)
+		}
+	}
+	if err := unix.Chdir(newRoot); err != nil {
+		return err
+	}
+	if err := unix.Mount(newRoot, "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("move root: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return err
+	}
+	return unix.Chdir("/")
+}
+
+func mountSystem() error {
+	for _, m := range []struct{ src, dst, typ, opts string }{
+		{"devpts", "/dev/pts", "devpts", "gid=5,mode=0620,ptmxmode=0666"},
+		{"shm", "/dev/shm", "tmpfs", "mode=1777"},
+		{"run", "/run", "tmpfs", "mode=0755"},
+	} {
+		os.MkdirAll(m.dst, 0o755)
+		if err := unix.Mount(m.src, m.dst, m.typ, unix.MS_NOSUID|unix.MS_NODEV, m.opts); err != nil {
+			return fmt.Errorf("mount %s: %w", m.dst, err)
+		}
+	}
+	return nil
+}
+
+func writeRunFiles(hostKey, authKeys []byte) error {
+	if len(hostKey) == 0 {
+		return errors.New("no SSH host key in the initramfs: the host must append the per-VM archive")
+	}
+	if err := os.MkdirAll(runDir, 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(runHostKey, hostKey, 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(runAuthorizedKeys, authKeys, 0o600)
+}
+
+// mergeEnv adds the variables the VM was configured with to the persistent
+// set, so they survive restarts and SetEnv changes made since stay too.
+func mergeEnv(path string, envJSON []byte) error {
+	var add map[string]string
+	if err := json.Unmarshal(envJSON, &add); err != nil {
+		return err
+	}
+	cur := map[string]string{}
+	if b, err := os.ReadFile(path); err == nil {
+		json.Unmarshal(b, &cur)
+	}
+	for k, v := range add {
+		cur[k] = v
+	}
+	b, err := json.Marshal(cur)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// superviseServer runs the SSH server as a child and reaps every process
+// that ends up orphaned under PID 1. The server lives in its own process so
+// that its exec.Cmd.Wait calls never race this reaper for exit statuses.
+func superviseServer() error {
+	for {
+		cmd := &exec.Cmd{Path: "/proc/self/exe", Args: []string{serveArg0}, Stdout: os.Stdout, Stderr: os.Stderr}
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("start SSH server: %w", err)
+		}
+		for {
+			var ws unix.WaitStatus
+			pid, err := unix.Wait4(-1, &ws, 0, nil)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if err != nil || pid == cmd.Process.Pid {
+				console("smolvm-init: SSH server exited (%v, status %v); restarting", err, ws)
+				time.Sleep(100 * time.Millisecond)
+				break
+			}
+		}
+	}
+}
+
+func serveMain() error {
+	keyPEM, err := os.ReadFile(runHostKey)
+	if err != nil {
+		return err
+	}
+	authKeys, err := os.ReadFile(runAuthorizedKeys)
+	if err != nil {
+		return err
+	}
+	srv, err := newServerFromFiles(keyPEM, authKeys)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", ":22")
+	if err != nil {
+		return err
+	}
+	console("smolvm-agent: ready")
+	return srv.Serve(context.Background(), ln)
+}
+
+// powerOff stops every process, flushes the disk and turns the VM off. QEMU
+// runs with -no-reboot, so a reset ends it too if power-off is refused.
+func powerOff() {
+	unix.Kill(-1, unix.SIGTERM)
+	deadline := time.Now().Add(500 * time.Millisecond)
+	for time.Now().Before(deadline) && othersAlive() {
+		time.Sleep(20 * time.Millisecond)
+	}
+	unix.Kill(-1, unix.SIGKILL)
+	unix.Sync()
+	unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_RDONLY, "")
+	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+	select {}
+}
+
+// othersAlive reports whether any process other than this one and the
+// kernel's threads still runs.
+func othersAlive() bool {
+	ents, _ := os.ReadDir("/proc")
+	self := os.Getpid()
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil || pid == self || pid == 1 {
+			continue
+		}
+		if b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && len(bytes.TrimSpace(b)) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func console(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, format+"\n", args...)
+}

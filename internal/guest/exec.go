@@ -1,0 +1,305 @@
+package guest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// ExecRequest describes one command to run in the guest.
+type ExecRequest struct {
+	// Command is run by the guest's shell as `SHELL -c Command`.
+	Command string
+	// Env adds to the guest's environment (persistent variables included)
+	// and overrides it.
+	Env map[string]string
+	// Stdin feeds the command; nil gives it immediate EOF. Exec does not
+	// wait for a blocked Stdin.Read to return, but reads no more after it.
+	Stdin io.Reader
+	// Stdout and Stderr receive the command's output; nil discards it. With
+	// PTY both streams arrive merged on Stdout. Neither is written to after
+	// Exec returns.
+	Stdout, Stderr io.Writer
+	// PTY runs the command on a pseudo-terminal (TERM from Env, else xterm).
+	PTY bool
+}
+
+// Exec runs req.Command and returns its exit code; a non-zero exit is not an
+// error. A command killed by a signal yields 128+signum. When ctx is done
+// the command's process group is sent SIGKILL, the session is closed and
+// the error wraps ctx.Err().
+func (c *Client) Exec(ctx context.Context, req ExecRequest) (int, error) {
+	spec := runSpec{
+		request: "exec",
+		arg:     req.Command,
+		env:     req.Env,
+		stdin:   req.Stdin,
+		stdout:  req.Stdout,
+		stderr:  req.Stderr,
+	}
+	if req.PTY {
+		term := req.Env["TERM"]
+		if term == "" {
+			term = "xterm"
+		}
+		spec.pty = &ptySpec{term: term, cols: 80, rows: 24}
+	}
+	code, err := c.run(ctx, spec)
+	if err != nil {
+		return code, fmt.Errorf("guest: exec: %w", err)
+	}
+	return code, nil
+}
+
+// Shell runs root's interactive login shell on a pseudo-terminal of the
+// given size and TERM. Sizes received on resize are [width, height] in
+// cells. It returns the shell's exit code, like Exec.
+func (c *Client) Shell(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer, term string, width, height int, resize <-chan [2]int) (int, error) {
+	code, err := c.run(ctx, runSpec{
+		request: "shell",
+		stdin:   stdin,
+		stdout:  stdout,
+		stderr:  stderr,
+		pty:     &ptySpec{term: term, cols: width, rows: height},
+		resize:  resize,
+	})
+	if err != nil {
+		return code, fmt.Errorf("guest: shell: %w", err)
+	}
+	return code, nil
+}
+
+// runSpec is one session: the request that starts it and its plumbing.
+type runSpec struct {
+	request        string // "exec", "shell" or "subsystem"
+	arg            string // command or subsystem name
+	env            map[string]string
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	pty            *ptySpec
+	resize         <-chan [2]int
+}
+
+type ptySpec struct {
+	term       string
+	cols, rows int
+}
+
+// run opens a session channel and runs spec on it. Only the channel open
+// and the start request wait for the guest: env and pty-req are sent
+// without asking for a reply, and the guest handles a channel's requests
+// in order, so a failed one would still fail the start request.
+func (c *Client) run(ctx context.Context, spec runSpec) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return -1, err
+	}
+	ch, reqs, err := c.ssh.OpenChannel("session", nil)
+	if err != nil {
+		return -1, fmt.Errorf("open session: %w", err)
+	}
+	exited := make(chan exitInfo, 1)
+	go func() { exited <- collectExit(reqs) }()
+
+	for _, k := range slices.Sorted(maps.Keys(spec.env)) {
+		payload := ssh.Marshal(struct{ Name, Value string }{k, spec.env[k]})
+		if _, err := ch.SendRequest("env", false, payload); err != nil {
+			ch.Close()
+			return -1, fmt.Errorf("send env: %w", err)
+		}
+	}
+	if p := spec.pty; p != nil {
+		payload := ssh.Marshal(struct {
+			Term                 string
+			Cols, Rows, PxW, PxH uint32
+			Modes                string
+		}{Term: p.term, Cols: uint32(max(p.cols, 0)), Rows: uint32(max(p.rows, 0)), Modes: "\x00"})
+		if _, err := ch.SendRequest("pty-req", false, payload); err != nil {
+			ch.Close()
+			return -1, fmt.Errorf("send pty-req: %w", err)
+		}
+	}
+	var payload []byte
+	if spec.request != "shell" {
+		payload = ssh.Marshal(struct{ S string }{spec.arg})
+	}
+	ok, err := ch.SendRequest(spec.request, true, payload)
+	if err == nil && !ok {
+		err = fmt.Errorf("guest refused %s request", spec.request)
+	}
+	if err != nil {
+		ch.Close()
+		return -1, err
+	}
+
+	stdin := &gatedReader{r: spec.stdin}
+	stdout := &gatedWriter{w: orDiscard(spec.stdout)}
+	stderr := &gatedWriter{w: orDiscard(spec.stderr)}
+	go func() {
+		if spec.stdin != nil {
+			_, _ = io.Copy(ch, stdin)
+		}
+		_ = ch.CloseWrite()
+	}()
+	output := make(chan struct{})
+	go func() {
+		var wg sync.WaitGroup
+		wg.Go(func() { _, _ = io.Copy(stdout, ch) })
+		wg.Go(func() { _, _ = io.Copy(stderr, ch.Stderr()) })
+		wg.Wait()
+		close(output)
+	}()
+	finished := make(chan struct{})
+	defer close(finished)
+	if spec.resize != nil {
+		go forwardResize(ch, spec.resize, finished)
+	}
+
+	// Done when the guest has closed the channel (after the exit status)
+	// and all output up to that point has been written out.
+	var exit exitInfo
+	for gotExit, gotOutput := false, false; !gotExit || !gotOutput; {
+		select {
+		case exit = <-exited:
+			gotExit = true
+		case <-output:
+			gotOutput = true
+			output = nil
+		case <-ctx.Done():
+			_, _ = ch.SendRequest("signal", false, ssh.Marshal(struct{ Signal string }{"KILL"}))
+			ch.Close()
+			stdin.close()
+			stdout.close()
+			stderr.close()
+			return -1, ctx.Err()
+		}
+	}
+	stdin.close()
+	if !exit.ok {
+		return -1, errors.New("session closed without an exit status")
+	}
+	return exit.code, nil
+}
+
+type exitInfo struct {
+	code int
+	ok   bool
+}
+
+// collectExit drains a session's requests until the channel closes and
+// returns the exit status it reported, if any.
+func collectExit(reqs <-chan *ssh.Request) exitInfo {
+	var ex exitInfo
+	for req := range reqs {
+		switch req.Type {
+		case "exit-status":
+			var p struct{ Status uint32 }
+			if ssh.Unmarshal(req.Payload, &p) == nil {
+				ex = exitInfo{code: int(p.Status), ok: true}
+			}
+		case "exit-signal":
+			var p struct {
+				Signal     string
+				CoreDumped bool
+				Error      string
+				Lang       string
+			}
+			if ssh.Unmarshal(req.Payload, &p) == nil {
+				ex = exitInfo{code: 128 + linuxSignals[p.Signal], ok: true}
+			}
+		}
+		if req.WantReply {
+			_ = req.Reply(false, nil)
+		}
+	}
+	return ex
+}
+
+// linuxSignals maps SSH signal names to the guest's (Linux) numbers, which
+// need not match the host's.
+var linuxSignals = map[string]int{
+	"HUP": 1, "INT": 2, "QUIT": 3, "ILL": 4, "TRAP": 5, "ABRT": 6, "BUS": 7,
+	"FPE": 8, "KILL": 9, "USR1": 10, "SEGV": 11, "USR2": 12, "PIPE": 13,
+	"ALRM": 14, "TERM": 15, "STKFLT": 16, "CHLD": 17, "CONT": 18, "STOP": 19,
+	"TSTP": 20, "TTIN": 21, "TTOU": 22, "URG": 23, "XCPU": 24, "XFSZ": 25,
+	"VTALRM": 26, "PROF": 27, "WINCH": 28, "IO": 29, "PWR": 30, "SYS": 31,
+}
+
+func forwardResize(ch ssh.Channel, resize <-chan [2]int, finished <-chan struct{}) {
+	for {
+		select {
+		case sz, ok := <-resize:
+			if !ok {
+				return
+			}
+			payload := ssh.Marshal(struct{ Cols, Rows, PxW, PxH uint32 }{
+				Cols: uint32(max(sz[0], 0)), Rows: uint32(max(sz[1], 0)),
+			})
+			if _, err := ch.SendRequest("window-change", false, payload); err != nil {
+				return
+			}
+		case <-finished:
+			return
+		}
+	}
+}
+
+func orDiscard(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}
+
+var errGateClosed = errors.New("guest: session finished")
+
+// gatedWriter stops passing writes on once closed, so that copiers still
+// draining a killed session never touch the caller's writer after the call
+// has returned.
+type gatedWriter struct {
+	mu     sync.Mutex
+	w      io.Writer
+	closed bool
+}
+
+func (g *gatedWriter) Write(p []byte) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return 0, errGateClosed
+	}
+	return g.w.Write(p)
+}
+
+// close waits for a write in progress and blocks later ones.
+func (g *gatedWriter) close() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+}
+
+// gatedReader returns EOF once closed. A Read already blocked in the
+// underlying reader cannot be interrupted; its data is dropped.
+type gatedReader struct {
+	r      io.Reader
+	closed atomic.Bool
+}
+
+func (g *gatedReader) Read(p []byte) (int, error) {
+	if g.closed.Load() {
+		return 0, io.EOF
+	}
+	n, err := g.r.Read(p)
+	if g.closed.Load() {
+		return 0, io.EOF
+	}
+	return n, err
+}
+
+func (g *gatedReader) close() { g.closed.Store(true) }

@@ -1,0 +1,203 @@
+// Package qemu runs VMs with qemu-system-x86_64: KVM where /dev/kvm works,
+// software emulation (TCG) elsewhere.
+package qemu
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/smolvm/smolvm/internal/hypervisor"
+)
+
+// ErrNotInstalled is returned when no qemu-system-x86_64 binary is found.
+var ErrNotInstalled = errors.New("qemu-system-x86_64 not found (install it: apt-get install qemu-system-x86)")
+
+// QEMU is the QEMU backend.
+type QEMU struct {
+	Binary  string // path of qemu-system-x86_64
+	KVM     bool   // use KVM; false = TCG
+	TSCkHz  int    // host TSC frequency for TCG guests, 0 if unknown
+	Machine string // "microvm" (default) or "q35"
+}
+
+var _ hypervisor.Backend = (*QEMU)(nil)
+
+// New finds QEMU and probes whether KVM can be used on this host.
+func New() (*QEMU, error) {
+	bin, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		return nil, ErrNotInstalled
+	}
+	q := &QEMU{Binary: bin, KVM: KVMUsable(), Machine: "microvm"}
+	if !q.KVM {
+		q.TSCkHz = hostTSCkHz()
+	}
+	return q, nil
+}
+
+// Name implements hypervisor.Backend.
+func (q *QEMU) Name() string {
+	if q.KVM {
+		return "qemu-kvm"
+	}
+	return "qemu-tcg"
+}
+
+// Capabilities implements hypervisor.Backend.
+func (q *QEMU) Capabilities() hypervisor.Capabilities {
+	return hypervisor.Capabilities{Accelerated: q.KVM, UserNetwork: true}
+}
+
+// ExtraCmdline implements hypervisor.Backend. Under TCG the microvm
+// machine hangs in a sizeable share of boots while the kernel calibrates
+// its clock; telling it the TSC frequency skips that calibration.
+func (q *QEMU) ExtraCmdline() string {
+	if !q.KVM && q.TSCkHz > 0 {
+		return "tsc_early_khz=" + strconv.Itoa(q.TSCkHz)
+	}
+	return ""
+}
+
+// Start implements hypervisor.Backend. QEMU daemonizes itself once the VM
+// is set up, so argument and device errors come back here, synchronously,
+// and the VM does not belong to the calling process.
+func (q *QEMU) Start(ctx context.Context, spec hypervisor.Spec) (int, error) {
+	args := q.Args(spec)
+	cmd := exec.CommandContext(ctx, q.Binary, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.Stdout = &stderr
+	// Its own session: a terminal's Ctrl-C to the caller must not reach it.
+	cmd.SysProcAttr = &unix.SysProcAttr{Setsid: true}
+	if err := cmd.Run(); err != nil {
+		return 0, fmt.Errorf("qemu: %w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	b, err := os.ReadFile(spec.PIDFile)
+	if err != nil {
+		return 0, fmt.Errorf("qemu: read pid file: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, fmt.Errorf("qemu: pid file %s: %w", spec.PIDFile, err)
+	}
+	return pid, nil
+}
+
+// Args returns QEMU's command line for spec. It is a pure function so the
+// exact command line is covered by golden tests.
+func (q *QEMU) Args(spec hypervisor.Spec) []string {
+	machine, dev := "microvm", "device"
+	if q.Machine == "q35" {
+		machine, dev = "q35", "pci"
+	}
+	accel, cpu := "tcg", "max"
+	if q.KVM {
+		accel, cpu = "kvm", "host"
+	}
+	cmdline := spec.Cmdline
+	if extra := q.ExtraCmdline(); extra != "" {
+		cmdline += " " + extra
+	}
+	args := []string{
+		"-name", "guest=" + hypervisor.Marker(spec.ID),
+		"-machine", machine,
+		"-accel", accel,
+		"-cpu", cpu,
+		"-smp", strconv.Itoa(spec.VCPUs),
+		"-m", strconv.Itoa(spec.MemoryMiB) + "M",
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-kernel", spec.Kernel,
+		"-append", cmdline,
+		"-chardev", "file,id=console,path=" + spec.ConsoleLog,
+		"-serial", "chardev:console",
+		"-drive", "id=root,file=" + spec.Disk + ",format=raw,if=none,discard=unmap",
+		"-device", "virtio-blk-" + dev + ",drive=root",
+	}
+	if spec.Initrd != "" {
+		args = append(args, "-initrd", spec.Initrd)
+	}
+	if spec.Net.TAP != "" {
+		args = append(args, "-netdev", "tap,id=net0,ifname="+spec.Net.TAP+",script=no,downscript=no")
+	} else {
+		netdev := "user,id=net0"
+		for _, f := range spec.Net.Forwards {
+			netdev += fmt.Sprintf(",hostfwd=tcp:%s:%d-:%d", f.HostAddr, f.HostPort, f.GuestPort)
+		}
+		args = append(args, "-netdev", netdev)
+	}
+	netdevice := "virtio-net-" + dev + ",netdev=net0"
+	if spec.Net.MAC != "" {
+		netdevice += ",mac=" + spec.Net.MAC
+	}
+	args = append(args, "-device", netdevice,
+		"-pidfile", spec.PIDFile,
+		"-daemonize",
+	)
+	return args
+}
+
+// AccelEnv overrides the accelerator choice: "kvm", "tcg" or "auto".
+const AccelEnv = "SMOLVM_ACCEL"
+
+// KVMUsable reports whether QEMU can run a stock kernel under KVM here:
+// KVM_CREATE_VM must work, and the KVM must be the hardware one (kvm_intel
+// or kvm_amd). Some sandboxes offer /dev/kvm through kvm-pvm, which creates
+// VMs but cannot run an ordinary guest kernel.
+func KVMUsable() bool {
+	switch os.Getenv(AccelEnv) {
+	case "kvm":
+		return true
+	case "tcg":
+		return false
+	}
+	hw := false
+	for _, m := range []string{"/sys/module/kvm_intel", "/sys/module/kvm_amd"} {
+		if _, err := os.Stat(m); err == nil {
+			hw = true
+		}
+	}
+	if !hw {
+		return false
+	}
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	const kvmCreateVM = 0xAE01
+	fd, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), kvmCreateVM, 0)
+	if errno != 0 {
+		return false
+	}
+	unix.Close(int(fd))
+	return true
+}
+
+// hostTSCkHz reads the host CPU frequency, which TCG guests' TSC runs at.
+func hostTSCkHz() int {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		key, val, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(key) == "cpu MHz" {
+			mhz, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
+			if err == nil && mhz > 0 {
+				return int(mhz * 1000)
+			}
+		}
+	}
+	return 0
+}

@@ -1,0 +1,64 @@
+package initramfs
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+)
+
+// GuestModules are the drivers a guest needs before it can mount its root
+// and reach the network, for kernels that build them as modules (Debian's
+// cloud kernel does).
+var GuestModules = []string{"virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net"}
+
+// ResolveModules reads a modules.dep file and returns the module paths (as
+// written there, relative to the modules directory) needed to load wanted,
+// dependencies first. Wanted modules that the kernel does not list are
+// skipped: they are built in, or not needed on this kernel.
+func ResolveModules(modulesDep io.Reader, wanted []string) ([]string, error) {
+	deps := map[string][]string{} // module path -> dependency paths
+	byName := map[string]string{} // module name -> path
+	sc := bufio.NewScanner(modulesDep)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		mod, rest, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		deps[mod] = strings.Fields(rest)
+		byName[moduleName(mod)] = mod
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("initramfs: read modules.dep: %w", err)
+	}
+	var order []string
+	seen := map[string]bool{}
+	var visit func(mod string)
+	visit = func(mod string) {
+		if seen[mod] {
+			return
+		}
+		seen[mod] = true
+		for _, d := range deps[mod] {
+			visit(d)
+		}
+		order = append(order, mod)
+	}
+	for _, name := range wanted {
+		if mod, ok := byName[strings.ReplaceAll(name, "-", "_")]; ok {
+			visit(mod)
+		}
+	}
+	return order, nil
+}
+
+// moduleName turns "kernel/drivers/net/virtio_net.ko.xz" into "virtio_net".
+func moduleName(p string) string {
+	base := path.Base(p)
+	if i := strings.Index(base, ".ko"); i >= 0 {
+		base = base[:i]
+	}
+	return strings.ReplaceAll(base, "-", "_")
+}

@@ -1,0 +1,360 @@
+package smolvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/smolvm/smolvm/internal/guest"
+	"github.com/smolvm/smolvm/internal/hypervisor"
+	"github.com/smolvm/smolvm/internal/hypervisor/qemu"
+	"github.com/smolvm/smolvm/internal/network"
+	"github.com/smolvm/smolvm/internal/store"
+)
+
+// DefaultStopTimeout is how long Stop waits for a clean shutdown.
+const DefaultStopTimeout = 3 * time.Second
+
+func newBackend() (hypervisor.Backend, error) { return qemu.New() }
+
+// Start boots the VM and returns once a command can run in it, with the
+// VM's env vars in place. It is bounded by the config's BootTimeout and by
+// ctx; on failure or timeout (a *TimeoutError, with the console's tail)
+// the VM process and its TAP device are gone again. Starting a running VM
+// is a no-op.
+func (v *VM) Start(ctx context.Context) error {
+	return opError("start", v.id, v.start(ctx))
+}
+
+func (v *VM) start(ctx context.Context) (err error) {
+	if err := v.Refresh(ctx); err != nil {
+		return err
+	}
+	info := v.Info()
+	if info.State == StateRunning {
+		_, err := v.conn(ctx)
+		return err
+	}
+	backend, err := newBackend()
+	if err != nil {
+		return err
+	}
+	timeout := info.Config.BootTimeout
+	bootCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	var undo undoStack
+	defer func() {
+		if err != nil {
+			undo.run(v.log())
+			msg := err.Error()
+			v.update(context.WithoutCancel(ctx), func(row *store.VM, rt *runtimeRecord) error {
+				row.State, row.PID, rt.Error = string(StateError), 0, "start failed: "+msg
+				return nil
+			})
+		}
+	}()
+	began := time.Now()
+	rt := v.runtime()
+	net := rt.Network
+	spec := hypervisor.Spec{
+		ID: v.id, VCPUs: info.Config.VCPUs, MemoryMiB: info.Config.MemoryMiB,
+		Kernel: rt.Kernel, Initrd: rt.Initrd, Disk: v.paths.disk(),
+		ConsoleLog: v.paths.console(), PIDFile: v.paths.pidFile(),
+		Cmdline: rt.BootArgs + " " + guestCmdline(v.id, net),
+		Net:     hypervisor.NetSpec{TAP: net.TAP, MAC: network.MAC(v.id)},
+	}
+	if net.Mode == NetworkTAP {
+		host, err := netip.ParsePrefix(net.HostIP)
+		if err != nil {
+			return fmt.Errorf("stored host address: %w", err)
+		}
+		if err := network.CreateTAP(net.TAP, host); err != nil {
+			return err
+		}
+		undo.push("tap", func() error { return network.DeleteTAP(net.TAP) })
+	} else {
+		port, err := network.FreePort("127.0.0.1")
+		if err != nil {
+			return err
+		}
+		net.SSHAddr = fmt.Sprintf("127.0.0.1:%d", port)
+		spec.Net.Forwards = []hypervisor.Forward{{HostAddr: "127.0.0.1", HostPort: port, GuestPort: 22}}
+	}
+	os.Remove(v.paths.console())
+	os.Remove(v.paths.pidFile())
+	pid, err := backend.Start(bootCtx, spec)
+	if err != nil {
+		if bootCtx.Err() != nil {
+			return &TimeoutError{Op: "start", VM: v.id, Timeout: timeout, Detail: "launching " + backend.Name()}
+		}
+		return err
+	}
+	undo.push("vm process", func() error { return hypervisor.Kill(context.Background(), pid, v.id) })
+	if err := v.update(ctx, func(row *store.VM, r *runtimeRecord) error {
+		row.State, row.PID = string(StateRunning), pid
+		r.Network, r.Backend, r.StartedAt, r.Error = net, backend.Name(), time.Now().UTC(), ""
+		return nil
+	}); err != nil {
+		return err
+	}
+	v.log().Debug("start: process up", "pid", pid, "after", time.Since(began))
+
+	if err := v.waitReady(bootCtx, pid, timeout); err != nil {
+		return err
+	}
+	v.log().Info("started", "pid", pid, "ip", net.GuestIP, "boot", time.Since(began).Round(time.Millisecond))
+	if err := v.writeKnownHosts(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// waitReady connects to the guest's SSH server, giving up when the VM
+// process dies (with the console tail, which says why) or ctx ends.
+func (v *VM) waitReady(ctx context.Context, pid int, timeout time.Duration) error {
+	dialCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	errDied := errors.New("VM process exited during boot")
+	go func() {
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-dialCtx.Done():
+				return
+			case <-t.C:
+				if !hypervisor.Alive(pid, v.id) {
+					cancel(errDied)
+					return
+				}
+			}
+		}
+	}()
+	_, err := v.conn(dialCtx)
+	if err == nil {
+		return nil
+	}
+	switch {
+	case errors.Is(context.Cause(dialCtx), errDied):
+		return fmt.Errorf("%w; %s", errDied, v.consoleTail())
+	case ctx.Err() != nil:
+		return &TimeoutError{Op: "start", VM: v.id, Timeout: timeout, Detail: "guest SSH server not ready; " + v.consoleTail()}
+	}
+	return err
+}
+
+// conn returns the SSH connection to the guest, dialing if needed.
+func (v *VM) conn(ctx context.Context) (*guest.Client, error) {
+	v.mu.Lock()
+	c := v.client
+	addr := v.info.Network.SSHAddr
+	state := v.info.State
+	v.mu.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	if state != StateRunning {
+		return nil, fmt.Errorf("%w (state %s): start it first", ErrNotRunning, state)
+	}
+	hostKey, key, err := v.loadKeys()
+	if err != nil {
+		return nil, err
+	}
+	c, err = guest.Dial(ctx, addr, hostKey, key)
+	if err != nil {
+		return nil, err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.client != nil { // another goroutine won the race
+		c.Close()
+		return v.client, nil
+	}
+	v.client = c
+	return c, nil
+}
+
+func (v *VM) loadKeys() (ssh.PublicKey, ssh.Signer, error) {
+	pubBytes, err := os.ReadFile(v.paths.hostKeyPub())
+	if err != nil {
+		return nil, nil, fmt.Errorf("guest host key: %w", err)
+	}
+	hostKey, _, _, _, err := ssh.ParseAuthorizedKey(pubBytes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("guest host key: %w", err)
+	}
+	keyPEM, err := os.ReadFile(v.paths.clientKey())
+	if err != nil {
+		return nil, nil, fmt.Errorf("client key: %w", err)
+	}
+	key, err := ssh.ParsePrivateKey(keyPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("client key: %w", err)
+	}
+	return hostKey, key, nil
+}
+
+// writeKnownHosts lets a standard ssh client check the guest's pinned key:
+// ssh -i DIR/id_ed25519 -o UserKnownHostsFile=DIR/known_hosts root@IP.
+func (v *VM) writeKnownHosts() error {
+	hostKey, _, err := v.loadKeys()
+	if err != nil {
+		return err
+	}
+	addr := v.Info().Network.SSHAddr
+	line := guest.KnownHostsLine(addr, hostKey) + "\n"
+	return os.WriteFile(v.paths.knownHosts(), []byte(line), 0o600)
+}
+
+func (v *VM) runtime() runtimeRecord {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.rt
+}
+
+// dropClient closes the SSH connection; v.mu must be held.
+func (v *VM) dropClient() {
+	if v.client != nil {
+		v.client.Close()
+		v.client = nil
+	}
+}
+
+// Stop shuts the guest down cleanly, or kills it after timeout (0 means
+// DefaultStopTimeout). Stopping a stopped VM is a no-op.
+func (v *VM) Stop(ctx context.Context, timeout time.Duration) error {
+	return opError("stop", v.id, v.stop(ctx, timeout))
+}
+
+func (v *VM) stop(ctx context.Context, timeout time.Duration) error {
+	if timeout <= 0 {
+		timeout = DefaultStopTimeout
+	}
+	if err := v.Refresh(ctx); err != nil {
+		return err
+	}
+	info := v.Info()
+	if hypervisor.Alive(info.PID, v.id) {
+		graceful, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		if c, err := v.conn(graceful); err == nil {
+			c.Poweroff(graceful)
+		}
+		if err := hypervisor.WaitExit(graceful, info.PID, v.id); err != nil {
+			v.log().Warn("stop: clean shutdown timed out; killing", "timeout", timeout)
+			if err := hypervisor.Kill(ctx, info.PID, v.id); err != nil {
+				return err
+			}
+		}
+	}
+	v.releaseRunResources()
+	return v.update(ctx, func(row *store.VM, rt *runtimeRecord) error {
+		if row.State != string(StateCreated) {
+			row.State = string(StateStopped)
+		}
+		row.PID, rt.Error = 0, ""
+		return nil
+	})
+}
+
+// releaseRunResources drops what only a running VM needs: the connection
+// and the TAP device. The IP lease stays until Delete.
+func (v *VM) releaseRunResources() {
+	v.mu.Lock()
+	v.dropClient()
+	tap := v.info.Network.TAP
+	v.mu.Unlock()
+	if tap != "" {
+		if err := network.DeleteTAP(tap); err != nil {
+			v.log().Warn("delete tap", "err", err)
+		}
+	}
+}
+
+// Delete removes the VM: its process, TAP device, state row and IP lease,
+// and its data directory, except the disk when RetainDiskOnDelete is set.
+// The handle is closed.
+func (v *VM) Delete(ctx context.Context) error {
+	err := v.delete(ctx)
+	v.Close()
+	return opError("delete", v.id, err)
+}
+
+func (v *VM) delete(ctx context.Context) error {
+	if err := v.load(ctx); err != nil {
+		return err
+	}
+	info := v.Info()
+	if hypervisor.Alive(info.PID, v.id) {
+		if info.Config.RetainDiskOnDelete {
+			// The disk outlives the VM: shut down cleanly so it is consistent.
+			if err := v.stop(ctx, DefaultStopTimeout); err != nil {
+				return err
+			}
+		} else if err := hypervisor.Kill(ctx, info.PID, v.id); err != nil {
+			return err
+		}
+	}
+	v.releaseRunResources()
+	if info.Config.RetainDiskOnDelete {
+		ents, _ := os.ReadDir(v.paths.dir)
+		for _, e := range ents {
+			if p := v.paths.dir + "/" + e.Name(); p != v.paths.disk() {
+				os.RemoveAll(p)
+			}
+		}
+	} else if err := os.RemoveAll(v.paths.dir); err != nil {
+		return err
+	}
+	if err := v.st.DeleteVM(ctx, v.id); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	v.log().Info("deleted", "kept_disk", info.Config.RetainDiskOnDelete)
+	return nil
+}
+
+// guestCmdline is the per-VM part of the kernel command line.
+func guestCmdline(id string, n NetworkInfo) string {
+	parts := []string{"smolvm.hostname=" + id, "smolvm.ip=" + n.GuestIP}
+	if n.Gateway != "" {
+		parts = append(parts, "smolvm.gw="+n.Gateway)
+	}
+	if n.Mode == NetworkUser {
+		parts = append(parts, "smolvm.dns="+network.UserDNS.String())
+	}
+	return strings.Join(parts, " ")
+}
+
+// undoStack runs cleanup steps in reverse when a multi-step operation
+// fails half-way.
+type undoStack struct {
+	steps []undoStep
+}
+
+type undoStep struct {
+	name string
+	fn   func() error
+}
+
+func (u *undoStack) push(name string, fn func() error) {
+	u.steps = append(u.steps, undoStep{name, fn})
+}
+
+func (u *undoStack) run(log *slog.Logger) {
+	for i := len(u.steps) - 1; i >= 0; i-- {
+		s := u.steps[i]
+		if err := s.fn(); err != nil {
+			log.Warn("undo failed", "step", s.name, "err", err)
+		} else {
+			log.Debug("undone", "step", s.name)
+		}
+	}
+}

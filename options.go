@@ -1,0 +1,148 @@
+package smolvm
+
+import (
+	"io"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Option configures New, NewFromConfig, FromID and the other entry points:
+// where state lives and the collaborators smolvm uses, plus shorthands for
+// the common VMConfig fields.
+type Option func(*settings)
+
+// Network modes for WithNetwork.
+const (
+	NetworkAuto = "auto" // TAP as root, user-mode otherwise
+	NetworkTAP  = "tap"  // own TAP device and pool address; needs root
+	NetworkUser = "user" // QEMU user-mode networking, SSH on a host port
+)
+
+type settings struct {
+	home         string
+	logger       *slog.Logger
+	agent        string
+	alpineSource string
+	network      string
+	subnet       string
+	progress     io.Writer
+	config       func(*VMConfig)
+}
+
+// WithHome sets the state directory (default $SMOLVM_HOME, else
+// $XDG_STATE_HOME/smolvm, else ~/.local/state/smolvm).
+func WithHome(dir string) Option { return func(s *settings) { s.home = dir } }
+
+// WithLogger sets the logger for lifecycle steps (default: discard).
+func WithLogger(l *slog.Logger) Option { return func(s *settings) { s.logger = l } }
+
+// WithAgent sets the static smolvm binary that runs as the guest's init
+// (default $SMOLVM_AGENT, else smolvm on PATH).
+func WithAgent(path string) Option { return func(s *settings) { s.agent = path } }
+
+// WithAlpineSource points the default image at a local copy or mirror of
+// the Alpine minirootfs (default $SMOLVM_ALPINE_SOURCE, else Alpine's CDN).
+func WithAlpineSource(src string) Option { return func(s *settings) { s.alpineSource = src } }
+
+// WithNetwork picks the network mode: NetworkAuto (default), NetworkTAP or
+// NetworkUser.
+func WithNetwork(mode string) Option { return func(s *settings) { s.network = mode } }
+
+// WithProgress receives progress lines of long steps such as the first
+// image build.
+func WithProgress(w io.Writer) Option { return func(s *settings) { s.progress = w } }
+
+func withConfig(f func(*VMConfig)) Option {
+	return func(s *settings) {
+		prev := s.config
+		s.config = func(c *VMConfig) {
+			if prev != nil {
+				prev(c)
+			}
+			f(c)
+		}
+	}
+}
+
+// WithID names the VM.
+func WithID(id string) Option { return withConfig(func(c *VMConfig) { c.ID = id }) }
+
+// WithCPUs sets the number of vCPUs.
+func WithCPUs(n int) Option { return withConfig(func(c *VMConfig) { c.VCPUs = n }) }
+
+// WithMemory sets guest memory in MiB.
+func WithMemory(mib int) Option { return withConfig(func(c *VMConfig) { c.MemoryMiB = mib }) }
+
+// WithDisk sets the root disk size in MiB.
+func WithDisk(mib int) Option { return withConfig(func(c *VMConfig) { c.DiskMiB = mib }) }
+
+// WithImage boots a built image by name.
+func WithImage(name string) Option { return withConfig(func(c *VMConfig) { c.Image = name }) }
+
+// WithEnv adds environment variables set in the guest at start.
+func WithEnv(env map[string]string) Option {
+	return withConfig(func(c *VMConfig) {
+		if c.Env == nil {
+			c.Env = map[string]string{}
+		}
+		maps.Copy(c.Env, env)
+	})
+}
+
+// WithBootTimeout bounds Start.
+func WithBootTimeout(d time.Duration) Option {
+	return withConfig(func(c *VMConfig) { c.BootTimeout = d })
+}
+
+func newSettings(opts []Option) settings {
+	var s settings
+	for _, o := range opts {
+		o(&s)
+	}
+	if s.home == "" {
+		s.home = DefaultHome()
+	}
+	if s.logger == nil {
+		s.logger = slog.New(slog.DiscardHandler)
+	}
+	if s.agent == "" {
+		s.agent = findAgent()
+	}
+	if s.network == "" {
+		s.network = NetworkAuto
+	}
+	if s.subnet == "" {
+		s.subnet = os.Getenv("SMOLVM_SUBNET")
+	}
+	return s
+}
+
+// DefaultHome is the state directory used when none is given.
+func DefaultHome() string {
+	if h := os.Getenv("SMOLVM_HOME"); h != "" {
+		return h
+	}
+	if x := os.Getenv("XDG_STATE_HOME"); x != "" {
+		return filepath.Join(x, "smolvm")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "smolvm")
+	}
+	return filepath.Join(os.TempDir(), "smolvm")
+}
+
+func findAgent() string {
+	if a := os.Getenv("SMOLVM_AGENT"); a != "" {
+		return a
+	}
+	if exe, err := os.Executable(); err == nil && filepath.Base(exe) == "smolvm" {
+		return exe
+	}
+	if p, err := lookPath("smolvm"); err == nil {
+		return p
+	}
+	return ""
+}

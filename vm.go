@@ -1,0 +1,279 @@
+// Package smolvm creates and manages SSH-ready Linux microVMs: create one
+// in a call, run commands in it, stop it, delete it, or reconnect to it by
+// id from another process.
+package smolvm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/smolvm/smolvm/internal/guest"
+	"github.com/smolvm/smolvm/internal/hypervisor"
+	"github.com/smolvm/smolvm/internal/store"
+)
+
+// VMState is a VM's lifecycle state.
+type VMState string
+
+// The states a VM can be in.
+const (
+	StateCreated VMState = "created" // exists, never started
+	StateRunning VMState = "running"
+	StatePaused  VMState = "paused"
+	StateStopped VMState = "stopped"
+	StateError   VMState = "error" // its process died without Stop, or a start failed
+)
+
+// NetworkInfo says how a VM is reached.
+type NetworkInfo struct {
+	Mode    string `json:"mode"`              // "tap" or "user"
+	TAP     string `json:"tap,omitempty"`     // host TAP device
+	HostIP  string `json:"host_ip,omitempty"` // host end of the TAP link
+	GuestIP string `json:"guest_ip"`          // address inside the guest
+	Gateway string `json:"gateway,omitempty"`
+	SSHAddr string `json:"ssh_addr"` // host:port the host reaches SSH at
+	Note    string `json:"note,omitempty"`
+}
+
+// VMInfo is a snapshot of what smolvm knows about a VM.
+type VMInfo struct {
+	ID         string      `json:"id"`
+	State      VMState     `json:"state"`
+	Config     VMConfig    `json:"config"`
+	PID        int         `json:"pid,omitempty"`
+	Network    NetworkInfo `json:"network"`
+	DataDir    string      `json:"data_dir"`
+	Disk       string      `json:"disk"`
+	ConsoleLog string      `json:"console_log"`
+	Kernel     string      `json:"kernel"`
+	Backend    string      `json:"backend,omitempty"`
+	CreatedAt  time.Time   `json:"created_at"`
+	StartedAt  time.Time   `json:"started_at,omitzero"`
+	// Error says why the VM is in StateError.
+	Error string `json:"error,omitempty"`
+}
+
+// runtimeRecord is the part of a VM's row that smolvm derives at create
+// and start time, stored as JSON beside the user's config.
+type runtimeRecord struct {
+	Network   NetworkInfo `json:"network"`
+	Kernel    string      `json:"kernel"`
+	Initrd    string      `json:"initrd"`
+	BootArgs  string      `json:"boot_args"`
+	Backend   string      `json:"backend,omitempty"`
+	StartedAt time.Time   `json:"started_at,omitzero"`
+	Error     string      `json:"error,omitempty"`
+}
+
+// VM is a handle on one VM. Its methods are safe for concurrent use. A
+// handle from New owns its VM (With deletes it at the end); one from
+// FromID does not.
+type VM struct {
+	s     settings
+	st    *store.Store
+	id    string
+	paths paths
+	owned bool
+
+	mu     sync.Mutex
+	info   VMInfo
+	rt     runtimeRecord
+	client *guest.Client
+
+	closeOnce sync.Once
+}
+
+// ID returns the VM's id.
+func (v *VM) ID() string { return v.id }
+
+// DataDir returns the directory holding the VM's disk, logs and keys.
+func (v *VM) DataDir() string { return v.paths.dir }
+
+// Info returns what smolvm knew at the last call that looked (Refresh,
+// Start, Stop...). Call Refresh for the current state.
+func (v *VM) Info() VMInfo {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.info
+}
+
+// Status returns the VM's state as of the last look; see Refresh.
+func (v *VM) Status() VMState { return v.Info().State }
+
+// IP returns the address at which the host reaches the guest: its own
+// address with TAP networking, 127.0.0.1 with user-mode networking (where
+// guest ports are reached through forwarded host ports).
+func (v *VM) IP() string {
+	n := v.Info().Network
+	if n.Mode == NetworkUser {
+		return "127.0.0.1"
+	}
+	return n.GuestIP
+}
+
+// Owned reports whether this handle created the VM.
+func (v *VM) Owned() bool { return v.owned }
+
+// Close releases this handle's connection and database; the VM itself is
+// untouched and keeps running. Close is idempotent.
+func (v *VM) Close() error {
+	v.closeOnce.Do(func() {
+		v.mu.Lock()
+		v.dropClient()
+		v.mu.Unlock()
+		v.st.Close()
+	})
+	return nil
+}
+
+func (v *VM) log() *slog.Logger { return v.s.logger.With("vm", v.id) }
+
+// FromID reconnects to an existing VM, from any process.
+func FromID(ctx context.Context, id string, opts ...Option) (*VM, error) {
+	s := newSettings(opts)
+	st, err := openStore(ctx, s)
+	if err != nil {
+		return nil, opError("open", id, err)
+	}
+	v := &VM{s: s, st: st, id: id, paths: newPaths(s.home, id)}
+	if err := v.load(ctx); err != nil {
+		st.Close()
+		return nil, opError("open", id, err)
+	}
+	if err := v.reconcile(ctx); err != nil {
+		st.Close()
+		return nil, opError("open", id, err)
+	}
+	return v, nil
+}
+
+// Refresh reloads the VM's state and reconciles it with its process: a VM
+// whose process died is reported as StateError, never as running.
+func (v *VM) Refresh(ctx context.Context) error {
+	if err := v.load(ctx); err != nil {
+		return opError("refresh", v.id, err)
+	}
+	return opError("refresh", v.id, v.reconcile(ctx))
+}
+
+// load reads the row into the handle.
+func (v *VM) load(ctx context.Context) error {
+	row, err := v.st.GetVM(ctx, v.id)
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("%w", ErrNotFound)
+	}
+	if err != nil {
+		return err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.setFromRow(row)
+}
+
+func (v *VM) setFromRow(row store.VM) error {
+	var cfg VMConfig
+	if err := json.Unmarshal(row.Config, &cfg); err != nil {
+		return fmt.Errorf("stored config: %w", err)
+	}
+	var rt runtimeRecord
+	if err := json.Unmarshal(row.Runtime, &rt); err != nil {
+		return fmt.Errorf("stored runtime: %w", err)
+	}
+	v.rt = rt
+	v.info = VMInfo{
+		ID: row.ID, State: VMState(row.State), Config: cfg, PID: row.PID,
+		Network: rt.Network, DataDir: v.paths.dir, Disk: v.paths.disk(),
+		ConsoleLog: v.paths.console(), Kernel: rt.Kernel, Backend: rt.Backend,
+		CreatedAt: row.CreatedAt, StartedAt: rt.StartedAt, Error: rt.Error,
+	}
+	return nil
+}
+
+// update changes the row in one transaction and refreshes the handle.
+func (v *VM) update(ctx context.Context, fn func(row *store.VM, rt *runtimeRecord) error) error {
+	row, err := v.st.UpdateVM(ctx, v.id, func(row *store.VM) error {
+		var rt runtimeRecord
+		if err := json.Unmarshal(row.Runtime, &rt); err != nil {
+			return err
+		}
+		if err := fn(row, &rt); err != nil {
+			return err
+		}
+		b, err := json.Marshal(rt)
+		row.Runtime = b
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return ErrNotFound
+	}
+	if err != nil {
+		return err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.setFromRow(row)
+}
+
+// reconcile makes the row agree with the process: the row says what
+// exists, the process whether it runs.
+func (v *VM) reconcile(ctx context.Context) error {
+	info := v.Info()
+	if info.State != StateRunning && info.State != StatePaused {
+		return nil
+	}
+	if hypervisor.Alive(info.PID, v.id) {
+		return nil
+	}
+	v.log().Warn("VM process is gone", "pid", info.PID)
+	v.releaseRunResources()
+	return v.update(ctx, func(row *store.VM, rt *runtimeRecord) error {
+		if row.State == string(StateRunning) || row.State == string(StatePaused) {
+			row.State, row.PID = string(StateError), 0
+			rt.Error = "VM process exited unexpectedly; see " + v.paths.console()
+		}
+		return nil
+	})
+}
+
+// consoleTail returns the end of the console log, for error messages.
+func (v *VM) consoleTail() string {
+	b, err := os.ReadFile(v.paths.console())
+	if err != nil || len(b) == 0 {
+		return "(console log empty)"
+	}
+	if len(b) > 2048 {
+		b = b[len(b)-2048:]
+	}
+	return "console log tail:\n" + string(b)
+}
+
+// paths owns the on-disk layout of the state directory.
+type paths struct {
+	home, dir string
+}
+
+func newPaths(home, id string) paths {
+	return paths{home: home, dir: filepath.Join(home, "vms", id)}
+}
+
+func (p paths) disk() string           { return filepath.Join(p.dir, "disk.ext4") }
+func (p paths) console() string        { return filepath.Join(p.dir, "console.log") }
+func (p paths) initrd() string         { return filepath.Join(p.dir, "initrd.cpio") }
+func (p paths) pidFile() string        { return filepath.Join(p.dir, "vm.pid") }
+func (p paths) hostKey() string        { return filepath.Join(p.dir, "ssh_host_ed25519_key") }
+func (p paths) hostKeyPub() string     { return filepath.Join(p.dir, "ssh_host_ed25519_key.pub") }
+func (p paths) clientKey() string      { return filepath.Join(p.dir, "id_ed25519") }
+func (p paths) clientKeyPub() string   { return filepath.Join(p.dir, "id_ed25519.pub") }
+func (p paths) knownHosts() string     { return filepath.Join(p.dir, "known_hosts") }
+func openStorePath(home string) string { return filepath.Join(home, "smolvm.db") }
+
+func openStore(ctx context.Context, s settings) (*store.Store, error) {
+	return store.Open(ctx, openStorePath(s.home))
+}
