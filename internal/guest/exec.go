@@ -92,51 +92,32 @@ type ptySpec struct {
 	cols, rows int
 }
 
-// run opens a session channel and runs spec on it. Only the channel open
-// and the start request wait for the guest: env and pty-req are sent
-// without asking for a reply, and the guest handles a channel's requests
-// in order, so a failed one would still fail the start request.
+// run opens a session channel and runs spec on it.
 func (c *Client) run(ctx context.Context, spec runSpec) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return -1, err
 	}
-	ch, reqs, err := c.ssh.OpenChannel("session", nil)
-	if err != nil {
-		return -1, fmt.Errorf("open session: %w", err)
-	}
-	exited := make(chan exitInfo, 1)
-	go func() { exited <- collectExit(reqs) }()
-
-	for _, k := range slices.Sorted(maps.Keys(spec.env)) {
-		payload := ssh.Marshal(struct{ Name, Value string }{k, spec.env[k]})
-		if _, err := ch.SendRequest("env", false, payload); err != nil {
-			ch.Close()
-			return -1, fmt.Errorf("send env: %w", err)
+	// Starting waits on the guest, and x/crypto/ssh cannot abandon a
+	// channel open or a request reply, so start in a goroutine: ctx is
+	// honoured even if the guest has stopped answering. A session that
+	// starts after all is killed at once.
+	started := make(chan startedSession, 1)
+	go func() { started <- c.start(spec) }()
+	var sess startedSession
+	select {
+	case sess = <-started:
+		if sess.err != nil {
+			return -1, sess.err
 		}
+	case <-ctx.Done():
+		go func() {
+			if s := <-started; s.err == nil {
+				kill(s.ch)
+			}
+		}()
+		return -1, ctx.Err()
 	}
-	if p := spec.pty; p != nil {
-		payload := ssh.Marshal(struct {
-			Term                 string
-			Cols, Rows, PxW, PxH uint32
-			Modes                string
-		}{Term: p.term, Cols: uint32(max(p.cols, 0)), Rows: uint32(max(p.rows, 0)), Modes: "\x00"})
-		if _, err := ch.SendRequest("pty-req", false, payload); err != nil {
-			ch.Close()
-			return -1, fmt.Errorf("send pty-req: %w", err)
-		}
-	}
-	var payload []byte
-	if spec.request != "shell" {
-		payload = ssh.Marshal(struct{ S string }{spec.arg})
-	}
-	ok, err := ch.SendRequest(spec.request, true, payload)
-	if err == nil && !ok {
-		err = fmt.Errorf("guest refused %s request", spec.request)
-	}
-	if err != nil {
-		ch.Close()
-		return -1, err
-	}
+	ch, exited := sess.ch, sess.exited
 
 	stdin := &gatedReader{r: spec.stdin}
 	stdout := &gatedWriter{w: orDiscard(spec.stdout)}
@@ -172,8 +153,7 @@ func (c *Client) run(ctx context.Context, spec runSpec) (int, error) {
 			gotOutput = true
 			output = nil
 		case <-ctx.Done():
-			_, _ = ch.SendRequest("signal", false, ssh.Marshal(struct{ Signal string }{"KILL"}))
-			ch.Close()
+			kill(ch)
 			stdin.close()
 			stdout.close()
 			stderr.close()
@@ -185,6 +165,65 @@ func (c *Client) run(ctx context.Context, spec runSpec) (int, error) {
 		return -1, errors.New("session closed without an exit status")
 	}
 	return exit.code, nil
+}
+
+type startedSession struct {
+	ch     ssh.Channel
+	exited <-chan exitInfo // receives once the channel has closed
+	err    error
+}
+
+// start opens a session channel and starts spec on it. Only the channel
+// open and the start request wait for the guest: env and pty-req go
+// without asking for a reply, and the guest handles a channel's requests
+// in order, so a failed one would still fail the start request.
+func (c *Client) start(spec runSpec) startedSession {
+	ch, reqs, err := c.ssh.OpenChannel("session", nil)
+	if err != nil {
+		return startedSession{err: fmt.Errorf("open session: %w", err)}
+	}
+	exited := make(chan exitInfo, 1)
+	go func() { exited <- collectExit(reqs) }()
+	fail := func(err error) startedSession {
+		ch.Close()
+		return startedSession{err: err}
+	}
+
+	for _, k := range slices.Sorted(maps.Keys(spec.env)) {
+		payload := ssh.Marshal(struct{ Name, Value string }{k, spec.env[k]})
+		if _, err := ch.SendRequest("env", false, payload); err != nil {
+			return fail(fmt.Errorf("send env: %w", err))
+		}
+	}
+	if p := spec.pty; p != nil {
+		payload := ssh.Marshal(struct {
+			Term                 string
+			Cols, Rows, PxW, PxH uint32
+			Modes                string
+		}{Term: p.term, Cols: uint32(max(p.cols, 0)), Rows: uint32(max(p.rows, 0)), Modes: "\x00"})
+		if _, err := ch.SendRequest("pty-req", false, payload); err != nil {
+			return fail(fmt.Errorf("send pty-req: %w", err))
+		}
+	}
+	var payload []byte
+	if spec.request != "shell" {
+		payload = ssh.Marshal(struct{ S string }{spec.arg})
+	}
+	ok, err := ch.SendRequest(spec.request, true, payload)
+	if err != nil {
+		return fail(fmt.Errorf("send %s request: %w", spec.request, err))
+	}
+	if !ok {
+		return fail(fmt.Errorf("guest refused %s request", spec.request))
+	}
+	return startedSession{ch: ch, exited: exited}
+}
+
+// kill asks the guest to SIGKILL the session's process group and closes
+// the channel, which makes the guest kill it anyway.
+func kill(ch ssh.Channel) {
+	_, _ = ch.SendRequest("signal", false, ssh.Marshal(struct{ Signal string }{"KILL"}))
+	_ = ch.Close()
 }
 
 type exitInfo struct {
