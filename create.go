@@ -119,12 +119,13 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 		}
 		rt.Network = NetworkInfo{
 			Mode: NetworkTAP, TAP: network.TAPName(cfg.ID), HostIP: host.String(),
-			GuestIP: guestIP.String(), Gateway: host.Addr().String(),
+			GuestIP: guestIP.Addr().String(), Prefix: guestIP.Bits(), Gateway: host.Addr().String(),
 			SSHAddr: guestIP.Addr().String() + ":22",
 		}
 	} else {
 		rt.Network = NetworkInfo{
-			Mode: NetworkUser, GuestIP: network.UserGuestIP.String(), Gateway: network.UserGateway.String(),
+			Mode: NetworkUser, GuestIP: network.UserGuestIP.Addr().String(), Prefix: network.UserGuestIP.Bits(),
+			Gateway: network.UserGateway.String(),
 			Note: "user-mode networking (not root): the guest is reached through forwarded ports on 127.0.0.1",
 		}
 	}
@@ -133,7 +134,7 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	if err := disk.Clone(rootfs, v.paths.disk()); err != nil {
 		return nil, err
 	}
-	if err := disk.Grow(ctx, v.paths.disk(), cfg.DiskMiB); err != nil {
+	if err := disk.Resize(ctx, v.paths.disk(), cfg.DiskMiB); err != nil {
 		return nil, err
 	}
 	if err := v.writeKeys(initrd, cfg.Env); err != nil {

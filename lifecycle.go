@@ -281,10 +281,21 @@ func (v *VM) releaseRunResources() {
 
 // Delete removes the VM: its process, TAP device, state row and IP lease,
 // and its data directory, except the disk when RetainDiskOnDelete is set.
-// The handle is closed.
+// The handle is closed; deleting again through it is a no-op.
 func (v *VM) Delete(ctx context.Context) error {
+	v.mu.Lock()
+	deleted := v.deleted
+	v.mu.Unlock()
+	if deleted {
+		return nil
+	}
 	err := v.delete(ctx)
-	v.Close()
+	if err == nil {
+		v.mu.Lock()
+		v.deleted = true
+		v.mu.Unlock()
+		v.Close()
+	}
 	return opError("delete", v.id, err)
 }
 
@@ -323,7 +334,7 @@ func (v *VM) delete(ctx context.Context) error {
 
 // guestCmdline is the per-VM part of the kernel command line.
 func guestCmdline(id string, n NetworkInfo) string {
-	parts := []string{"smolvm.hostname=" + id, "smolvm.ip=" + n.GuestIP}
+	parts := []string{"smolvm.hostname=" + id, fmt.Sprintf("smolvm.ip=%s/%d", n.GuestIP, n.Prefix)}
 	if n.Gateway != "" {
 		parts = append(parts, "smolvm.gw="+n.Gateway)
 	}

@@ -37,6 +37,7 @@ type NetworkInfo struct {
 	TAP     string `json:"tap,omitempty"`     // host TAP device
 	HostIP  string `json:"host_ip,omitempty"` // host end of the TAP link
 	GuestIP string `json:"guest_ip"`          // address inside the guest
+	Prefix  int    `json:"prefix_len"`        // length of the guest's subnet prefix
 	Gateway string `json:"gateway,omitempty"`
 	SSHAddr string `json:"ssh_addr"` // host:port the host reaches SSH at
 	Note    string `json:"note,omitempty"`
@@ -88,6 +89,7 @@ type VM struct {
 	client *guest.Client
 
 	closeOnce sync.Once
+	deleted   bool // set by Delete; guarded by mu
 }
 
 // ID returns the VM's id.

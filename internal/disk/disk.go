@@ -75,26 +75,38 @@ func sparseCopy(out, in *os.File, size int64) error {
 	return nil
 }
 
-// Grow makes the ext4 image at path sizeMiB big, file and filesystem. A
-// size smaller than the image is an error; equal is a no-op.
-func Grow(ctx context.Context, path string, sizeMiB int) error {
+// Resize makes the ext4 image at path sizeMiB big, file and filesystem.
+// Shrinking works down to the space the files need; resize2fs says so
+// when the size is too small.
+func Resize(ctx context.Context, path string, sizeMiB int) error {
 	fi, err := os.Stat(path)
 	if err != nil {
-		return fmt.Errorf("grow disk: %w", err)
+		return fmt.Errorf("resize disk: %w", err)
 	}
 	want := int64(sizeMiB) << 20
-	if want < fi.Size() {
-		return fmt.Errorf("grow disk: image is %d MiB, more than the %d MiB asked for", fi.Size()>>20, sizeMiB)
-	}
-	if want == fi.Size() {
+	switch {
+	case want == fi.Size():
+		return nil
+	case want > fi.Size():
+		if err := os.Truncate(path, want); err != nil {
+			return fmt.Errorf("resize disk: %w", err)
+		}
+		return resize2fs(ctx, path, sizeMiB)
+	default:
+		if err := resize2fs(ctx, path, sizeMiB); err != nil {
+			return err
+		}
+		if err := os.Truncate(path, want); err != nil {
+			return fmt.Errorf("resize disk: %w", err)
+		}
 		return nil
 	}
-	if err := os.Truncate(path, want); err != nil {
-		return fmt.Errorf("grow disk: %w", err)
-	}
-	out, err := exec.CommandContext(ctx, "resize2fs", "-f", path).CombinedOutput()
+}
+
+func resize2fs(ctx context.Context, path string, sizeMiB int) error {
+	out, err := exec.CommandContext(ctx, "resize2fs", "-f", path, fmt.Sprintf("%dM", sizeMiB)).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("grow disk: resize2fs: %w: %s", err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("resize disk to %d MiB: resize2fs: %w: %s", sizeMiB, err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }
