@@ -109,7 +109,10 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 
 	rt := runtimeRecord{Kernel: kernel, BootArgs: bootArgs, Initrd: v.paths.initrd(), Backend: backend.Name()}
 	if mode == NetworkTAP {
-		idx, err := st.LeaseIP(ctx, cfg.ID, pool.Size())
+		idx, err := st.LeaseIP(ctx, cfg.ID, pool.Size(), func(idx int) bool {
+			host, _, err := pool.Addrs(idx)
+			return err != nil || network.AddrInUse(host.Masked())
+		})
 		if err != nil {
 			return nil, err
 		}
@@ -126,7 +129,7 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 		rt.Network = NetworkInfo{
 			Mode: NetworkUser, GuestIP: network.UserGuestIP.Addr().String(), Prefix: network.UserGuestIP.Bits(),
 			Gateway: network.UserGateway.String(),
-			Note: "user-mode networking (not root): the guest is reached through forwarded ports on 127.0.0.1",
+			Note:    "user-mode networking (not root): the guest is reached through forwarded ports on 127.0.0.1",
 		}
 	}
 

@@ -76,6 +76,9 @@ func (v *VM) start(ctx context.Context) (err error) {
 		if err != nil {
 			return fmt.Errorf("stored host address: %w", err)
 		}
+		if !network.TAPExists(net.TAP) && network.AddrInUse(host.Masked()) {
+			return fmt.Errorf("address %s of this VM is in use on the host by another interface (a VM of another smolvm state directory?): stop that, or create this VM again to get a free address, or set SMOLVM_SUBNET", net.HostIP)
+		}
 		if err := network.CreateTAP(net.TAP, host); err != nil {
 			return err
 		}

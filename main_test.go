@@ -46,7 +46,7 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	if testEnv.skip == "" {
-		build := exec.Command("go", "build", "-o", testEnv.bin, "./cmd/smolvm")
+		build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", testEnv.bin, "./cmd/smolvm")
 		build.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := build.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "building the agent: %v\n%s", err, out)

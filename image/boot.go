@@ -95,7 +95,7 @@ func (b *Builder) Boot(ctx context.Context) (kernel, initrd string, err error) {
 // init: a static x86-64 ELF (no interpreter, so no host libraries needed).
 func ReadAgent(path string) ([]byte, error) {
 	if path == "" {
-		return nil, errors.New("no smolvm agent binary: build one with `CGO_ENABLED=0 go build ./cmd/smolvm` and set SMOLVM_AGENT to it, or put smolvm on PATH")
+		return nil, errors.New("no smolvm agent binary: build one with `CGO_ENABLED=0 go build -ldflags='-s -w' ./cmd/smolvm` and set SMOLVM_AGENT to it, or put smolvm on PATH")
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {

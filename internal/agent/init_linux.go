@@ -79,7 +79,7 @@ func Init() error {
 	}
 	step := func(name string) {
 		if cfg.Debug {
-			console("smolvm-init: %s at %v", name, time.Since(start).Round(time.Millisecond))
+			console("smolvm-init: %s at %v (uptime %s)", name, time.Since(start).Round(time.Millisecond), uptime())
 		}
 	}
 	if err := loadModules(); err != nil {
@@ -101,6 +101,7 @@ func Init() error {
 	if err := mountSystem(); err != nil {
 		return err
 	}
+	step("switched root")
 	if err := writeRunFiles(hostKey, authKeys); err != nil {
 		return err
 	}
@@ -112,7 +113,8 @@ func Init() error {
 	if cfg.Hostname != "" {
 		unix.Sethostname([]byte(cfg.Hostname))
 	}
-	if err := configureNetwork(cfg); err != nil {
+	step("files written")
+	if err := configureNetwork(cfg, step); err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
 	step("network up")
@@ -275,7 +277,10 @@ func serveMain() error {
 	if err != nil {
 		return err
 	}
-	console("smolvm-agent: ready")
+	console("smolvm-agent: ready (uptime %s)", uptime())
+	// Run the shell once while the host connects, so the first command
+	// finds it in the page cache (and, under emulation, translated).
+	go exec.Command(rootShell(passwdFile), "-c", ":").Run()
 	return srv.Serve(context.Background(), ln)
 }
 
@@ -314,4 +319,11 @@ func othersAlive() bool {
 
 func console(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, format+"\n", args...)
+}
+
+// uptime is the time since the kernel started, as /proc/uptime says.
+func uptime() string {
+	b, _ := os.ReadFile("/proc/uptime")
+	f, _, _ := strings.Cut(string(b), " ")
+	return f + "s"
 }

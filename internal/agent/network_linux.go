@@ -15,7 +15,7 @@ import (
 
 const netDevice = "eth0"
 
-func configureNetwork(cfg BootConfig) error {
+func configureNetwork(cfg BootConfig, step func(string)) error {
 	if lo, err := netlink.LinkByName("lo"); err == nil {
 		netlink.LinkSetUp(lo)
 	}
@@ -34,6 +34,7 @@ func configureNetwork(cfg BootConfig) error {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	step("eth0 found")
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: cfg.IP.Addr().AsSlice(), Mask: net.CIDRMask(cfg.IP.Bits(), 32)}}
 	if err := netlink.AddrAdd(link, addr); err != nil {
 		return fmt.Errorf("address %s: %w", cfg.IP, err)
@@ -47,6 +48,7 @@ func configureNetwork(cfg BootConfig) error {
 			return fmt.Errorf("default route via %s: %w", cfg.Gateway, err)
 		}
 	}
+	step("route added")
 	if len(cfg.DNS) > 0 {
 		var b strings.Builder
 		for _, d := range cfg.DNS {

@@ -54,7 +54,7 @@ func Base(agent []byte, modulesRoot string) ([]File, error) {
 			return nil, fmt.Errorf("initramfs: %w", err)
 		}
 		name := path.Base(m)
-		files = append(files, File{Name: path.Join(ModulesDir, name), Mode: 0o644, Data: data})
+		files = append(files, File{Name: path.Join(ModulesDir, name), Mode: 0o644, Data: StripSignature(data)})
 		order = append(order, name)
 	}
 	files = append(files, File{Name: ModulesOrder, Mode: 0o644, Data: []byte(strings.Join(order, "\n") + "\n")})

@@ -92,3 +92,24 @@ func TestKernelRelease(t *testing.T) {
 		t.Fatalf("got %q, want %q", got, want)
 	}
 }
+
+func TestStripSignature(t *testing.T) {
+	body := []byte("\x7fELF module body")
+	sig := []byte("SIGNATURE-BYTES")
+	info := []byte{0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, byte(len(sig))}
+	signed := append(append(append(append([]byte{}, body...), sig...), info...), sigMagic...)
+	tests := []struct {
+		name string
+		in   []byte
+		want []byte
+	}{
+		{"signed", signed, body},
+		{"unsigned", body, body},
+		{"magic but bogus length", append([]byte("x"), append([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0, 0, 0}, sigMagic...)...), append([]byte("x"), append([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0, 0, 0}, sigMagic...)...)},
+	}
+	for _, tt := range tests {
+		if got := StripSignature(tt.in); !bytes.Equal(got, tt.want) {
+			t.Errorf("%s: got %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}

@@ -10,8 +10,29 @@ import (
 
 // GuestModules are the drivers a guest needs before it can mount its root
 // and reach the network, for kernels that build them as modules (Debian's
-// cloud kernel does).
-var GuestModules = []string{"virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net"}
+// cloud kernel does). microvm has no PCI bus, so only virtio-mmio.
+var GuestModules = []string{"virtio_mmio", "virtio_blk", "virtio_net"}
+
+// sigMagic ends a module that carries an appended signature.
+const sigMagic = "~Module signature appended~\n"
+
+// StripSignature removes a module's appended signature. The kernel then
+// skips verifying it (an RSA check per module, slow under emulation) and
+// loads it as unsigned, which it allows unless module.sig_enforce is set.
+func StripSignature(ko []byte) []byte {
+	if len(ko) < len(sigMagic)+12 || string(ko[len(ko)-len(sigMagic):]) != sigMagic {
+		return ko
+	}
+	// struct module_signature (12 bytes) precedes the magic; its last
+	// field is the big-endian signature length.
+	info := ko[len(ko)-len(sigMagic)-12 : len(ko)-len(sigMagic)]
+	sigLen := int(info[8])<<24 | int(info[9])<<16 | int(info[10])<<8 | int(info[11])
+	end := len(ko) - len(sigMagic) - 12 - sigLen
+	if end <= 0 {
+		return ko
+	}
+	return ko[:end]
+}
 
 // ResolveModules reads a modules.dep file and returns the module paths (as
 // written there, relative to the modules directory) needed to load wanted,

@@ -122,6 +122,26 @@ func CreateTAP(name string, host netip.Prefix) error {
 	return nil
 }
 
+// AddrInUse reports whether an address of any host interface lies in
+// prefix: another state directory's VM, or a real network, uses it.
+func AddrInUse(prefix netip.Prefix) bool {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		if !ok {
+			continue
+		}
+		ones, _ := a.Mask.Size()
+		if prefix.Overlaps(netip.PrefixFrom(ip, ones)) {
+			return true
+		}
+	}
+	return false
+}
+
 // DeleteTAP removes the TAP device; a missing device is not an error.
 func DeleteTAP(name string) error {
 	link, err := netlink.LinkByName(name)

@@ -203,10 +203,12 @@ func (s *Store) DeleteVM(ctx context.Context, id string) error {
 	return nil
 }
 
-// LeaseIP gives vmID the smallest free lease index in [0, size), or the one
-// it already holds. The write transaction makes two processes leasing at
-// once get different indexes.
-func (s *Store) LeaseIP(ctx context.Context, vmID string, size int) (int, error) {
+// LeaseIP gives vmID the smallest lease index in [0, size) that no VM
+// holds and skip (if not nil) does not reject, or the one vmID already
+// holds. The write transaction makes two processes leasing at once get
+// different indexes; skip lets the caller avoid addresses that something
+// outside this database (another state directory) uses right now.
+func (s *Store) LeaseIP(ctx context.Context, vmID string, size int, skip func(idx int) bool) (int, error) {
 	var idx int
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		err := tx.QueryRowContext(ctx, `SELECT idx FROM ip_leases WHERE vm_id = ?`, vmID).Scan(&idx)
@@ -216,19 +218,30 @@ func (s *Store) LeaseIP(ctx context.Context, vmID string, size int) (int, error)
 		if !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
-		// The first gap in the sequence of taken indexes.
-		err = tx.QueryRowContext(ctx, `
-			SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM ip_leases WHERE idx = 0) THEN 0 ELSE
-				(SELECT MIN(a.idx) + 1 FROM ip_leases a
-				 WHERE NOT EXISTS (SELECT 1 FROM ip_leases b WHERE b.idx = a.idx + 1)) END`).Scan(&idx)
+		rows, err := tx.QueryContext(ctx, `SELECT idx FROM ip_leases`)
 		if err != nil {
 			return err
 		}
-		if idx >= size {
-			return ErrPoolExhausted
+		taken := map[int]bool{}
+		for rows.Next() {
+			var n int
+			if err := rows.Scan(&n); err != nil {
+				rows.Close()
+				return err
+			}
+			taken[n] = true
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO ip_leases (idx, vm_id) VALUES (?, ?)`, idx, vmID)
-		return err
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for idx = 0; idx < size; idx++ {
+			if !taken[idx] && (skip == nil || !skip(idx)) {
+				_, err = tx.ExecContext(ctx, `INSERT INTO ip_leases (idx, vm_id) VALUES (?, ?)`, idx, vmID)
+				return err
+			}
+		}
+		return ErrPoolExhausted
 	})
 	if err != nil {
 		return 0, fmt.Errorf("store: lease IP for vm %q: %w", vmID, err)

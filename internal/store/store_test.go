@@ -77,7 +77,7 @@ func TestLeaseConcurrentHandles(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				idx, err := s.LeaseIP(ctx, id, 1000)
+				idx, err := s.LeaseIP(ctx, id, 1000, nil)
 				if err != nil {
 					t.Error(err)
 					return
@@ -111,7 +111,7 @@ func TestLeaseReuseAndExhaustion(t *testing.T) {
 		wantErr error
 	}{
 		{"lease", "a", 0, nil},
-		{"lease", "b", 1, nil},
+		{"lease", "b", 2, nil}, // 1 is skipped: in use outside the database
 		{"lease", "a", 0, nil}, // already held: same index
 		{"lease", "c", 0, ErrPoolExhausted},
 		{"delete", "a", 0, nil}, // deleting the VM frees its lease
@@ -120,7 +120,7 @@ func TestLeaseReuseAndExhaustion(t *testing.T) {
 	for i, tt := range tests {
 		switch tt.op {
 		case "lease":
-			idx, err := s.LeaseIP(ctx, tt.vm, 2)
+			idx, err := s.LeaseIP(ctx, tt.vm, 3, func(idx int) bool { return idx == 1 })
 			if !errors.Is(err, tt.wantErr) || (err == nil && idx != tt.wantIdx) {
 				t.Fatalf("step %d lease %s: got %d, %v; want %d, %v", i, tt.vm, idx, err, tt.wantIdx, tt.wantErr)
 			}

@@ -1,0 +1,72 @@
+package smolvm_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/smolvm/smolvm"
+)
+
+func TestDoctor(t *testing.T) {
+	tmp := t.TempDir()
+	notDir := filepath.Join(tmp, "file")
+	if err := os.WriteFile(notDir, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		opts []smolvm.Option
+		want map[string]bool // check name -> OK
+	}{
+		{
+			name: "writable home, missing agent",
+			opts: []smolvm.Option{smolvm.WithHome(filepath.Join(tmp, "home")), smolvm.WithAgent(filepath.Join(tmp, "no-agent"))},
+			want: map[string]bool{"state dir": true, "agent": false},
+		},
+		{
+			name: "home is a file",
+			opts: []smolvm.Option{smolvm.WithHome(filepath.Join(notDir, "home")), smolvm.WithAgent(notDir)},
+			want: map[string]bool{"state dir": false, "agent": false},
+		},
+		{
+			name: "missing local alpine source",
+			opts: []smolvm.Option{smolvm.WithHome(filepath.Join(tmp, "home2")), smolvm.WithAlpineSource(filepath.Join(tmp, "no-such.tar.gz"))},
+			want: map[string]bool{"default image": false},
+		},
+		{
+			name: "alpine mirror URL",
+			opts: []smolvm.Option{smolvm.WithHome(filepath.Join(tmp, "home3")), smolvm.WithAlpineSource("https://mirror.example/alpine")},
+			want: map[string]bool{"default image": true},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			checks := smolvm.Doctor(context.Background(), tt.opts...)
+			got := map[string]smolvm.Check{}
+			for _, c := range checks {
+				if c.Name == "" || c.Detail == "" {
+					t.Errorf("check without name or detail: %+v", c)
+				}
+				if !c.OK && c.Fix == "" {
+					t.Errorf("failed check %q says no fix: %+v", c.Name, c)
+				}
+				got[c.Name] = c
+			}
+			for _, name := range []string{"qemu", "kvm", "kernel", "e2fsprogs", "tap networking", "state dir", "agent", "default image"} {
+				if _, ok := got[name]; !ok {
+					t.Errorf("no %q check in %+v", name, checks)
+				}
+			}
+			for name, ok := range tt.want {
+				if got[name].OK != ok {
+					t.Errorf("check %q: OK = %v, want %v (%+v)", name, got[name].OK, ok, got[name])
+				}
+			}
+			if !got["kvm"].Optional || !got["tap networking"].Optional || got["qemu"].Optional {
+				t.Errorf("kvm and tap networking should be optional, qemu required: %+v", checks)
+			}
+		})
+	}
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what smolvm needs on a Debian host, skipping what is there:
+# QEMU, a guest kernel, e2fsprogs (mke2fs/resize2fs), and test tools.
+set -euo pipefail
+
+need=()
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+have_cmd qemu-system-x86_64 || need+=(qemu-system-x86)
+compgen -G '/boot/vmlinuz-*' >/dev/null || need+=(linux-image-cloud-amd64)
+have_cmd mke2fs && have_cmd resize2fs || need+=(e2fsprogs)
+have_cmd ssh || need+=(openssh-client)
+have_cmd cpio || need+=(cpio)
+have_cmd ip || need+=(iproute2)
+have_pkg busybox-static || need+=(busybox-static)
+
+if ((${#need[@]})); then
+	echo "installing: ${need[*]}" >&2
+	sudo=""
+	[ "$(id -u)" = 0 ] || sudo=sudo
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
+
+if ! have_cmd go; then
+	[ -x /usr/local/go/bin/go ] && export PATH=$PATH:/usr/local/go/bin
+	have_cmd go || { echo "Go 1.26 or newer is needed: https://go.dev/doc/install" >&2; exit 1; }
+fi

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds, vets, and runs every test, including
+# the ones that boot real VMs.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+"$root/scripts/deps.sh"
+cd "$root"
+CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o bin/smolvm ./cmd/smolvm
+go vet ./...
+unformatted=$(gofmt -l $(git ls-files '*.go'))
+[ -z "$unformatted" ] || { echo "gofmt needed: $unformatted" >&2; exit 1; }
+go test -count=1 -p 2 -timeout 25m "$@" ./...
