@@ -217,7 +217,7 @@ func resolveBoot(ctx context.Context, s settings, cfg VMConfig) (kernel, initrd,
 	if err != nil {
 		return
 	}
-	if cfg.BootArgs == "" {
+	if cfg.BootArgs == "" && img.BootArgs != "" {
 		bootArgs = img.BootArgs
 	}
 	return img.Kernel, img.Initrd, img.Rootfs, bootArgs, nil
