@@ -53,6 +53,9 @@ type VMConfig struct {
 	// Env is set in the guest at every start, on top of variables set
 	// with SetEnv since.
 	Env map[string]string `json:"env,omitempty"`
+	// NoEgress cuts the VM off from the host's networks; exposed ports
+	// still reach it.
+	NoEgress bool `json:"no_egress,omitempty"`
 	// RetainDiskOnDelete keeps the VM's disk file when it is deleted.
 	RetainDiskOnDelete bool `json:"retain_disk_on_delete,omitempty"`
 	// BootTimeout bounds Start (default 60s); ctx can bound it further.

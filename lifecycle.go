@@ -67,9 +67,13 @@ func (v *VM) start(ctx context.Context) (err error) {
 	spec := hypervisor.Spec{
 		ID: v.id, VCPUs: info.Config.VCPUs, MemoryMiB: info.Config.MemoryMiB,
 		Kernel: rt.Kernel, Initrd: rt.Initrd, Disk: v.paths.disk(),
-		ConsoleLog: v.paths.console(), PIDFile: v.paths.pidFile(),
+		ConsoleLog: v.paths.console(), PIDFile: v.paths.pidFile(), ControlSocket: v.paths.qmp(),
 		Cmdline: rt.BootArgs + " " + guestCmdline(v.id, net),
-		Net:     hypervisor.NetSpec{TAP: net.TAP, MAC: network.MAC(v.id)},
+		Net:     hypervisor.NetSpec{TAP: net.TAP, MAC: network.MAC(v.id), Restrict: info.Config.NoEgress},
+	}
+	forwards, err := v.Forwards(ctx)
+	if err != nil {
+		return err
 	}
 	if net.Mode == NetworkTAP {
 		host, err := netip.ParsePrefix(net.HostIP)
@@ -83,6 +87,10 @@ func (v *VM) start(ctx context.Context) (err error) {
 			return err
 		}
 		undo.push("tap", func() error { return network.DeleteTAP(net.TAP) })
+		if err := firewallAddVM(v.id, net, info.Config.NoEgress, forwards); err != nil {
+			return err
+		}
+		undo.push("firewall", func() error { return firewallRemoveVM(v.id) })
 	} else {
 		port, err := network.FreePort("127.0.0.1")
 		if err != nil {
@@ -90,9 +98,13 @@ func (v *VM) start(ctx context.Context) (err error) {
 		}
 		net.SSHAddr = fmt.Sprintf("127.0.0.1:%d", port)
 		spec.Net.Forwards = []hypervisor.Forward{{HostAddr: "127.0.0.1", HostPort: port, GuestPort: 22}}
+		for _, f := range forwards {
+			spec.Net.Forwards = append(spec.Net.Forwards, hypervisor.Forward{HostAddr: f.HostAddr, HostPort: f.HostPort, GuestPort: f.GuestPort})
+		}
 	}
 	os.Remove(v.paths.console())
 	os.Remove(v.paths.pidFile())
+	os.Remove(v.paths.qmp())
 	pid, err := backend.Start(bootCtx, spec)
 	if err != nil {
 		if bootCtx.Err() != nil {
@@ -268,17 +280,22 @@ func (v *VM) stop(ctx context.Context, timeout time.Duration) error {
 	})
 }
 
-// releaseRunResources drops what only a running VM needs: the connection
-// and the TAP device. The IP lease stays until Delete.
+// releaseRunResources drops what only a running VM needs: the connection,
+// the TAP device and its firewall rules. The IP lease and the recorded
+// port forwards stay until Delete.
 func (v *VM) releaseRunResources() {
 	v.mu.Lock()
 	v.dropClient()
 	tap := v.info.Network.TAP
 	v.mu.Unlock()
-	if tap != "" {
-		if err := network.DeleteTAP(tap); err != nil {
-			v.log().Warn("delete tap", "err", err)
-		}
+	if tap == "" {
+		return
+	}
+	if err := firewallRemoveVM(v.id); err != nil {
+		v.log().Warn("remove firewall rules", "err", err)
+	}
+	if err := network.DeleteTAP(tap); err != nil {
+		v.log().Warn("delete tap", "err", err)
 	}
 }
 

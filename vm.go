@@ -269,6 +269,7 @@ func (p paths) disk() string           { return filepath.Join(p.dir, "disk.ext4"
 func (p paths) console() string        { return filepath.Join(p.dir, "console.log") }
 func (p paths) initrd() string         { return filepath.Join(p.dir, "initrd.cpio") }
 func (p paths) pidFile() string        { return filepath.Join(p.dir, "vm.pid") }
+func (p paths) qmp() string            { return filepath.Join(p.dir, "qmp.sock") }
 func (p paths) hostKey() string        { return filepath.Join(p.dir, "ssh_host_ed25519_key") }
 func (p paths) hostKeyPub() string     { return filepath.Join(p.dir, "ssh_host_ed25519_key.pub") }
 func (p paths) clientKey() string      { return filepath.Join(p.dir, "id_ed25519") }

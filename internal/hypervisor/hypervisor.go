@@ -24,7 +24,10 @@ type Spec struct {
 	Disk       string
 	ConsoleLog string
 	PIDFile    string
-	Net        NetSpec
+	// ControlSocket is where the monitor's control socket (QMP for QEMU)
+	// listens; empty = none.
+	ControlSocket string
+	Net           NetSpec
 }
 
 // NetSpec says how the guest's one network interface is connected.
@@ -34,6 +37,9 @@ type NetSpec struct {
 	MAC string
 	// Forwards are host-port forwards for user-mode networking.
 	Forwards []Forward
+	// Restrict cuts a user-mode guest off from the host and the outside;
+	// forwards into it still work.
+	Restrict bool
 }
 
 // Forward sends TCP connections to HostAddr:HostPort on to GuestPort.

@@ -56,6 +56,13 @@ var migrations = []string{
 		idx   INTEGER PRIMARY KEY,
 		vm_id TEXT NOT NULL UNIQUE REFERENCES vms(id) ON DELETE CASCADE
 	);`,
+	`CREATE TABLE port_forwards (
+		vm_id      TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+		host_addr  TEXT NOT NULL,
+		host_port  INTEGER NOT NULL,
+		guest_port INTEGER NOT NULL,
+		PRIMARY KEY (host_addr, host_port)
+	);`,
 }
 
 // Open opens (creating if needed) the database at path. WAL mode and a busy
@@ -284,4 +291,58 @@ func isUniqueViolation(err error) bool {
 		return false
 	}
 	return se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY || se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE
+}
+
+// Forward is one port forward: HostAddr:HostPort on the host to GuestPort
+// in the VM.
+type Forward struct {
+	VMID      string
+	HostAddr  string
+	HostPort  int
+	GuestPort int
+}
+
+// AddForward records a forward. A host address and port already forwarded
+// (to any VM) is ErrExists.
+func (s *Store) AddForward(ctx context.Context, f Forward) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO port_forwards (vm_id, host_addr, host_port, guest_port) VALUES (?, ?, ?, ?)`,
+		f.VMID, f.HostAddr, f.HostPort, f.GuestPort)
+	if isUniqueViolation(err) {
+		return fmt.Errorf("port %s:%d: %w", f.HostAddr, f.HostPort, ErrExists)
+	}
+	if err != nil {
+		return fmt.Errorf("store: add forward: %w", err)
+	}
+	return nil
+}
+
+// RemoveForward deletes vmID's forward of hostAddr:hostPort.
+func (s *Store) RemoveForward(ctx context.Context, vmID, hostAddr string, hostPort int) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM port_forwards WHERE vm_id = ? AND host_addr = ? AND host_port = ?`, vmID, hostAddr, hostPort)
+	if err != nil {
+		return fmt.Errorf("store: remove forward: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("port %s:%d of vm %q: %w", hostAddr, hostPort, vmID, ErrNotFound)
+	}
+	return nil
+}
+
+// Forwards lists vmID's forwards, or every VM's when vmID is empty.
+func (s *Store) Forwards(ctx context.Context, vmID string) ([]Forward, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT vm_id, host_addr, host_port, guest_port FROM port_forwards
+		WHERE ? = '' OR vm_id = ? ORDER BY host_addr, host_port`, vmID, vmID)
+	if err != nil {
+		return nil, fmt.Errorf("store: forwards: %w", err)
+	}
+	defer rows.Close()
+	var out []Forward
+	for rows.Next() {
+		var f Forward
+		if err := rows.Scan(&f.VMID, &f.HostAddr, &f.HostPort, &f.GuestPort); err != nil {
+			return nil, fmt.Errorf("store: forwards: %w", err)
+		}
+		out = append(out, f)
+	}
+	return out, rows.Err()
 }

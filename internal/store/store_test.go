@@ -131,3 +131,34 @@ func TestLeaseReuseAndExhaustion(t *testing.T) {
 		}
 	}
 }
+
+func TestForwards(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTemp(t)
+	for _, id := range []string{"a", "b"} {
+		if err := s.CreateVM(ctx, VM{ID: id, State: "created", Config: []byte("{}")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.AddForward(ctx, Forward{VMID: "a", HostAddr: "127.0.0.1", HostPort: 8080, GuestPort: 80}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddForward(ctx, Forward{VMID: "b", HostAddr: "127.0.0.1", HostPort: 8080, GuestPort: 81}); !errors.Is(err, ErrExists) {
+		t.Fatalf("same host port twice: %v", err)
+	}
+	if err := s.AddForward(ctx, Forward{VMID: "b", HostAddr: "0.0.0.0", HostPort: 8080, GuestPort: 81}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveForward(ctx, "b", "127.0.0.1", 8080); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("removing another VM's forward: %v", err)
+	}
+	if fs, _ := s.Forwards(ctx, ""); len(fs) != 2 {
+		t.Fatalf("all forwards: %v", fs)
+	}
+	if err := s.DeleteVM(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if fs, _ := s.Forwards(ctx, "a"); len(fs) != 0 {
+		t.Fatalf("forwards outlived their VM: %v", fs)
+	}
+}

@@ -129,6 +129,9 @@ func (q *QEMU) Args(spec hypervisor.Spec) []string {
 		args = append(args, "-netdev", "tap,id=net0,ifname="+spec.Net.TAP+",script=no,downscript=no")
 	} else {
 		netdev := "user,id=net0"
+		if spec.Net.Restrict {
+			netdev += ",restrict=on"
+		}
 		for _, f := range spec.Net.Forwards {
 			netdev += fmt.Sprintf(",hostfwd=tcp:%s:%d-:%d", f.HostAddr, f.HostPort, f.GuestPort)
 		}
@@ -138,7 +141,11 @@ func (q *QEMU) Args(spec hypervisor.Spec) []string {
 	if spec.Net.MAC != "" {
 		netdevice += ",mac=" + spec.Net.MAC
 	}
-	args = append(args, "-device", netdevice,
+	args = append(args, "-device", netdevice)
+	if spec.ControlSocket != "" {
+		args = append(args, "-qmp", "unix:"+spec.ControlSocket+",server=on,wait=off")
+	}
+	args = append(args,
 		"-pidfile", spec.PIDFile,
 		"-daemonize",
 	)

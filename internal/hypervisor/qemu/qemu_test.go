@@ -19,8 +19,9 @@ func TestArgsGolden(t *testing.T) {
 	}
 	tap := spec
 	tap.Net = hypervisor.NetSpec{TAP: "smol0123456789", MAC: "02:00:00:00:00:01"}
+	tap.ControlSocket = "/qmp.sock"
 	user := spec
-	user.Net = hypervisor.NetSpec{Forwards: []hypervisor.Forward{{HostAddr: "127.0.0.1", HostPort: 2222, GuestPort: 22}}}
+	user.Net = hypervisor.NetSpec{Restrict: true, Forwards: []hypervisor.Forward{{HostAddr: "127.0.0.1", HostPort: 2222, GuestPort: 22}}}
 	tests := []struct {
 		name string
 		q    QEMU

@@ -1,0 +1,99 @@
+package smolvm_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/smolvm/smolvm"
+)
+
+// serveHello starts a TCP server in the guest that answers "hello".
+func serveHello(t *testing.T, ctx context.Context, vm *smolvm.VM, port int) {
+	t.Helper()
+	cmd := fmt.Sprintf("nohup sh -c 'while true; do echo hello-from-guest | nc -l -p %d; done' >/dev/null 2>&1 &", port)
+	run(t, ctx, vm, cmd)
+}
+
+// dialHello connects to addr until it answers or the deadline passes.
+func dialHello(addr string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	var last error
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.SetDeadline(time.Now().Add(2 * time.Second))
+			b, err := io.ReadAll(c)
+			c.Close()
+			if err == nil && strings.Contains(string(b), "hello-from-guest") {
+				return nil
+			}
+			last = fmt.Errorf("read %q: %v", b, err)
+		} else {
+			last = err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("%s: %w", addr, last)
+}
+
+func TestExposePorts(t *testing.T) {
+	for _, mode := range []string{smolvm.NetworkUser, smolvm.NetworkTAP} {
+		t.Run(mode, func(t *testing.T) {
+			ctx := testContext(t, 4*time.Minute)
+			vm := newVM(t, ctx, smolvm.VMConfig{}, smolvm.WithNetwork(mode))
+			// One forward made before start, one while running.
+			before, err := vm.Expose(ctx, 8001, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			startVM(t, ctx, vm)
+			after, err := vm.Expose(ctx, 8002, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if before.HostAddr != "127.0.0.1" || before.HostPort == 0 {
+				t.Fatalf("forward = %+v, want 127.0.0.1 and a picked port", before)
+			}
+			if _, err := vm.Expose(ctx, 9999, after.HostPort); !errors.Is(err, smolvm.ErrAlreadyExists) {
+				t.Fatalf("exposing a taken host port: %v", err)
+			}
+			for _, bad := range []int{0, 70000} {
+				if _, err := vm.Expose(ctx, bad, 0); !errors.Is(err, smolvm.ErrInvalid) {
+					t.Fatalf("guest port %d: %v", bad, err)
+				}
+			}
+			serveHello(t, ctx, vm, 8001)
+			serveHello(t, ctx, vm, 8002)
+			for _, f := range []smolvm.PortForward{before, after} {
+				if err := dialHello(fmt.Sprintf("127.0.0.1:%d", f.HostPort), 20*time.Second); err != nil {
+					t.Fatalf("forward %+v: %v", f, err)
+				}
+			}
+			// Forwards survive stop and start.
+			if err := vm.Stop(ctx, 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			startVM(t, ctx, vm)
+			serveHello(t, ctx, vm, 8002)
+			if err := dialHello(fmt.Sprintf("127.0.0.1:%d", after.HostPort), 20*time.Second); err != nil {
+				t.Fatalf("after restart: %v", err)
+			}
+			if err := vm.Unexpose(ctx, "", after.HostPort); err != nil {
+				t.Fatal(err)
+			}
+			if err := dialHello(fmt.Sprintf("127.0.0.1:%d", after.HostPort), time.Second); err == nil {
+				t.Fatal("port still forwarded after Unexpose")
+			}
+			fs, err := vm.Forwards(ctx)
+			if err != nil || len(fs) != 1 || fs[0] != before {
+				t.Fatalf("forwards = %+v, %v; want only %+v", fs, err, before)
+			}
+		})
+	}
+}
