@@ -23,7 +23,7 @@ import (
 // SSHBootArgs is the kernel command line that boots an image into the
 // smolvm agent, which serves SSH. smolvm adds the per-VM keys (address,
 // hostname) itself.
-const SSHBootArgs = "console=ttyS0 quiet panic=-1 pci=off cryptomgr.notests i8042.noaux i8042.nokbd"
+const SSHBootArgs = "console=ttyS0 quiet panic=-1 pci=off ipv6.disable=1 rcupdate.rcu_expedited=1 cryptomgr.notests i8042.noaux i8042.nokbd"
 
 // DefaultName is the name of the default image.
 const DefaultName = "alpine"
