@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
@@ -53,6 +54,10 @@ type VMConfig struct {
 	// Env is set in the guest at every start, on top of variables set
 	// with SetEnv since.
 	Env map[string]string `json:"env,omitempty"`
+	// Mounts share host folders into the guest (virtio-9p). They need a
+	// guest kernel with 9p; smolvm picks one from /boot when the default
+	// kernel lacks it.
+	Mounts []Mount `json:"mounts,omitempty"`
 	// NoEgress cuts the VM off from the host's networks; exposed ports
 	// still reach it.
 	NoEgress bool `json:"no_egress,omitempty"`
@@ -60,6 +65,14 @@ type VMConfig struct {
 	RetainDiskOnDelete bool `json:"retain_disk_on_delete,omitempty"`
 	// BootTimeout bounds Start (default 60s); ctx can bound it further.
 	BootTimeout time.Duration `json:"boot_timeout,omitempty"`
+}
+
+// Mount shares the host folder HostPath at GuestPath in the guest,
+// read-only unless Writable.
+type Mount struct {
+	HostPath  string `json:"host_path"`
+	GuestPath string `json:"guest_path"`
+	Writable  bool   `json:"writable,omitempty"`
 }
 
 var (
@@ -126,6 +139,14 @@ func (c VMConfig) Validate() error {
 	for k := range c.Env {
 		if !envPattern.MatchString(k) {
 			bad("env name", fmt.Sprintf("%q", k), "use letters, digits and '_', not starting with a digit")
+		}
+	}
+	for _, m := range c.Mounts {
+		if fi, err := os.Stat(m.HostPath); err != nil || !fi.IsDir() || !filepath.IsAbs(m.HostPath) {
+			bad("mount host path", fmt.Sprintf("%q", m.HostPath), "must be an absolute path of an existing directory")
+		}
+		if !filepath.IsAbs(m.GuestPath) || strings.ContainsAny(m.GuestPath, " \t\n:,") || filepath.Clean(m.GuestPath) == "/" {
+			bad("mount guest path", fmt.Sprintf("%q", m.GuestPath), "must be an absolute path other than /, without spaces, ':' or ','")
 		}
 	}
 	if strings.ContainsAny(c.BootArgs, "\n\x00") {

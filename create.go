@@ -188,6 +188,21 @@ func (v *VM) writeKeys(baseInitrd string, env map[string]string) error {
 // args for cfg, building the default image on first use.
 func resolveBoot(ctx context.Context, s settings, cfg VMConfig) (kernel, initrd, rootfs, bootArgs string, err error) {
 	b := &image.Builder{CacheDir: s.home, Agent: s.agent, AlpineSource: s.alpineSource, Progress: s.progress, Logger: s.logger}
+	if len(cfg.Mounts) > 0 {
+		explicit := cfg.KernelPath != "" || os.Getenv(image.KernelEnv) != ""
+		given := cfg.KernelPath
+		if given == "" {
+			if given, err = b.FindKernel(); err != nil {
+				return
+			}
+		}
+		if b.Kernel, err = mountKernel(given, explicit); err != nil {
+			return
+		}
+		if cfg.KernelPath != "" {
+			cfg.KernelPath = b.Kernel
+		}
+	}
 	bootArgs = cfg.BootArgs
 	if bootArgs == "" {
 		bootArgs = image.SSHBootArgs

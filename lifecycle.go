@@ -68,8 +68,11 @@ func (v *VM) start(ctx context.Context) (err error) {
 		ID: v.id, VCPUs: info.Config.VCPUs, MemoryMiB: info.Config.MemoryMiB,
 		Kernel: rt.Kernel, Initrd: rt.Initrd, Disk: v.paths.disk(),
 		ConsoleLog: v.paths.console(), PIDFile: v.paths.pidFile(), ControlSocket: v.paths.qmp(),
-		Cmdline: rt.BootArgs + " " + guestCmdline(v.id, net),
+		Cmdline: rt.BootArgs + " " + guestCmdline(v.id, net, info.Config.Mounts),
 		Net:     hypervisor.NetSpec{TAP: net.TAP, MAC: network.MAC(v.id), Restrict: info.Config.NoEgress},
+	}
+	for i, m := range info.Config.Mounts {
+		spec.Mounts = append(spec.Mounts, hypervisor.Mount{Tag: mountTag(i), HostPath: m.HostPath, ReadOnly: !m.Writable})
 	}
 	forwards, err := v.Forwards(ctx)
 	if err != nil {
@@ -160,8 +163,10 @@ func (v *VM) waitReady(ctx context.Context, pid int, timeout time.Duration) erro
 	switch {
 	case errors.Is(context.Cause(dialCtx), errDied):
 		return fmt.Errorf("%w; %s", errDied, v.consoleTail())
-	case ctx.Err() != nil:
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return &TimeoutError{Op: "start", VM: v.id, Timeout: timeout, Detail: "guest SSH server not ready; " + v.consoleTail()}
+	case ctx.Err() != nil:
+		return fmt.Errorf("waiting for the guest: %w", ctx.Err())
 	}
 	return err
 }
@@ -353,8 +358,15 @@ func (v *VM) delete(ctx context.Context) error {
 }
 
 // guestCmdline is the per-VM part of the kernel command line.
-func guestCmdline(id string, n NetworkInfo) string {
+func guestCmdline(id string, n NetworkInfo, mounts []Mount) string {
 	parts := []string{"smolvm.hostname=" + id, fmt.Sprintf("smolvm.ip=%s/%d", n.GuestIP, n.Prefix)}
+	for i, m := range mounts {
+		mode := "ro"
+		if m.Writable {
+			mode = "rw"
+		}
+		parts = append(parts, fmt.Sprintf("smolvm.mount=%s:%s:%s", mountTag(i), m.GuestPath, mode))
+	}
 	if n.Gateway != "" {
 		parts = append(parts, "smolvm.gw="+n.Gateway)
 	}
@@ -389,3 +401,5 @@ func (u *undoStack) run(log *slog.Logger) {
 		}
 	}
 }
+
+func mountTag(i int) string { return fmt.Sprintf("smol%d", i) }

@@ -8,7 +8,9 @@ have_cmd() { command -v "$1" >/dev/null 2>&1; }
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 have_cmd qemu-system-x86_64 || need+=(qemu-system-x86)
-compgen -G '/boot/vmlinuz-*' >/dev/null || need+=(linux-image-cloud-amd64)
+# The generic kernel has 9p, which host folder mounts need; the cloud one does not.
+compgen -G "/boot/vmlinuz-*[0-9]-amd64" >/dev/null || need+=(linux-image-amd64)
+compgen -G '/boot/vmlinuz-*-cloud-amd64' >/dev/null || need+=(linux-image-cloud-amd64)
 have_cmd mke2fs && have_cmd resize2fs || need+=(e2fsprogs)
 have_cmd ssh || need+=(openssh-client)
 have_cmd cpio || need+=(cpio)

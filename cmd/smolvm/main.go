@@ -1,14 +1,13 @@
-// Command smolvm manages microVMs; inside a guest it is also the init.
+// Command smolvm creates, runs and manages QEMU microVMs. Inside a guest
+// the same binary is the init and the SSH agent.
 package main
 
 import (
 	"context"
-	"fmt"
-	"log/slog"
 	"os"
-	"strings"
+	"os/signal"
+	"syscall"
 
-	"github.com/smolvm/smolvm"
 	"github.com/smolvm/smolvm/internal/agent"
 )
 
@@ -16,18 +15,10 @@ func main() {
 	if agent.Main() {
 		return
 	}
-	ctx := context.Background()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	vm, err := smolvm.New(ctx, smolvm.WithLogger(log), smolvm.WithProgress(os.Stderr))
-	if err != nil {
-		fmt.Println(err)
-		os.Exit(1)
-	}
-	defer vm.Delete(ctx)
-	if err := vm.Start(ctx); err != nil {
-		fmt.Println(err)
-		return
-	}
-	res, err := vm.Run(ctx, strings.Join(os.Args[1:], " "))
-	fmt.Printf("%+v %v\n", res, err)
+	// Ctrl-C and SIGTERM cancel the context; commands still clean up (run
+	// deletes its VM) with a context that outlives the cancellation.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := execute(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }

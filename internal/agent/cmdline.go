@@ -19,6 +19,14 @@ type BootConfig struct {
 	Root     string // block device of the root filesystem
 	RootType string
 	Debug    bool // print boot steps with timings to the console
+	Mounts   []Mount
+}
+
+// Mount is a host folder shared into the guest over virtio-9p.
+type Mount struct {
+	Tag      string // the device's mount_tag
+	Path     string // where it appears in the guest
+	ReadOnly bool
 }
 
 // ParseCmdline reads smolvm's keys from a kernel command line. Unknown keys
@@ -48,6 +56,10 @@ func ParseCmdline(cmdline string) (BootConfig, error) {
 			cfg.Root = val
 		case "smolvm.rootfstype":
 			cfg.RootType = val
+		case "smolvm.mount":
+			var m Mount
+			m, err = parseMount(val)
+			cfg.Mounts = append(cfg.Mounts, m)
 		case "smolvm.debug":
 			cfg.Debug = val == "" || val == "1"
 		}
@@ -56,4 +68,13 @@ func ParseCmdline(cmdline string) (BootConfig, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// parseMount reads TAG:PATH:ro|rw.
+func parseMount(val string) (Mount, error) {
+	parts := strings.Split(val, ":")
+	if len(parts) != 3 || parts[0] == "" || !strings.HasPrefix(parts[1], "/") || (parts[2] != "ro" && parts[2] != "rw") {
+		return Mount{}, fmt.Errorf("want TAG:/PATH:ro|rw")
+	}
+	return Mount{Tag: parts[0], Path: parts[1], ReadOnly: parts[2] == "ro"}, nil
 }

@@ -21,6 +21,10 @@ func TestParseCmdline(t *testing.T) {
 				Hostname: "web", Root: "/dev/vdb", RootType: "ext4", Debug: true,
 			},
 		},
+		{in: "smolvm.mount=smol0:/data:ro smolvm.mount=smol1:/mnt/w:rw", want: BootConfig{Root: "/dev/vda", RootType: "ext4",
+			Mounts: []Mount{{Tag: "smol0", Path: "/data", ReadOnly: true}, {Tag: "smol1", Path: "/mnt/w"}}}},
+		{in: "smolvm.mount=smol0:relative:ro", wantErr: true},
+		{in: "smolvm.mount=smol0:/x:maybe", wantErr: true},
 		{in: "smolvm.ip=300.1.1.1/24", wantErr: true},
 		{in: "smolvm.gw=nope", wantErr: true},
 	}

@@ -19,18 +19,20 @@ import (
 // Where the boot step leaves what the SSH server reads. /run is a tmpfs, so
 // the host key never touches the guest's disk.
 const (
-	runDir             = "/run/smolvm"
-	runHostKey         = runDir + "/host_key"
-	runAuthorizedKeys  = runDir + "/authorized_keys"
-	persistentEnvFile  = "/etc/smolvm/env.json"
-	serveArg0          = "smolvm-agent-serve"
-	initramfsRoot      = "/"
-	initramfsHostKey   = "/smolvm/host_key"
-	initramfsAuthKeys  = "/smolvm/authorized_keys"
-	initramfsEnv       = "/smolvm/env.json"
-	initramfsModOrder  = "/lib/modules/smolvm/order"
-	initramfsModDir    = "/lib/modules/smolvm"
-	rootDeviceWaitTime = 10 * time.Second
+	runDir            = "/run/smolvm"
+	runHostKey        = runDir + "/host_key"
+	runAuthorizedKeys = runDir + "/authorized_keys"
+	persistentEnvFile = "/etc/smolvm/env.json"
+	serveArg0         = "smolvm-agent-serve"
+	initramfsRoot     = "/"
+	initramfsHostKey  = "/smolvm/host_key"
+	initramfsAuthKeys = "/smolvm/authorized_keys"
+	initramfsEnv      = "/smolvm/env.json"
+	initramfsModOrder = "/lib/modules/smolvm/order"
+	// Modules for host folder mounts, loaded only when a VM has some.
+	initramfsMountModOrder = "/lib/modules/smolvm/mount.order"
+	initramfsModDir        = "/lib/modules/smolvm"
+	rootDeviceWaitTime     = 10 * time.Second
 )
 
 // Main runs the agent when this process is a guest's init or the SSH server
@@ -82,8 +84,13 @@ func Init() error {
 			console("smolvm-init: %s at %v (uptime %s)", name, time.Since(start).Round(time.Millisecond), uptime())
 		}
 	}
-	if err := loadModules(); err != nil {
+	if err := loadModules(initramfsModOrder); err != nil {
 		return err
+	}
+	if len(cfg.Mounts) > 0 {
+		if err := loadModules(initramfsMountModOrder); err != nil {
+			return fmt.Errorf("folder mounts: %w", err)
+		}
 	}
 	step("modules loaded")
 	// Read the per-VM files before the initramfs goes out of sight.
@@ -105,6 +112,11 @@ func Init() error {
 	if err := writeRunFiles(hostKey, authKeys); err != nil {
 		return err
 	}
+	for _, m := range cfg.Mounts {
+		if err := mountShared(m); err != nil {
+			console("smolvm-init: %v", err)
+		}
+	}
 	if len(envJSON) > 0 {
 		if err := mergeEnv(persistentEnvFile, envJSON); err != nil {
 			console("smolvm-init: env: %v", err)
@@ -121,8 +133,8 @@ func Init() error {
 	return superviseServer()
 }
 
-func loadModules() error {
-	order, err := os.ReadFile(initramfsModOrder)
+func loadModules(orderFile string) error {
+	order, err := os.ReadFile(orderFile)
 	if err != nil {
 		return nil // a kernel with the drivers built in
 	}
@@ -182,13 +194,17 @@ func switchRoot(newRoot string) error {
 }
 
 func mountSystem() error {
-	for _, m := range []struct{ src, dst, typ, opts string }{
-		{"devpts", "/dev/pts", "devpts", "gid=5,mode=0620,ptmxmode=0666"},
-		{"shm", "/dev/shm", "tmpfs", "mode=1777"},
-		{"run", "/run", "tmpfs", "mode=0755"},
+	for _, m := range []struct {
+		src, dst, typ, opts string
+		flags               uintptr
+	}{
+		// devpts must allow device nodes: its files are the terminals.
+		{"devpts", "/dev/pts", "devpts", "gid=5,mode=0620,ptmxmode=0666", unix.MS_NOSUID | unix.MS_NOEXEC},
+		{"shm", "/dev/shm", "tmpfs", "mode=1777", unix.MS_NOSUID | unix.MS_NODEV},
+		{"run", "/run", "tmpfs", "mode=0755", unix.MS_NOSUID | unix.MS_NODEV},
 	} {
 		os.MkdirAll(m.dst, 0o755)
-		if err := unix.Mount(m.src, m.dst, m.typ, unix.MS_NOSUID|unix.MS_NODEV, m.opts); err != nil {
+		if err := unix.Mount(m.src, m.dst, m.typ, m.flags, m.opts); err != nil {
 			return fmt.Errorf("mount %s: %w", m.dst, err)
 		}
 	}
@@ -326,4 +342,21 @@ func uptime() string {
 	b, _ := os.ReadFile("/proc/uptime")
 	f, _, _ := strings.Cut(string(b), " ")
 	return f + "s"
+}
+
+// mountShared mounts a host folder shared over virtio-9p. Read-only is
+// enforced by the host (QEMU's fsdev readonly) and by the mount flags.
+func mountShared(m Mount) error {
+	if err := os.MkdirAll(m.Path, 0o755); err != nil {
+		return fmt.Errorf("mount %s: %w", m.Path, err)
+	}
+	var flags uintptr = unix.MS_NOSUID | unix.MS_NODEV
+	if m.ReadOnly {
+		flags |= unix.MS_RDONLY
+	}
+	opts := "trans=virtio,version=9p2000.L,msize=262144,cache=none"
+	if err := unix.Mount(m.Tag, m.Path, "9p", flags, opts); err != nil {
+		return fmt.Errorf("mount %s at %s: %w", m.Tag, m.Path, err)
+	}
+	return nil
 }

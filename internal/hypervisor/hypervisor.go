@@ -28,6 +28,14 @@ type Spec struct {
 	// listens; empty = none.
 	ControlSocket string
 	Net           NetSpec
+	Mounts        []Mount
+}
+
+// Mount shares a host folder with the guest under a tag.
+type Mount struct {
+	Tag      string
+	HostPath string
+	ReadOnly bool
 }
 
 // NetSpec says how the guest's one network interface is connected.

@@ -15,6 +15,9 @@ import (
 const (
 	ModulesDir   = "lib/modules/smolvm" // *.ko, loaded in the order of ModulesOrder
 	ModulesOrder = "lib/modules/smolvm/order"
+	// MountModulesOrder lists the modules for host folder mounts (9p),
+	// which the agent loads only for VMs that have mounts.
+	MountModulesOrder = "lib/modules/smolvm/mount.order"
 	// Per-VM files, appended as a second archive.
 	HostKeyFile        = "smolvm/host_key"
 	AuthorizedKeysFile = "smolvm/authorized_keys"
@@ -40,24 +43,34 @@ func Base(agent []byte, modulesRoot string) ([]File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("initramfs: %w", err)
 	}
-	mods, err := ResolveModules(bytes.NewReader(dep), GuestModules)
-	if err != nil {
-		return nil, err
-	}
-	var order []string
-	for _, m := range mods {
-		if !strings.HasSuffix(m, ".ko") {
-			return nil, fmt.Errorf("initramfs: module %s is compressed; smolvm needs uncompressed .ko files", m)
-		}
-		data, err := os.ReadFile(filepath.Join(modulesRoot, m))
+	seen := map[string]bool{}
+	for _, set := range []struct {
+		order  string
+		wanted []string
+	}{{ModulesOrder, GuestModules}, {MountModulesOrder, MountModules}} {
+		mods, err := ResolveModules(bytes.NewReader(dep), set.wanted)
 		if err != nil {
-			return nil, fmt.Errorf("initramfs: %w", err)
+			return nil, err
 		}
-		name := path.Base(m)
-		files = append(files, File{Name: path.Join(ModulesDir, name), Mode: 0o644, Data: StripSignature(data)})
-		order = append(order, name)
+		var order []string
+		for _, m := range mods {
+			if !strings.HasSuffix(m, ".ko") {
+				return nil, fmt.Errorf("initramfs: module %s is compressed; smolvm needs uncompressed .ko files", m)
+			}
+			name := path.Base(m)
+			order = append(order, name)
+			if seen[name] {
+				continue // already in the archive, and loaded first
+			}
+			seen[name] = true
+			data, err := os.ReadFile(filepath.Join(modulesRoot, m))
+			if err != nil {
+				return nil, fmt.Errorf("initramfs: %w", err)
+			}
+			files = append(files, File{Name: path.Join(ModulesDir, name), Mode: 0o644, Data: StripSignature(data)})
+		}
+		files = append(files, File{Name: set.order, Mode: 0o644, Data: []byte(strings.Join(order, "\n") + "\n")})
 	}
-	files = append(files, File{Name: ModulesOrder, Mode: 0o644, Data: []byte(strings.Join(order, "\n") + "\n")})
 	return files, nil
 }
 

@@ -2,16 +2,25 @@ package initramfs
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
+	"os"
 	"path"
+	"path/filepath"
 	"strings"
 )
 
 // GuestModules are the drivers a guest needs before it can mount its root
 // and reach the network, for kernels that build them as modules (Debian's
 // cloud kernel does). microvm has no PCI bus, so only virtio-mmio.
-var GuestModules = []string{"virtio_mmio", "virtio_blk", "virtio_net"}
+// Kernels that build ext4 as a module (Debian's generic one) need it and
+// the crc32c driver its checksums use, which nothing would load otherwise.
+var GuestModules = []string{"virtio_mmio", "virtio_blk", "virtio_net", "crc32c_generic", "ext4"}
+
+// MountModules share host folders into the guest (virtio-9p). Kernels
+// without them (Debian's cloud kernel) cannot mount host folders.
+var MountModules = []string{"9pnet_virtio", "9p"}
 
 // sigMagic ends a module that carries an appended signature.
 const sigMagic = "~Module signature appended~\n"
@@ -82,4 +91,23 @@ func moduleName(p string) string {
 		base = base[:i]
 	}
 	return strings.ReplaceAll(base, "-", "_")
+}
+
+// HasModules reports whether the kernel under modulesRoot provides every
+// one of names, as modules or built in.
+func HasModules(modulesRoot string, names ...string) bool {
+	for _, list := range []string{"modules.dep", "modules.builtin"} {
+		data, err := os.ReadFile(filepath.Join(modulesRoot, list))
+		if err != nil {
+			continue
+		}
+		var missing []string
+		for _, n := range names {
+			if !bytes.Contains(data, []byte("/"+n+".ko")) {
+				missing = append(missing, n)
+			}
+		}
+		names = missing
+	}
+	return len(names) == 0
 }

@@ -122,6 +122,13 @@ func (q *QEMU) Args(spec hypervisor.Spec) []string {
 		"-drive", "id=root,file=" + spec.Disk + ",format=raw,if=none,discard=unmap",
 		"-device", "virtio-blk-" + dev + ",drive=root",
 	}
+	for i, m := range spec.Mounts {
+		fsdev := fmt.Sprintf("local,id=fs%d,path=%s,security_model=none", i, m.HostPath)
+		if m.ReadOnly {
+			fsdev += ",readonly=on"
+		}
+		args = append(args, "-fsdev", fsdev, "-device", fmt.Sprintf("virtio-9p-%s,fsdev=fs%d,mount_tag=%s", dev, i, m.Tag))
+	}
 	if spec.Initrd != "" {
 		args = append(args, "-initrd", spec.Initrd)
 	}

@@ -1,0 +1,327 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/smolvm/smolvm"
+)
+
+func TestShellJoin(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"uname -a | tr a-z A-Z"}, "uname -a | tr a-z A-Z"},
+		{[]string{"echo", "hi"}, "echo hi"},
+		{[]string{"sh", "-c", "echo $HOME"}, "sh -c 'echo $HOME'"},
+		{[]string{"echo", "it's"}, `echo 'it'\''s'`},
+		{[]string{"printf", "%s\n", ""}, `printf '%s` + "\n" + `' ''`},
+		{[]string{"ls", "-la", "/tmp/a.b_c-d", "x=y"}, "ls -la /tmp/a.b_c-d x=y"},
+		{[]string{"A=1", "env"}, "'A=1' env"},
+		{[]string{"echo", "*", "~", "a b", "$(id)", "`id`", ";", "&&"}, "echo '*' '~' 'a b' '$(id)' '`id`' ';' '&&'"},
+	}
+	for _, tt := range tests {
+		if got := shellJoin(tt.args); got != tt.want {
+			t.Errorf("shellJoin(%q) = %q, want %q", tt.args, got, tt.want)
+		}
+	}
+}
+
+func TestParseEnv(t *testing.T) {
+	tests := []struct {
+		in      []string
+		want    map[string]string
+		wantErr bool
+	}{
+		{nil, nil, false},
+		{[]string{"A=1", "B=x=y", "C="}, map[string]string{"A": "1", "B": "x=y", "C": ""}, false},
+		{[]string{"A=1", "A=2"}, map[string]string{"A": "2"}, false},
+		{[]string{"NOVALUE"}, nil, true},
+		{[]string{"=v"}, nil, true},
+	}
+	for _, tt := range tests {
+		got, err := parseEnv(tt.in)
+		if (err != nil) != tt.wantErr {
+			t.Errorf("parseEnv(%q) error = %v, want error %v", tt.in, err, tt.wantErr)
+			continue
+		}
+		if err != nil && !errors.Is(err, smolvm.ErrInvalid) {
+			t.Errorf("parseEnv(%q) error %v does not match ErrInvalid", tt.in, err)
+		}
+		if !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("parseEnv(%q) = %v, want %v", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestVMFlags(t *testing.T) {
+	tests := []struct {
+		args    []string
+		want    smolvm.VMConfig
+		wantErr bool
+	}{
+		{nil, smolvm.VMConfig{VCPUs: 1, MemoryMiB: 512, DiskMiB: 512, BootTimeout: 60 * time.Second}, false},
+		{
+			[]string{"--cpus", "2", "--memory=1024", "--disk", "2048", "-e", "A=1", "--env", "B=a,b", "--image", "dev", "--boot-timeout", "90s"},
+			smolvm.VMConfig{VCPUs: 2, MemoryMiB: 1024, DiskMiB: 2048, Image: "dev", BootTimeout: 90 * time.Second, Env: map[string]string{"A": "1", "B": "a,b"}},
+			false,
+		},
+		{[]string{"--env", "oops"}, smolvm.VMConfig{}, true},
+		{[]string{"--memory", "lots"}, smolvm.VMConfig{}, true},
+	}
+	for _, tt := range tests {
+		var f vmFlags
+		cmd := &cobra.Command{}
+		f.register(cmd)
+		err := cmd.ParseFlags(tt.args)
+		var got smolvm.VMConfig
+		if err == nil {
+			got, err = f.config()
+		}
+		if (err != nil) != tt.wantErr {
+			t.Errorf("%q: error = %v, want error %v", tt.args, err, tt.wantErr)
+			continue
+		}
+		if err == nil && !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("%q: config = %+v, want %+v", tt.args, got, tt.want)
+		}
+	}
+}
+
+// TestCommandArgs checks where flags end and the guest command begins.
+func TestCommandArgs(t *testing.T) {
+	g := &globalOptions{}
+	tests := []struct {
+		cmd      *cobra.Command
+		args     []string
+		wantArgs []string
+		flag     string
+		flagVal  string
+	}{
+		{newRunCmd(g), []string{"--memory", "256", "--", "sh", "-c", "echo $HOME"}, []string{"sh", "-c", "echo $HOME"}, "memory", "256"},
+		{newRunCmd(g), []string{"--timeout", "5s", "ls", "-la"}, []string{"ls", "-la"}, "timeout", "5s"},
+		{newRunCmd(g), []string{"-i", "cat", "--memory", "1"}, []string{"cat", "--memory", "1"}, "interactive", "true"},
+		{newExecCmd(g), []string{"web", "--timeout", "2s", "-e", "A=1", "--", "ls", "-la"}, []string{"web", "ls", "-la"}, "timeout", "2s"},
+		{newStopCmd(g), []string{"web", "--timeout", "10s"}, []string{"web"}, "timeout", "10s"},
+	}
+	for _, tt := range tests {
+		if err := tt.cmd.ParseFlags(tt.args); err != nil {
+			t.Errorf("%s %q: %v", tt.cmd.Name(), tt.args, err)
+			continue
+		}
+		if got := tt.cmd.Flags().Args(); !reflect.DeepEqual(got, tt.wantArgs) {
+			t.Errorf("%s %q: args = %q, want %q", tt.cmd.Name(), tt.args, got, tt.wantArgs)
+		}
+		if got := tt.cmd.Flags().Lookup(tt.flag).Value.String(); got != tt.flagVal {
+			t.Errorf("%s %q: --%s = %q, want %q", tt.cmd.Name(), tt.args, tt.flag, got, tt.flagVal)
+		}
+	}
+}
+
+func TestErrorKind(t *testing.T) {
+	tests := []struct {
+		err  error
+		kind string
+		code int
+	}{
+		{fmt.Errorf("x: %w", smolvm.ErrInvalid), "invalid", 1},
+		{&smolvm.ValidationError{Field: "memory"}, "invalid", 1},
+		{errors.Join(&smolvm.ValidationError{Field: "a"}, &smolvm.ValidationError{Field: "b"}), "invalid", 1},
+		{usagef("bad"), "invalid", 1},
+		{&smolvm.Error{Op: "open", VM: "x", Err: smolvm.ErrNotFound}, "not_found", 1},
+		{fmt.Errorf("%w: pick another", smolvm.ErrAlreadyExists), "already_exists", 1},
+		{fmt.Errorf("%w (state stopped)", smolvm.ErrNotRunning), "not_running", 1},
+		{&smolvm.TimeoutError{Op: "run", VM: "x"}, "timeout", 124},
+		{fmt.Errorf("dial: %w", context.DeadlineExceeded), "timeout", 124},
+		{errors.New("boom"), "error", 1},
+		{exitCodeError{3}, "error", 3},
+	}
+	for _, tt := range tests {
+		if got := errorKind(tt.err); got != tt.kind {
+			t.Errorf("errorKind(%v) = %q, want %q", tt.err, got, tt.kind)
+		}
+		if got := exitStatus(tt.err); got != tt.code {
+			t.Errorf("exitStatus(%v) = %d, want %d", tt.err, got, tt.code)
+		}
+	}
+}
+
+func TestSSHArgv(t *testing.T) {
+	running := func(addr string) smolvm.VMInfo {
+		return smolvm.VMInfo{ID: "web", State: smolvm.StateRunning, DataDir: "/s/vms/web", Network: smolvm.NetworkInfo{SSHAddr: addr}}
+	}
+	base := []string{"ssh", "-i", "/s/vms/web/id_ed25519", "-o", "UserKnownHostsFile=/s/vms/web/known_hosts", "-o", "IdentitiesOnly=yes"}
+	tests := []struct {
+		info    smolvm.VMInfo
+		want    []string
+		wantErr error
+	}{
+		{running("172.29.0.2:22"), append(base[:len(base):len(base)], "root@172.29.0.2"), nil},
+		{running("127.0.0.1:40123"), append(base[:len(base):len(base)], "-p", "40123", "root@127.0.0.1"), nil},
+		{smolvm.VMInfo{ID: "web", State: smolvm.StateStopped, Network: smolvm.NetworkInfo{SSHAddr: "172.29.0.2:22"}}, nil, smolvm.ErrNotRunning},
+	}
+	for _, tt := range tests {
+		got, err := sshArgv(tt.info)
+		if !errors.Is(err, tt.wantErr) || (err != nil) != (tt.wantErr != nil) {
+			t.Errorf("sshArgv(%+v) error = %v, want %v", tt.info, err, tt.wantErr)
+		}
+		if !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("sshArgv(%+v) = %q, want %q", tt.info, got, tt.want)
+		}
+	}
+}
+
+func TestWriteTable(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	vms := []smolvm.VMInfo{
+		{ID: "web", State: smolvm.StateRunning, CreatedAt: now.Add(-90 * time.Second),
+			Config:  smolvm.VMConfig{VCPUs: 2, MemoryMiB: 1024, DiskMiB: 512},
+			Network: smolvm.NetworkInfo{Mode: "tap", GuestIP: "172.29.0.2/30"}},
+		{ID: "db", State: smolvm.StateStopped, CreatedAt: now.Add(-50 * time.Hour),
+			Config:  smolvm.VMConfig{VCPUs: 1, MemoryMiB: 512, DiskMiB: 4096},
+			Network: smolvm.NetworkInfo{Mode: "user", GuestIP: "10.0.2.15/24"}},
+	}
+	var b bytes.Buffer
+	if err := writeTable(&b, vms, now); err != nil {
+		t.Fatal(err)
+	}
+	want := "" +
+		"ID    STATE     IP           CPUS   MEM     DISK    CREATED\n" +
+		"web   running   172.29.0.2   2      1024M   512M    1m ago\n" +
+		"db    stopped   127.0.0.1    1      512M    4096M   2d ago\n"
+	if b.String() != want {
+		t.Errorf("table:\n%s\nwant:\n%s", b.String(), want)
+	}
+}
+
+func TestJSONLines(t *testing.T) {
+	var b bytes.Buffer
+	j := &jsonLines{w: &b}
+	j.Write([]byte("one\r\ntw"))
+	j.Write([]byte("o\nthree"))
+	j.flush()
+	want := `{"line":"one"}` + "\n" + `{"line":"two"}` + "\n" + `{"line":"three"}` + "\n"
+	if b.String() != want {
+		t.Errorf("got %q, want %q", b.String(), want)
+	}
+}
+
+// run runs the CLI in this process, as main does.
+func runCLI(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code = execute(context.Background(), args, strings.NewReader(""), &out, &errOut)
+	return out.String(), errOut.String(), code
+}
+
+// TestJSONErrors checks the shape of errors in --json mode; none of these
+// boots a VM.
+func TestJSONErrors(t *testing.T) {
+	home := t.TempDir()
+	tests := []struct {
+		args []string
+		kind string
+	}{
+		{[]string{"info", "nosuch"}, "not_found"},
+		{[]string{"stop", "nosuch"}, "not_found"},
+		{[]string{"exec", "nosuch", "--", "true"}, "not_found"},
+		{[]string{"ssh", "nosuch", "--print"}, "not_found"},
+		{[]string{"env", "list", "nosuch"}, "not_found"},
+		{[]string{"delete", "nosuch"}, "not_found"},
+		{[]string{"delete"}, "invalid"},
+		{[]string{"delete", "--all", "x"}, "invalid"},
+		{[]string{"run"}, "invalid"},
+		{[]string{"exec", "x"}, "invalid"},
+		{[]string{"env", "set", "x"}, "invalid"},
+		{[]string{"env", "set", "x", "NOVALUE"}, "invalid"},
+		{[]string{"create", "--memory", "1"}, "invalid"},
+		{[]string{"create", "--name", "bad name"}, "invalid"},
+		{[]string{"create", "--env", "oops"}, "invalid"},
+		{[]string{"list", "--bogus"}, "invalid"},
+		{[]string{"list", "extra"}, "invalid"},
+		{[]string{"bogus"}, "invalid"},
+		{[]string{"--network", "wifi", "list"}, "invalid"},
+		{[]string{"ssh", "x"}, "invalid"}, // interactive shell has no JSON
+	}
+	for _, tt := range tests {
+		args := append([]string{"--json", "--home", home}, tt.args...)
+		stdout, _, code := runCLI(t, args...)
+		if code != 1 {
+			t.Errorf("%q: exit code %d, want 1", tt.args, code)
+		}
+		var got map[string]any
+		if err := json.Unmarshal([]byte(stdout), &got); err != nil {
+			t.Errorf("%q: stdout is not a JSON object: %v\n%s", tt.args, err, stdout)
+			continue
+		}
+		if msg, _ := got["error"].(string); msg == "" || got["kind"] != tt.kind || len(got) != 2 {
+			t.Errorf("%q: got %v, want {error: ..., kind: %q}", tt.args, got, tt.kind)
+		}
+	}
+}
+
+func TestTextErrors(t *testing.T) {
+	home := t.TempDir()
+	stdout, stderr, code := runCLI(t, "--home", home, "info", "nosuch")
+	if code != 1 || stdout != "" || !strings.HasPrefix(stderr, "smolvm: ") || !strings.Contains(stderr, "not found") {
+		t.Errorf("info nosuch: code %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	_, stderr, code = runCLI(t, "--home", home, "delete")
+	if code != 1 || !strings.Contains(stderr, "smolvm delete --help") {
+		t.Errorf("delete: code %d, stderr %q; want a usage hint", code, stderr)
+	}
+}
+
+func TestListEmpty(t *testing.T) {
+	home := t.TempDir()
+	stdout, stderr, code := runCLI(t, "--json", "--home", home, "list")
+	if code != 0 || strings.TrimSpace(stdout) != "[]" {
+		t.Errorf("list --json: code %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	stdout, _, code = runCLI(t, "--home", home, "list")
+	if code != 0 || !strings.HasPrefix(stdout, "ID") {
+		t.Errorf("list: code %d, stdout %q", code, stdout)
+	}
+}
+
+func TestDoctorJSON(t *testing.T) {
+	stdout, stderr, code := runCLI(t, "--json", "--home", t.TempDir(), "doctor")
+	var checks []smolvm.Check
+	if err := json.Unmarshal([]byte(stdout), &checks); err != nil {
+		t.Fatalf("doctor --json: %v\nstdout: %s\nstderr: %s", err, stdout, stderr)
+	}
+	if len(checks) == 0 {
+		t.Fatal("doctor --json: no checks")
+	}
+	wantCode := 0
+	for _, c := range checks {
+		if c.Name == "" || c.Detail == "" {
+			t.Errorf("check without name or detail: %+v", c)
+		}
+		if !c.OK && !c.Optional {
+			wantCode = 1
+		}
+	}
+	if code != wantCode {
+		t.Errorf("doctor exit code %d, want %d for %+v", code, wantCode, checks)
+	}
+}
+
+func TestCompletion(t *testing.T) {
+	for _, shell := range []string{"bash", "zsh", "fish"} {
+		stdout, stderr, code := runCLI(t, "completion", shell)
+		if code != 0 || !strings.Contains(stdout, "smolvm") {
+			t.Errorf("completion %s: code %d, %d bytes, stderr %q", shell, code, len(stdout), stderr)
+		}
+	}
+}

@@ -1,0 +1,184 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/smolvm/smolvm"
+)
+
+type createOptions struct {
+	vm      vmFlags
+	noStart bool
+}
+
+func newCreateCmd(g *globalOptions) *cobra.Command {
+	var o createOptions
+	cmd := &cobra.Command{
+		Use:   "create [flags]",
+		Short: "Create a VM and start it",
+		Long: "Create a VM and start it. It prints the VM's id (--json: its info).\n" +
+			"A VM that fails to start is deleted again, unless --no-start was given.",
+		Example:      "  smolvm create --name web --memory 1024 --env APP_ENV=dev",
+		Args:         cobra.NoArgs,
+		SilenceUsage: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runCreate(cmd.Context(), g, o, cmd.OutOrStdout())
+		},
+	}
+	o.vm.register(cmd)
+	fs := cmd.Flags()
+	fs.StringVar(&o.vm.name, "name", "", "VM id (default: a random vm-xxxxxxxx)")
+	fs.BoolVar(&o.noStart, "no-start", false, "create the VM but do not start it")
+	fs.BoolVar(&o.vm.retainDisk, "retain-disk", false, "keep the VM's disk file when it is deleted")
+	return cmd
+}
+
+func runCreate(ctx context.Context, g *globalOptions, o createOptions, w io.Writer) error {
+	cfg, err := o.vm.config()
+	if err != nil {
+		return err
+	}
+	vm, err := smolvm.NewFromConfig(ctx, cfg, g.sdk()...)
+	if err != nil {
+		return err
+	}
+	defer vm.Close()
+	if !o.noStart {
+		if err := vm.Start(ctx); err != nil {
+			// As smolvm.Start does: a VM that cannot start is not kept.
+			return errors.Join(err, vm.Delete(context.WithoutCancel(ctx)))
+		}
+	}
+	return printInfo(g, w, vm.Info())
+}
+
+// printInfo prints a VM's id, or its VMInfo in --json mode.
+func printInfo(g *globalOptions, w io.Writer, info smolvm.VMInfo) error {
+	return g.output(w, info, func(w io.Writer) error {
+		_, err := fmt.Fprintln(w, info.ID)
+		return err
+	})
+}
+
+func newStartCmd(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:               "start ID",
+		Short:             "Start a created or stopped VM",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeIDs(g, 1),
+		SilenceUsage:      true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
+				if err := vm.Start(cmd.Context()); err != nil {
+					return err
+				}
+				return printInfo(g, cmd.OutOrStdout(), vm.Info())
+			})
+		},
+	}
+}
+
+type stopOptions struct {
+	timeout time.Duration
+}
+
+func newStopCmd(g *globalOptions) *cobra.Command {
+	var o stopOptions
+	cmd := &cobra.Command{
+		Use:               "stop ID",
+		Short:             "Shut a VM down (it can be started again)",
+		Long:              "Shut a VM down cleanly, or kill it when it has not stopped after --timeout.",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeIDs(g, 1),
+		SilenceUsage:      true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
+				if err := vm.Stop(cmd.Context(), o.timeout); err != nil {
+					return err
+				}
+				return printInfo(g, cmd.OutOrStdout(), vm.Info())
+			})
+		},
+	}
+	cmd.Flags().DurationVar(&o.timeout, "timeout", smolvm.DefaultStopTimeout, "kill the VM if it has not shut down after this long")
+	return cmd
+}
+
+type deleteOptions struct {
+	all bool
+}
+
+func newDeleteCmd(g *globalOptions) *cobra.Command {
+	var o deleteOptions
+	cmd := &cobra.Command{
+		Use:               "delete ID... | --all",
+		Aliases:           []string{"rm"},
+		Short:             "Delete VMs: process, network, state and files",
+		ValidArgsFunction: completeIDs(g, 0),
+		SilenceUsage:      true,
+		Args: func(_ *cobra.Command, args []string) error {
+			switch {
+			case o.all && len(args) > 0:
+				return usagef("give VM ids or --all, not both")
+			case !o.all && len(args) == 0:
+				return usagef("no VM given: name the VMs to delete, or pass --all")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runDelete(cmd.Context(), g, o, args, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().BoolVar(&o.all, "all", false, "delete every VM")
+	return cmd
+}
+
+func runDelete(ctx context.Context, g *globalOptions, o deleteOptions, ids []string, w io.Writer) error {
+	if o.all {
+		vms, err := smolvm.List(ctx, g.sdk()...)
+		if err != nil {
+			return err
+		}
+		for _, vm := range vms {
+			ids = append(ids, vm.ID)
+		}
+	}
+	deleted := []string{}
+	var errs []error
+	for _, id := range ids {
+		err := withVM(ctx, g, id, func(vm *smolvm.VM) error { return vm.Delete(ctx) })
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		deleted = append(deleted, id)
+		if !g.json {
+			fmt.Fprintln(w, id)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if g.json {
+		return writeJSON(w, struct {
+			Deleted []string `json:"deleted"`
+		}{deleted})
+	}
+	return nil
+}
+
+// withVM reconnects to the VM id, runs fn with it and closes the handle.
+func withVM(ctx context.Context, g *globalOptions, id string, fn func(*smolvm.VM) error) error {
+	vm, err := smolvm.FromID(ctx, id, g.sdk()...)
+	if err != nil {
+		return err
+	}
+	defer vm.Close()
+	return fn(vm)
+}

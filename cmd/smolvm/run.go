@@ -1,0 +1,105 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/smolvm/smolvm"
+)
+
+// streams are a command's standard input and outputs.
+type streams struct {
+	in       io.Reader
+	out, err io.Writer
+}
+
+func cmdStreams(cmd *cobra.Command) streams {
+	return streams{in: cmd.InOrStdin(), out: cmd.OutOrStdout(), err: cmd.ErrOrStderr()}
+}
+
+// execResult is the --json output of run and exec.
+type execResult struct {
+	ID       string `json:"id"`
+	ExitCode int    `json:"exit_code"`
+	Stdout   string `json:"stdout"`
+	Stderr   string `json:"stderr"`
+}
+
+type runOptions struct {
+	vm      vmFlags
+	timeout time.Duration
+	stdin   bool
+}
+
+func newRunCmd(g *globalOptions) *cobra.Command {
+	var o runOptions
+	cmd := &cobra.Command{
+		Use:   "run [flags] -- CMD [ARGS...]",
+		Short: "Run a command in a new VM, then delete the VM",
+		Long: "Create a VM, start it, run a command in it and delete it again, also on\n" +
+			"Ctrl-C. smolvm exits with the command's exit code (124 on --timeout).\n\n" +
+			"Several arguments are quoted for the guest's shell one by one; a single\n" +
+			"argument is a shell command line as it is.",
+		Example: "  smolvm run -- uname -a\n" +
+			"  smolvm run -- sh -c 'echo $HOME'\n" +
+			"  smolvm run -- 'cat /etc/os-release | head -1'\n" +
+			"  smolvm --json run --memory 1024 -- python3 -V",
+		SilenceUsage: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usagef("no command given: smolvm run [flags] -- CMD [ARGS...]")
+			}
+			return runEphemeral(cmd.Context(), g, o, shellJoin(args), cmdStreams(cmd))
+		},
+	}
+	// Flags end at the command: `smolvm run ls -la` runs `ls -la`.
+	cmd.Flags().SetInterspersed(false)
+	o.vm.register(cmd)
+	cmd.Flags().DurationVar(&o.timeout, "timeout", 0, "kill the command after this long (exit code 124)")
+	cmd.Flags().BoolVarP(&o.stdin, "interactive", "i", false, "pass standard input to the command")
+	return cmd
+}
+
+// runEphemeral runs command in a VM of its own, deleted before it returns.
+func runEphemeral(ctx context.Context, g *globalOptions, o runOptions, command string, s streams) error {
+	cfg, err := o.vm.config()
+	if err != nil {
+		return err
+	}
+	vm, err := smolvm.NewFromConfig(ctx, cfg, g.sdk()...)
+	if err != nil {
+		return err
+	}
+	var stdout, stderr bytes.Buffer
+	eo := smolvm.ExecOptions{Stdout: s.out, Stderr: s.err, Timeout: o.timeout}
+	if g.json {
+		eo.Stdout, eo.Stderr = &stdout, &stderr
+	}
+	if o.stdin {
+		eo.Stdin = s.in
+	}
+	code, err := startAndExec(ctx, vm, command, eo)
+	// Delete also after Ctrl-C: the cleanup must outlive ctx.
+	err = errors.Join(err, vm.Delete(context.WithoutCancel(ctx)))
+	if err != nil {
+		return err
+	}
+	if g.json {
+		if err := writeJSON(s.out, execResult{ID: vm.ID(), ExitCode: code, Stdout: stdout.String(), Stderr: stderr.String()}); err != nil {
+			return err
+		}
+	}
+	return exitCode(code)
+}
+
+func startAndExec(ctx context.Context, vm *smolvm.VM, command string, eo smolvm.ExecOptions) (int, error) {
+	if err := vm.Start(ctx); err != nil {
+		return -1, err
+	}
+	return vm.Exec(ctx, command, eo)
+}
