@@ -1,6 +1,7 @@
 package main
 
 import (
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -19,6 +20,8 @@ type vmFlags struct {
 	image       string
 	bootTimeout time.Duration
 	retainDisk  bool
+	mounts      []string
+	noEgress    bool
 }
 
 func (f *vmFlags) register(cmd *cobra.Command) {
@@ -29,6 +32,30 @@ func (f *vmFlags) register(cmd *cobra.Command) {
 	fs.StringArrayVarP(&f.env, "env", "e", nil, "set an environment variable in the guest, NAME=VALUE (repeatable)")
 	fs.StringVar(&f.image, "image", "", "boot a built image by name (default: the Alpine image)")
 	fs.DurationVar(&f.bootTimeout, "boot-timeout", smolvm.DefaultBootTimeout, "give up booting after this long")
+	fs.StringArrayVar(&f.mounts, "mount", nil, "share a host folder, HOST[:GUEST][:rw] (read-only unless :rw; GUEST defaults to /mnt/NAME; repeatable)")
+	fs.BoolVar(&f.noEgress, "no-egress", false, "cut the VM off from the host's networks (exposed ports still work)")
+}
+
+// parseMount reads HOST[:GUEST][:rw|ro].
+func parseMount(s string) (smolvm.Mount, error) {
+	parts := strings.Split(s, ":")
+	m := smolvm.Mount{HostPath: parts[0]}
+	if last := parts[len(parts)-1]; len(parts) > 1 && (last == "rw" || last == "ro") {
+		m.Writable = last == "rw"
+		parts = parts[:len(parts)-1]
+	}
+	switch len(parts) {
+	case 1:
+		m.GuestPath = "/mnt/" + filepath.Base(filepath.Clean(m.HostPath))
+	case 2:
+		m.GuestPath = parts[1]
+	default:
+		return m, usagef("--mount %q: want HOST[:GUEST][:rw]", s)
+	}
+	if abs, err := filepath.Abs(m.HostPath); err == nil {
+		m.HostPath = abs
+	}
+	return m, nil
 }
 
 // config turns the flags into a VMConfig; the SDK validates the values.
@@ -37,7 +64,17 @@ func (f *vmFlags) config() (smolvm.VMConfig, error) {
 	if err != nil {
 		return smolvm.VMConfig{}, err
 	}
+	var mounts []smolvm.Mount
+	for _, s := range f.mounts {
+		m, err := parseMount(s)
+		if err != nil {
+			return smolvm.VMConfig{}, err
+		}
+		mounts = append(mounts, m)
+	}
 	return smolvm.VMConfig{
+		Mounts:             mounts,
+		NoEgress:           f.noEgress,
 		ID:                 f.name,
 		VCPUs:              f.cpus,
 		MemoryMiB:          f.memory,

@@ -15,6 +15,7 @@ import (
 type createOptions struct {
 	vm      vmFlags
 	noStart bool
+	ports   []string
 }
 
 func newCreateCmd(g *globalOptions) *cobra.Command {
@@ -36,6 +37,7 @@ func newCreateCmd(g *globalOptions) *cobra.Command {
 	fs.StringVar(&o.vm.name, "name", "", "VM id (default: a random vm-xxxxxxxx)")
 	fs.BoolVar(&o.noStart, "no-start", false, "create the VM but do not start it")
 	fs.BoolVar(&o.vm.retainDisk, "retain-disk", false, "keep the VM's disk file when it is deleted")
+	fs.StringArrayVarP(&o.ports, "publish", "p", nil, "expose a guest port, [ADDR:][HOSTPORT:]GUESTPORT (repeatable)")
 	return cmd
 }
 
@@ -44,11 +46,24 @@ func runCreate(ctx context.Context, g *globalOptions, o createOptions, w io.Writ
 	if err != nil {
 		return err
 	}
+	var ports []portSpec
+	for _, s := range o.ports {
+		p, err := parsePort(s)
+		if err != nil {
+			return err
+		}
+		ports = append(ports, p)
+	}
 	vm, err := smolvm.NewFromConfig(ctx, cfg, g.sdk()...)
 	if err != nil {
 		return err
 	}
 	defer vm.Close()
+	for _, p := range ports {
+		if _, err := vm.Expose(ctx, p.guestPort, p.hostPort, smolvm.OnHostAddr(p.addr)); err != nil {
+			return errors.Join(err, vm.Delete(context.WithoutCancel(ctx)))
+		}
+	}
 	if !o.noStart {
 		if err := vm.Start(ctx); err != nil {
 			// As smolvm.Start does: a VM that cannot start is not kept.

@@ -102,6 +102,8 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		newLogsCmd(g),
 		newEnvCmd(g),
 		newDoctorCmd(g),
+		newCpCmd(g),
+		newPortCmd(g),
 	)
 	return root
 }
