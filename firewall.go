@@ -1,9 +1,69 @@
 package smolvm
 
-// Temporary: replaced by the nftables integration once internal/network's
-// firewall lands.
+import (
+	"fmt"
+	"net/netip"
 
-func firewallAddVM(id string, n NetworkInfo, noEgress bool, forwards []PortForward) error { return nil }
-func firewallAddForward(id string, n NetworkInfo, f PortForward) error                    { return nil }
-func firewallRemoveForward(id, hostAddr string, hostPort int) error                       { return nil }
-func firewallRemoveVM(id string) error                                                    { return nil }
+	"github.com/smolvm/smolvm/internal/network"
+)
+
+// The TAP-mode rules of a VM live in smolvm's nftables table in the host's
+// network namespace: NAT for egress, isolation from other VMs and from the
+// host's own services, and DNAT for exposed ports. Every rule is tagged
+// with the VM's id, so delete and doctor find them.
+
+func firewallAddVM(id string, n NetworkInfo, noEgress bool, forwards []PortForward) error {
+	guest, err := netip.ParseAddr(n.GuestIP)
+	if err != nil {
+		return fmt.Errorf("firewall: guest address: %w", err)
+	}
+	fw := network.NewFirewall(0)
+	if err := fw.EnsureBase(); err != nil {
+		return err
+	}
+	if err := fw.AddVM(network.VMRules{ID: id, TAP: n.TAP, GuestIP: guest, Egress: !noEgress}); err != nil {
+		return err
+	}
+	for _, f := range forwards {
+		if err := firewallAddForward(id, n, f); err != nil {
+			fw.RemoveVM(id)
+			return err
+		}
+	}
+	return nil
+}
+
+func firewallAddForward(id string, n NetworkInfo, f PortForward) error {
+	guest, err := netip.ParseAddr(n.GuestIP)
+	if err != nil {
+		return fmt.Errorf("firewall: guest address: %w", err)
+	}
+	host, err := netip.ParseAddr(f.HostAddr)
+	if err != nil {
+		return fmt.Errorf("firewall: host address: %w", err)
+	}
+	return network.NewFirewall(0).AddForward(network.PortForward{
+		VMID: id, HostAddr: host, HostPort: uint16(f.HostPort), GuestIP: guest, GuestPort: uint16(f.GuestPort),
+	})
+}
+
+func firewallRemoveForward(id, hostAddr string, hostPort int) error {
+	host, err := netip.ParseAddr(hostAddr)
+	if err != nil {
+		return fmt.Errorf("firewall: host address: %w", err)
+	}
+	return network.NewFirewall(0).RemoveForward(id, host, uint16(hostPort))
+}
+
+// firewallRemoveVM deletes every rule of the VM, and the table itself once
+// no VM has rules left in it.
+func firewallRemoveVM(id string) error {
+	fw := network.NewFirewall(0)
+	if err := fw.RemoveVM(id); err != nil {
+		return err
+	}
+	if rules, err := fw.Rules(); err == nil && len(rules) == 0 {
+		return fw.DeleteTable()
+	}
+	return nil
+}

@@ -15,6 +15,7 @@ have_cmd mke2fs && have_cmd resize2fs || need+=(e2fsprogs)
 have_cmd ssh || need+=(openssh-client)
 have_cmd cpio || need+=(cpio)
 have_cmd ip || need+=(iproute2)
+have_cmd nft || need+=(nftables)
 have_pkg busybox-static || need+=(busybox-static)
 
 if ((${#need[@]})); then

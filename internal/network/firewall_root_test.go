@@ -1,0 +1,219 @@
+package network
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+// TestFirewall checks the real rules in a topology of network namespaces
+// (firewall_netns_test.go builds it).
+func TestFirewall(t *testing.T) {
+	requireRoot(t)
+	tp := newTopology(t)
+	serve(t, tp.out, ":8080", "out")
+	serve(t, tp.a, ":80", "a")
+	serve(t, tp.b, ":80", "b")
+	serve(t, tp.host, ":7000", "host")
+	outSrv := hostPort(outside, 8080)
+	hostSvcTAP, hostSvcWAN := hostPort(hostA, 7000), hostPort(hostWAN, 7000)
+	hostSvc6 := hostPort(hostA6, 7000)
+
+	// The topology works before any firewall: A reaches the host's service.
+	expectReach(t, tp.a, hostSvcTAP, "host")
+	expectReach(t, tp.a, hostSvc6, "host")
+	expectReach(t, tp.host, hostPort(guestA, 80), "a")
+
+	rootForward := readSysctl(t, 0, "net/ipv4/ip_forward")
+	allLocalnet := readSysctl(t, tp.host, "net/ipv4/conf/all/route_localnet")
+	wanLocalnet := readSysctl(t, tp.host, "net/ipv4/conf/"+wanDev+"/route_localnet")
+
+	fw := NewFirewall(int(tp.host))
+	t.Cleanup(func() { fw.DeleteTable() })
+	for range 2 {
+		if err := fw.EnsureBase(); err != nil {
+			t.Fatalf("EnsureBase: %v", err)
+		}
+	}
+	if got := readSysctl(t, tp.host, "net/ipv4/ip_forward"); got != "1" {
+		t.Errorf("ip_forward in the namespace = %s, want 1", got)
+	}
+	base := len(newLayout().baseRules())
+	t.Run("base idempotent", func(t *testing.T) {
+		if got := countMatching(nftComments(t, tp), baseComment); got != base {
+			t.Errorf("%d base rules after two EnsureBase, want %d", got, base)
+		}
+	})
+
+	addVM := func(id, tap string, guest netip.Prefix, egress bool) {
+		t.Helper()
+		if err := fw.AddVM(VMRules{ID: id, TAP: tap, GuestIP: guest.Addr(), Egress: egress}); err != nil {
+			t.Fatalf("AddVM %s: %v", id, err)
+		}
+	}
+	addVM(idA, tapA, guestA, true)
+	addVM(idB, tapB, guestB, false)
+
+	t.Run("sysctls scoped", func(t *testing.T) {
+		if got := readSysctl(t, tp.host, "net/ipv4/conf/"+tapA+"/route_localnet"); got != "1" {
+			t.Errorf("route_localnet on %s = %s, want 1", tapA, got)
+		}
+		if got := readSysctl(t, tp.host, "net/ipv4/conf/all/route_localnet"); got != allLocalnet {
+			t.Errorf("conf.all.route_localnet changed: %s -> %s", allLocalnet, got)
+		}
+		if got := readSysctl(t, tp.host, "net/ipv4/conf/"+wanDev+"/route_localnet"); got != wanLocalnet {
+			t.Errorf("route_localnet on %s changed: %s -> %s", wanDev, wanLocalnet, got)
+		}
+		if got := readSysctl(t, 0, "net/ipv4/ip_forward"); got != rootForward {
+			t.Errorf("ip_forward of the test's own namespace changed: %s -> %s", rootForward, got)
+		}
+	})
+
+	t.Run("egress", func(t *testing.T) {
+		if peer := expectReach(t, tp.a, outSrv, "out"); peer != hostWAN.Addr() {
+			t.Errorf("outside saw %s, want the host's %s (masquerade)", peer, hostWAN.Addr())
+		}
+		expectDropped(t, tp.b, outSrv)
+		addVM(idA, tapA, guestA, false) // re-adding replaces
+		expectDropped(t, tp.a, outSrv)
+		addVM(idA, tapA, guestA, true)
+		expectReach(t, tp.a, outSrv, "out")
+		if got := ruleSet(t, fw); got[ruleKey{VMID: idA, Kind: RuleVM}] != 3 || got[ruleKey{VMID: idB, Kind: RuleVM}] != 1 {
+			t.Errorf("rules after re-adding: %v", got)
+		}
+	})
+
+	t.Run("vm to vm", func(t *testing.T) {
+		addVM(idB, tapB, guestB, true) // both may leave the host...
+		expectReach(t, tp.b, outSrv, "out")
+		expectDropped(t, tp.a, hostPort(guestB, 80)) // ...but not reach each other
+		expectDropped(t, tp.b, hostPort(guestA, 80))
+		expectReach(t, tp.host, hostPort(guestA, 80), "a")
+		expectReach(t, tp.host, hostPort(guestB, 80), "b")
+		addVM(idB, tapB, guestB, false)
+		expectDropped(t, tp.b, outSrv)
+	})
+
+	t.Run("vm to host", func(t *testing.T) {
+		expectDropped(t, tp.a, hostSvcTAP)
+		expectDropped(t, tp.a, hostSvcWAN)
+		expectDropped(t, tp.a, hostSvc6)
+		expectDropped(t, tp.b, hostPort(hostB, 7000))
+		expectReach(t, tp.out, hostSvcWAN, "host")
+	})
+
+	addFwd := func(p PortForward) {
+		t.Helper()
+		if err := fw.AddForward(p); err != nil {
+			t.Fatalf("AddForward %+v: %v", p, err)
+		}
+	}
+	any4 := netip.IPv4Unspecified()
+	addFwd(PortForward{VMID: idA, HostAddr: any4, HostPort: 8443, GuestIP: guestA.Addr(), GuestPort: 80})
+	addFwd(PortForward{VMID: idA, HostPort: 8444, GuestIP: guestA.Addr(), GuestPort: 80}) // 127.0.0.1
+	addFwd(PortForward{VMID: idB, HostAddr: hostWAN.Addr(), HostPort: 8445, GuestIP: guestB.Addr(), GuestPort: 80})
+
+	t.Run("forward", func(t *testing.T) {
+		if peer := expectReach(t, tp.out, hostPort(hostWAN, 8443), "a"); peer != outside.Addr() {
+			t.Errorf("guest saw %s, want the outside client %s", peer, outside.Addr())
+		}
+		if peer := expectReach(t, tp.host, "127.0.0.1:8443", "a"); peer != hostA.Addr() {
+			t.Errorf("guest saw %s for a connection to 127.0.0.1, want the TAP's %s", peer, hostA.Addr())
+		}
+		expectReach(t, tp.host, hostPort(hostWAN, 8443), "a")
+		expectReach(t, tp.host, "127.0.0.1:8444", "a")
+		expectRefused(t, tp.out, hostPort(hostWAN, 8444))    // loopback only
+		expectReach(t, tp.out, hostPort(hostWAN, 8445), "b") // B has no egress, but answers
+		expectReach(t, tp.host, hostPort(hostWAN, 8445), "b")
+		expectRefused(t, tp.host, "127.0.0.1:8445")
+		expectDropped(t, tp.b, outSrv) // the forward opened nothing else
+
+		err := fw.AddForward(PortForward{VMID: idB, HostAddr: any4, HostPort: 8443, GuestIP: guestB.Addr(), GuestPort: 80})
+		if !errors.Is(err, ErrForwardInUse) {
+			t.Errorf("forwarding A's port to B: %v, want ErrForwardInUse", err)
+		}
+		before := ruleSet(t, fw)
+		addFwd(PortForward{VMID: idA, HostAddr: any4, HostPort: 8443, GuestIP: guestA.Addr(), GuestPort: 80})
+		if after := ruleSet(t, fw); !mapsEqual(before, after) {
+			t.Errorf("re-adding a forward changed the rules: %v -> %v", before, after)
+		}
+	})
+
+	t.Run("golden", func(t *testing.T) {
+		checkGolden(t, "firewall.nft", nft(t, tp, "list", "table", "inet", tableName))
+	})
+
+	t.Run("remove forward", func(t *testing.T) {
+		want := ruleSet(t, fw)
+		delete(want, ruleKey{VMID: idA, Kind: RuleForward, Host: "0.0.0.0:8443"})
+		if err := fw.RemoveForward(idA, any4, 8443); err != nil {
+			t.Fatal(err)
+		}
+		if got := ruleSet(t, fw); !mapsEqual(got, want) {
+			t.Errorf("after RemoveForward: %v, want %v", got, want)
+		}
+		if err := fw.RemoveForward(idA, any4, 8443); err != nil {
+			t.Errorf("removing it again: %v", err)
+		}
+		expectRefused(t, tp.out, hostPort(hostWAN, 8443))
+		expectReach(t, tp.host, "127.0.0.1:8444", "a")
+		if n := countMatching(nftComments(t, tp), "fwd:0.0.0.0:8443"); n != 0 {
+			t.Errorf("nft still lists %d rules of the removed forward", n)
+		}
+	})
+
+	t.Run("remove vm", func(t *testing.T) {
+		want := ruleSet(t, fw)
+		for k := range want {
+			if k.VMID == idA {
+				delete(want, k)
+			}
+		}
+		if err := fw.RemoveVM(idA); err != nil {
+			t.Fatal(err)
+		}
+		if got := ruleSet(t, fw); !mapsEqual(got, want) {
+			t.Errorf("after RemoveVM: %v, want %v", got, want)
+		}
+		comments := nftComments(t, tp)
+		if n := countMatching(comments, vmComment(idA)); n != 0 {
+			t.Errorf("nft still lists %d rules of %s: %q", n, idA, comments)
+		}
+		if countMatching(comments, vmComment(idB)) == 0 {
+			t.Errorf("RemoveVM(%s) took %s's rules: %q", idA, idB, comments)
+		}
+		expectRefused(t, tp.host, "127.0.0.1:8444")
+		expectDropped(t, tp.a, outSrv) // an unclaimed smol* device gets nothing through
+		expectReach(t, tp.out, hostPort(hostWAN, 8445), "b")
+	})
+
+	t.Run("teardown", func(t *testing.T) {
+		for range 2 {
+			if err := fw.RemoveVM(idB); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := ruleSet(t, fw); len(got) != 0 {
+			t.Errorf("rules left: %v", got)
+		}
+		for range 2 {
+			if err := fw.DeleteTable(); err != nil {
+				t.Fatalf("DeleteTable: %v", err)
+			}
+		}
+		if got := ruleSet(t, fw); len(got) != 0 {
+			t.Errorf("rules without a table: %v", got)
+		}
+		if err := fw.RemoveVM(idA); err != nil {
+			t.Errorf("RemoveVM without a table: %v", err)
+		}
+		if err := fw.RemoveForward(idA, netip.Addr{}, 8444); err != nil {
+			t.Errorf("RemoveForward without a table: %v", err)
+		}
+		if out := strings.TrimSpace(string(nft(t, tp, "list", "ruleset"))); out != "" {
+			t.Errorf("ruleset left:\n%s", out)
+		}
+		expectReach(t, tp.a, hostSvcTAP, "host") // and traffic flows as before
+	})
+}
