@@ -510,4 +510,3 @@ func TestUserNetworking(t *testing.T) {
 	}
 }
 
-var _ = context.Background

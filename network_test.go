@@ -1,0 +1,195 @@
+package smolvm_test
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/smolvm/smolvm"
+	"github.com/smolvm/smolvm/internal/network"
+)
+
+// outsideHost is a network namespace the test builds to stand for the
+// internet: a veth from the host, and an HTTP server inside.
+type outsideHost struct {
+	addr string // the server's address, host:port
+}
+
+const (
+	outsideHostIP  = "198.18.0.1" // host end of the veth (benchmark range, RFC 2544)
+	outsideFarIP   = "198.18.0.2" // the outside namespace's address
+	outsidePayload = 50 << 20
+)
+
+func newOutsideHost(t *testing.T) *outsideHost {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("network test skipped: needs root for network namespaces and TAP devices")
+	}
+	name := fmt.Sprintf("smoltest-out-%d", os.Getpid())
+	veth := fmt.Sprintf("sout%d", os.Getpid()%100000)
+	sh := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	sh("netns", "add", name)
+	t.Cleanup(func() {
+		exec.Command("ip", "link", "del", veth).Run()
+		exec.Command("ip", "netns", "del", name).Run()
+	})
+	sh("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
+	sh("addr", "add", outsideHostIP+"/24", "dev", veth)
+	sh("link", "set", veth, "up")
+	sh("-n", name, "addr", "add", outsideFarIP+"/24", "dev", "eth0")
+	sh("-n", name, "link", "set", "eth0", "up")
+	sh("-n", name, "link", "set", "lo", "up")
+
+	ln := listenInNetns(t, name, outsideFarIP+":8080")
+	payload := bytes.Repeat([]byte("0123456789abcdef"), outsidePayload/16)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/big" {
+			w.Write(payload)
+			return
+		}
+		fmt.Fprintf(w, "outside says hi to %s\n", r.RemoteAddr)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return &outsideHost{addr: outsideFarIP + ":8080"}
+}
+
+// listenInNetns opens a listener inside the named namespace; the socket
+// stays there after the thread switches back.
+func listenInNetns(t *testing.T, name, addr string) net.Listener {
+	t.Helper()
+	type result struct {
+		ln  net.Listener
+		err error
+	}
+	ch := make(chan result)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with its namespace changed
+		ns, err := netns.GetFromName(name)
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		defer ns.Close()
+		if err := netns.Set(ns); err != nil {
+			ch <- result{err: err}
+			return
+		}
+		ln, err := net.Listen("tcp", addr)
+		ch <- result{ln, err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	return r.ln
+}
+
+// TestNetworkEgressAndIsolation boots two TAP VMs, one with egress and one
+// without, against an outside host in a namespace of the test's own.
+func TestNetworkEgressAndIsolation(t *testing.T) {
+	requireVM(t)
+	out := newOutsideHost(t)
+	ctx := testContext(t, 5*time.Minute)
+	a := newVM(t, ctx, smolvm.VMConfig{}, smolvm.WithNetwork(smolvm.NetworkTAP))
+	b := newVM(t, ctx, smolvm.VMConfig{NoEgress: true}, smolvm.WithNetwork(smolvm.NetworkTAP))
+	startVM(t, ctx, a)
+	startVM(t, ctx, b)
+
+	t.Run("egress on", func(t *testing.T) {
+		res := run(t, ctx, a, "wget -q -T 5 -O - http://"+out.addr+"/")
+		if !strings.Contains(res.Stdout, "outside says hi to "+outsideHostIP) {
+			t.Fatalf("A to outside: %+v (want masqueraded to %s)", res, outsideHostIP)
+		}
+	})
+	t.Run("egress off", func(t *testing.T) {
+		if res := run(t, ctx, b, "wget -q -T 3 -O - http://"+out.addr+"/"); res.OK() {
+			t.Fatalf("B without egress reached the outside: %+v", res)
+		}
+	})
+	t.Run("VM to VM", func(t *testing.T) {
+		serveHello(t, ctx, b, 7000)
+		serveHello(t, ctx, a, 7000)
+		// Each VM reaches its own server, so the servers are up...
+		for _, vm := range []*smolvm.VM{a, b} {
+			if res := run(t, ctx, vm, "for i in 1 2 3 4 5; do nc 127.0.0.1 7000 </dev/null && exit 0; sleep 1; done; exit 1"); !res.OK() {
+				t.Fatalf("%s: own server: %+v", vm.ID(), res)
+			}
+		}
+		// ...but neither reaches the other's.
+		for _, p := range [][2]*smolvm.VM{{a, b}, {b, a}} {
+			if res := run(t, ctx, p[0], "nc -w 2 "+p[1].IP()+" 7000 </dev/null"); strings.Contains(res.Stdout, "hello") {
+				t.Fatalf("%s reached %s's server", p[0].ID(), p[1].ID())
+			}
+		}
+	})
+	t.Run("host services", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "0.0.0.0:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Write([]byte("host-service\n"))
+				c.Close()
+			}
+		}()
+		port := ln.Addr().(*net.TCPAddr).Port
+		host := a.Info().Network.Gateway
+		if res := run(t, ctx, a, fmt.Sprintf("nc -w 2 %s %d </dev/null", host, port)); strings.Contains(res.Stdout, "host-service") {
+			t.Fatal("a VM reached a host service on its TAP side")
+		}
+	})
+	t.Run("HTTP download from outside", func(t *testing.T) {
+		start := time.Now()
+		res := run(t, ctx, a, "wget -q -T 30 -O - http://"+out.addr+"/big | wc -c")
+		if strings.TrimSpace(res.Stdout) != fmt.Sprint(outsidePayload) {
+			t.Fatalf("downloaded %q bytes", res.Stdout)
+		}
+		d := time.Since(start)
+		t.Logf("HTTP download of 50 MiB from the outside host: %v (%.1f MiB/s)", d, 50/d.Seconds())
+	})
+	t.Run("SIGKILL then delete", func(t *testing.T) {
+		info := a.Info()
+		if err := syscall.Kill(info.PID, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Delete(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if network.TAPExists(info.Network.TAP) {
+			t.Fatalf("TAP %s left", info.Network.TAP)
+		}
+		rules, err := network.NewFirewall(0).Rules()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rules {
+			if r.VMID == a.ID() {
+				t.Fatalf("rule left for the deleted VM: %+v", r)
+			}
+		}
+	})
+}
+
