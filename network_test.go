@@ -192,4 +192,3 @@ func TestNetworkEgressAndIsolation(t *testing.T) {
 		}
 	})
 }
-

@@ -1,7 +1,6 @@
 package smolvm_test
 
 import (
-	"context"
 	"errors"
 	"os"
 	"os/exec"
@@ -509,4 +508,3 @@ func TestUserNetworking(t *testing.T) {
 		t.Fatalf("guest address: %q", res.Stdout)
 	}
 }
-

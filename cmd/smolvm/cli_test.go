@@ -296,10 +296,14 @@ func TestListEmpty(t *testing.T) {
 
 func TestDoctorJSON(t *testing.T) {
 	stdout, stderr, code := runCLI(t, "--json", "--home", t.TempDir(), "doctor")
-	var checks []smolvm.Check
-	if err := json.Unmarshal([]byte(stdout), &checks); err != nil {
+	var report struct {
+		Checks    []smolvm.Check    `json:"checks"`
+		Leftovers []smolvm.Leftover `json:"leftovers"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &report); err != nil || report.Leftovers == nil {
 		t.Fatalf("doctor --json: %v\nstdout: %s\nstderr: %s", err, stdout, stderr)
 	}
+	checks := report.Checks
 	if len(checks) == 0 {
 		t.Fatal("doctor --json: no checks")
 	}

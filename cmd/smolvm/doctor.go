@@ -9,19 +9,46 @@ import (
 	"github.com/smolvm/smolvm"
 )
 
+type doctorReport struct {
+	Checks    []smolvm.Check    `json:"checks"`
+	Leftovers []smolvm.Leftover `json:"leftovers"`
+	Fixed     bool              `json:"fixed,omitempty"`
+}
+
 func newDoctorCmd(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	var fix bool
+	cmd := &cobra.Command{
 		Use:   "doctor",
 		Short: "Check what this host needs to run VMs, and how to fix what is missing",
 		Long: "Check what this host has and lacks for running VMs, each with a fix.\n" +
 			"smolvm exits 1 when a required check fails; KVM and TAP networking are\n" +
-			"optional (without them VMs are slower, or use user-mode networking).",
+			"optional (without them VMs are slower, or use user-mode networking).\n" +
+			"It also lists leftovers: QEMU processes, TAP devices, nftables rules and\n" +
+			"VM directories that belong to no VM; --fix removes them.",
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			checks := smolvm.Doctor(cmd.Context(), g.sdk()...)
-			if err := g.output(cmd.OutOrStdout(), checks, func(w io.Writer) error {
-				return writeChecks(w, checks)
+			ctx := cmd.Context()
+			r := doctorReport{Checks: smolvm.Doctor(ctx, g.sdk()...)}
+			var err error
+			if r.Leftovers, err = smolvm.FindLeftovers(ctx, g.sdk()...); err != nil {
+				return err
+			}
+			if r.Leftovers == nil {
+				r.Leftovers = []smolvm.Leftover{}
+			}
+			if fix && len(r.Leftovers) > 0 {
+				if err := smolvm.RemoveLeftovers(ctx, r.Leftovers); err != nil {
+					return err
+				}
+				r.Fixed = true
+			}
+			checks := r.Checks
+			if err := g.output(cmd.OutOrStdout(), r, func(w io.Writer) error {
+				if err := writeChecks(w, checks); err != nil {
+					return err
+				}
+				return writeLeftovers(w, r)
 			}); err != nil {
 				return err
 			}
@@ -33,6 +60,28 @@ func newDoctorCmd(g *globalOptions) *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&fix, "fix", false, "remove leftovers that belong to no VM")
+	return cmd
+}
+
+func writeLeftovers(w io.Writer, r doctorReport) error {
+	if len(r.Leftovers) == 0 {
+		_, err := fmt.Fprintln(w, "No leftovers: every QEMU process, TAP device, rule and VM directory belongs to a VM.")
+		return err
+	}
+	verb := "found"
+	if r.Fixed {
+		verb = "removed"
+	}
+	fmt.Fprintf(w, "\nLeftovers %s:\n", verb)
+	for _, l := range r.Leftovers {
+		fmt.Fprintf(w, "  %-7s %s: %s\n", l.Kind, l.Name, l.Detail)
+	}
+	if !r.Fixed {
+		_, err := fmt.Fprintln(w, "Run 'smolvm doctor --fix' to remove them.")
+		return err
+	}
+	return nil
 }
 
 // writeChecks prints one line per check, with the fix under failures.

@@ -1,0 +1,165 @@
+package smolvm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/smolvm/smolvm/internal/hypervisor"
+	"github.com/smolvm/smolvm/internal/network"
+)
+
+// Leftover is something of smolvm's that belongs to no VM in the state
+// database: debris of a crash or of a killed process.
+type Leftover struct {
+	Kind   string `json:"kind"` // "process", "tap", "rule" or "dir"
+	Name   string `json:"name"` // PID, device, rule tag or path
+	Detail string `json:"detail"`
+
+	pid int
+	vm  string
+}
+
+// FindLeftovers lists QEMU processes, TAP devices, nftables rules and VM
+// directories that no VM of this state directory owns. A TAP device or
+// rule that a live VM process of another state directory uses is not a
+// leftover: it is that VM's.
+func FindLeftovers(ctx context.Context, opts ...Option) ([]Leftover, error) {
+	s := newSettings(opts)
+	vms, err := List(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	known := map[string]VMInfo{}
+	for _, vm := range vms {
+		known[vm.ID] = vm
+	}
+	procs := vmProcesses()
+	var out []Leftover
+
+	vmsDir := filepath.Join(s.home, "vms") + "/"
+	var live []vmProcess // processes of real VMs, here or in another state directory
+	for _, p := range procs {
+		vm, ok := known[p.id]
+		if strings.Contains(p.cmdline, vmsDir) && (!ok || vm.PID != p.pid) {
+			out = append(out, Leftover{Kind: "process", Name: strconv.Itoa(p.pid), pid: p.pid, vm: p.id,
+				Detail: fmt.Sprintf("QEMU of VM %q, which this state directory does not run", p.id)})
+			continue
+		}
+		live = append(live, p)
+	}
+	procs = live
+
+	inUse := func(tap string) bool {
+		for _, p := range procs {
+			if strings.Contains(p.cmdline, "ifname="+tap+",") {
+				return true
+			}
+		}
+		return false
+	}
+	ours := map[string]bool{} // TAPs of this directory's VMs, maybe mid-start
+	for id := range known {
+		ours[network.TAPName(id)] = true
+	}
+	links, _ := netlink.LinkList()
+	for _, l := range links {
+		name := l.Attrs().Name
+		if !strings.HasPrefix(name, "smol") || l.Type() != "tuntap" || ours[name] || inUse(name) {
+			continue
+		}
+		out = append(out, Leftover{Kind: "tap", Name: name, Detail: "TAP device no running VM uses"})
+	}
+
+	if rules, err := network.NewFirewall(0).Rules(); err == nil {
+		seen := map[string]bool{}
+		for _, r := range rules {
+			if _, ok := known[r.VMID]; ok || seen[r.VMID] || procRunning(procs, r.VMID) {
+				continue
+			}
+			seen[r.VMID] = true
+			out = append(out, Leftover{Kind: "rule", Name: "vm:" + r.VMID, vm: r.VMID,
+				Detail: "nftables rules of a VM that does not exist"})
+		}
+	}
+
+	ents, _ := os.ReadDir(vmsDir)
+	for _, e := range ents {
+		if _, ok := known[e.Name()]; ok || !e.IsDir() {
+			continue
+		}
+		dir := filepath.Join(vmsDir, e.Name())
+		if files, _ := os.ReadDir(dir); len(files) == 1 && files[0].Name() == "disk.ext4" {
+			continue // a disk kept on purpose by RetainDiskOnDelete
+		}
+		out = append(out, Leftover{Kind: "dir", Name: dir, Detail: "VM directory without a VM"})
+	}
+	return out, nil
+}
+
+// RemoveLeftovers removes what FindLeftovers found.
+func RemoveLeftovers(ctx context.Context, leftovers []Leftover) error {
+	var errs []error
+	for _, l := range leftovers {
+		var err error
+		switch l.Kind {
+		case "process":
+			err = hypervisor.Kill(ctx, l.pid, l.vm)
+		case "tap":
+			err = network.DeleteTAP(l.Name)
+		case "rule":
+			err = firewallRemoveVM(l.vm)
+		case "dir":
+			err = os.RemoveAll(l.Name)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s %s: %w", l.Kind, l.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+type vmProcess struct {
+	pid     int
+	id      string
+	cmdline string
+}
+
+// vmProcesses finds every running smolvm VM process on the host, by the
+// guest=smolvm-<id> name QEMU carries on its command line.
+func vmProcesses() []vmProcess {
+	var out []vmProcess
+	paths, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil || !bytes.Contains(b, []byte("guest="+hypervisor.Marker(""))) {
+			continue
+		}
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		if pid == os.Getpid() || syscall.Kill(pid, 0) != nil {
+			continue
+		}
+		cmdline := string(bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
+		_, rest, _ := strings.Cut(cmdline, "guest="+hypervisor.Marker(""))
+		id, _, _ := strings.Cut(rest, " ")
+		out = append(out, vmProcess{pid: pid, id: id, cmdline: cmdline})
+	}
+	return out
+}
+
+func procRunning(procs []vmProcess, id string) bool {
+	for _, p := range procs {
+		if p.id == id {
+			return true
+		}
+	}
+	return false
+}
