@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,6 +54,17 @@ func TestAutoConfig(t *testing.T) {
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() != 5 || !strings.Contains(string(out), "via-openssh") {
 			t.Fatalf("openssh: %v: %s", err, out)
+		}
+		// And OpenSSH's scp (SFTP underneath) copies files in.
+		local := filepath.Join(t.TempDir(), "f.txt")
+		os.WriteFile(local, []byte("scp works\n"), 0o644)
+		if out, err := exec.CommandContext(ctx, "scp", "-i", vm.DataDir()+"/id_ed25519",
+			"-o", "UserKnownHostsFile="+vm.DataDir()+"/known_hosts", "-o", "StrictHostKeyChecking=yes",
+			"-o", "BatchMode=yes", local, "root@"+vm.IP()+":/tmp/f.txt").CombinedOutput(); err != nil {
+			t.Fatalf("scp: %v: %s", err, out)
+		}
+		if got := run(t, ctx, vm, "cat /tmp/f.txt").Stdout; got != "scp works\n" {
+			t.Fatalf("after scp: %q", got)
 		}
 	}
 }
