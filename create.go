@@ -187,7 +187,7 @@ func (v *VM) writeKeys(baseInitrd string, env map[string]string) error {
 // resolveBoot finds the kernel, agent initramfs, root filesystem and boot
 // args for cfg, building the default image on first use.
 func resolveBoot(ctx context.Context, s settings, cfg VMConfig) (kernel, initrd, rootfs, bootArgs string, err error) {
-	b := &image.Builder{CacheDir: s.home, Agent: s.agent, AlpineSource: s.alpineSource, Progress: s.progress, Logger: s.logger}
+	b := newBuilder(s)
 	if len(cfg.Mounts) > 0 {
 		explicit := cfg.KernelPath != "" || os.Getenv(image.KernelEnv) != ""
 		given := cfg.KernelPath
@@ -271,4 +271,16 @@ func randomID() string {
 	b := make([]byte, 4)
 	rand.Read(b)
 	return "vm-" + hex.EncodeToString(b)
+}
+
+// DefaultImage returns the default image's files and boot args, building
+// it on first use, so they can be passed to NewFromConfig explicitly (the
+// analogue of the reference's (kernel, rootfs) and SSH_BOOT_ARGS).
+func DefaultImage(ctx context.Context, opts ...Option) (*image.Image, error) {
+	img, err := newBuilder(newSettings(opts)).Default(ctx)
+	return img, opError("default image", "", err)
+}
+
+func newBuilder(s settings) *image.Builder {
+	return &image.Builder{CacheDir: s.home, Agent: s.agent, AlpineSource: s.alpineSource, Progress: s.progress, Logger: s.logger}
 }

@@ -46,7 +46,7 @@ func ExampleWith() {
 // Explicit kernel and root filesystem, as the reference's VMConfig takes.
 func ExampleNewFromConfig() {
 	ctx := context.Background()
-	img, err := (&image.Builder{CacheDir: smolvm.DefaultHome(), Agent: os.Getenv("SMOLVM_AGENT")}).Default(ctx)
+	img, err := smolvm.DefaultImage(ctx) // kernel, initramfs, rootfs and boot args
 	if err != nil {
 		log.Fatal(err)
 	}

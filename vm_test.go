@@ -98,8 +98,7 @@ func atoi(t *testing.T, s string) int {
 func TestManualConfigLifecycle(t *testing.T) {
 	requireVM(t)
 	ctx := testContext(t, 4*time.Minute)
-	b := &image.Builder{CacheDir: testEnv.home, Agent: testEnv.bin}
-	img, err := b.Default(ctx)
+	img, err := smolvm.DefaultImage(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
