@@ -81,4 +81,3 @@ func TestLeftovers(t *testing.T) {
 		t.Fatalf("still there after the fix: %+v", left)
 	}
 }
-

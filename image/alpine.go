@@ -2,18 +2,11 @@ package image
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
+	"regexp"
 	"strings"
-	"time"
 )
 
 // The Alpine release the default image is built from, pinned by checksum.
@@ -22,165 +15,145 @@ const (
 	AlpineFile    = "alpine-minirootfs-3.20.3-x86_64.tar.gz"
 	AlpineSHA256  = "d4e6fd67dcf75e40c451560ac7265166c2b72a0f38ddc9aae756a7de3d1efa0c"
 	AlpineMirror  = "https://dl-cdn.alpinelinux.org/alpine"
-	alpineRelPath = "/v3.20/releases/x86_64/" + AlpineFile
 )
 
 // AlpineSourceEnv names the environment variable that points smolvm at a
 // local copy or mirror of the Alpine release, for offline machines.
 const AlpineSourceEnv = "SMOLVM_ALPINE_SOURCE"
 
-// ErrChecksum is returned when a download does not match its pinned hash.
-var ErrChecksum = errors.New("checksum mismatch")
-
-// BuildAlpine builds an Alpine image with the smolvm agent, sizeMiB big.
-func (b *Builder) BuildAlpine(ctx context.Context, name string, sizeMiB int) (*Image, error) {
-	if err := ValidateName(name); err != nil {
-		return nil, err
-	}
-	kernel, initrd, err := b.Boot(ctx)
-	if err != nil {
-		return nil, err
-	}
-	fp := fingerprint(map[string]string{
-		"source": "alpine", "sha256": AlpineSHA256, "size": strconv.Itoa(sizeMiB), "format": "1",
-	})
-	img, err := b.cached(ctx, name, fp, func(dir string) (*Image, error) {
-		tarball, err := b.fetchAlpine(ctx)
-		if err != nil {
-			return nil, err
-		}
-		root := filepath.Join(dir, "root")
-		b.progress("unpacking %s", filepath.Base(tarball))
-		if err := unpackTarGz(tarball, root); err != nil {
-			return nil, fmt.Errorf("image %q: %w", name, err)
-		}
-		for _, d := range []string{"etc/smolvm", "root/.ssh"} {
-			if err := os.MkdirAll(filepath.Join(root, d), 0o700); err != nil {
-				return nil, err
-			}
-		}
-		rootfs := filepath.Join(dir, "rootfs.ext4")
-		b.progress("making %d MiB ext4 filesystem", sizeMiB)
-		if err := makeExt4(ctx, root, rootfs, sizeMiB); err != nil {
-			return nil, fmt.Errorf("image %q: %w", name, err)
-		}
-		os.RemoveAll(root)
-		return &Image{Rootfs: rootfs, SizeMiB: sizeMiB, Source: "alpine:" + AlpineVersion}, nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	// Kernel and initramfs are cached apart from the root filesystem, so
-	// a new agent build does not rebuild the image.
-	img.Kernel, img.Initrd, img.BootArgs = kernel, initrd, SSHBootArgs
-	return img, nil
+// alpineSums pins the minirootfs releases smolvm knows; other versions
+// need BuildOptions.SHA256 or a .sha256 file next to the release.
+var alpineSums = map[string]string{
+	AlpineVersion: AlpineSHA256,
 }
 
-// alpineURL resolves AlpineSource (or the environment) to a local file path
-// or a URL of the release file.
-func (b *Builder) alpineURL() (local, remote string) {
-	src := b.AlpineSource
+var alpineVersionRE = regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+$`)
+
+// BuildAlpine builds an Alpine image with the smolvm agent, sizeMiB big,
+// that takes key logins only.
+func (b *Builder) BuildAlpine(ctx context.Context, name string, sizeMiB int) (*Image, error) {
+	return b.BuildAlpineSSH(ctx, name, "", sizeMiB)
+}
+
+// BuildAlpineSSH builds an SSH-ready Alpine image: root logs in with the
+// VM's key always, and with password when it is not empty. sizeMiB 0 picks
+// the default size. It is the reference's ImageBuilder.build_alpine_ssh;
+// boot the result with its BootArgs (SSHBootArgs).
+func (b *Builder) BuildAlpineSSH(ctx context.Context, name, password string, sizeMiB int) (*Image, error) {
+	return b.Build(ctx, name, BuildOptions{From: "alpine", Password: password, SizeMiB: sizeMiB})
+}
+
+type alpineSource struct {
+	b       *Builder
+	version string
+	opts    *BuildOptions
+	rep     *reporter
+}
+
+func (s *alpineSource) file() string { return "alpine-minirootfs-" + s.version + "-x86_64.tar.gz" }
+
+func (s *alpineSource) relPath() string {
+	mm := strings.Join(strings.Split(s.version, ".")[:2], ".")
+	return "/v" + mm + "/releases/x86_64/" + s.file()
+}
+
+func (s *alpineSource) resolve(ctx context.Context) (string, map[string]string, error) {
+	if !alpineVersionRE.MatchString(s.version) {
+		return "", nil, fmt.Errorf("%w: alpine version %q: want X.Y.Z, e.g. %s", ErrInvalid, s.version, AlpineVersion)
+	}
+	sum := s.opts.SHA256
+	if sum == "" {
+		sum = alpineSums[s.version]
+	}
+	inputs := map[string]string{"source": "alpine", "version": s.version, "sha256": sum}
+	if sum == "" {
+		// Where a pinned file comes from does not change what it holds;
+		// unpinned, the location is part of the input.
+		local, remote := s.location()
+		inputs["location"] = local + remote
+	}
+	return "alpine:" + s.version, inputs, nil
+}
+
+// location resolves the mirror setting to a local file path or a URL of
+// the release file.
+func (s *alpineSource) location() (local, remote string) {
+	src := s.opts.Mirror
+	if src == "" {
+		src = s.b.AlpineSource
+	}
 	if src == "" {
 		src = os.Getenv(AlpineSourceEnv)
 	}
 	switch {
 	case src == "":
-		return "", AlpineMirror + alpineRelPath
+		return "", AlpineMirror + s.relPath()
 	case strings.HasPrefix(src, "http://") || strings.HasPrefix(src, "https://"):
 		if strings.HasSuffix(src, ".tar.gz") {
 			return "", src
 		}
-		return "", strings.TrimSuffix(src, "/") + alpineRelPath
+		return "", strings.TrimSuffix(src, "/") + s.relPath()
 	case strings.HasPrefix(src, "file://"):
 		src = strings.TrimPrefix(src, "file://")
 	}
 	if fi, err := os.Stat(src); err == nil && fi.IsDir() {
-		return filepath.Join(src, AlpineFile), ""
+		return filepath.Join(src, s.file()), ""
 	}
 	return src, ""
 }
 
-// fetchAlpine returns a verified local copy of the Alpine release file.
-func (b *Builder) fetchAlpine(ctx context.Context) (string, error) {
-	local, remote := b.alpineURL()
-	hint := fmt.Sprintf("set %s (or the builder's AlpineSource) to a local copy of %s, a directory holding it, or a mirror URL", AlpineSourceEnv, AlpineFile)
+// checksum returns the sha256 the release file must have: given, pinned,
+// or published next to it (a .sha256 file, as Alpine's mirrors have).
+func (s *alpineSource) checksum(ctx context.Context, local, remote string) (string, error) {
+	if s.opts.SHA256 != "" {
+		return strings.ToLower(s.opts.SHA256), nil
+	}
+	if sum := alpineSums[s.version]; sum != "" {
+		return sum, nil
+	}
+	var text string
+	var err error
 	if local != "" {
-		if err := verifyFile(local, AlpineSHA256); err != nil {
-			return "", fmt.Errorf("alpine minirootfs %s: %w; %s", local, err, hint)
+		var b []byte
+		b, err = os.ReadFile(local + ".sha256")
+		text = string(b)
+	} else {
+		text, err = s.b.fetchText(ctx, remote+".sha256")
+	}
+	if f := strings.Fields(text); err == nil && len(f) > 0 && len(f[0]) == 64 {
+		return strings.ToLower(f[0]), nil
+	}
+	return "", fmt.Errorf("%w: no checksum known for alpine %s (pinned: %s): pass the release file's sha256 (--sha256)", ErrInvalid, s.version, AlpineVersion)
+}
+
+func (s *alpineSource) fill(ctx context.Context, dir string, img *Image) error {
+	tarball, err := s.fetch(ctx)
+	if err != nil {
+		return err
+	}
+	return unpackFile(tarball, dir, s.rep)
+}
+
+// fetch returns a verified local copy of the release file.
+func (s *alpineSource) fetch(ctx context.Context) (string, error) {
+	local, remote := s.location()
+	hint := fmt.Sprintf("set %s (or the builder's AlpineSource, or --mirror) to a local copy of %s, a directory holding it, or a mirror URL", AlpineSourceEnv, s.file())
+	sum, err := s.checksum(ctx, local, remote)
+	if err != nil {
+		return "", err
+	}
+	if local != "" {
+		if err := verifyFile(local, sum); err != nil {
+			return "", fmt.Errorf("alpine minirootfs: %w; %s", err, hint)
 		}
 		return local, nil
 	}
-	dl := filepath.Join(b.CacheDir, "downloads")
-	dst := filepath.Join(dl, AlpineFile)
-	if verifyFile(dst, AlpineSHA256) == nil {
+	dst := filepath.Join(s.b.cacheDir(), "downloads", s.file())
+	if verifyFile(dst, sum) == nil {
 		return dst, nil
 	}
-	if err := os.MkdirAll(dl, 0o755); err != nil {
-		return "", err
-	}
-	b.progress("downloading %s", remote)
-	if err := download(ctx, remote, dst, AlpineSHA256, b.Progress); err != nil {
+	if err := s.b.download(ctx, remote, dst, sum, s.rep); err != nil {
 		return "", fmt.Errorf("alpine minirootfs: %w; offline? %s", err, hint)
 	}
 	return dst, nil
-}
-
-func verifyFile(path, sha string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return err
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != sha {
-		return fmt.Errorf("%w: sha256 %s, want %s", ErrChecksum, got, sha)
-	}
-	return nil
-}
-
-// download fetches rawURL to dst, verifying sha256 before the file appears
-// under its final name.
-func download(ctx context.Context, rawURL, dst, sha string, progress io.Writer) error {
-	if _, err := url.Parse(rawURL); err != nil {
-		return err
-	}
-	client := &http.Client{Transport: &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: 20 * time.Second,
-	}}
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
-	req, err := http.NewRequestWithContext(dctx, http.MethodGet, rawURL, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return fmt.Errorf("download %s: %w", rawURL, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("download %s: %s", rawURL, resp.Status)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(dst), ".download-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	h := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(tmp, h), resp.Body); err != nil {
-		tmp.Close()
-		return fmt.Errorf("download %s: %w", rawURL, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != sha {
-		return fmt.Errorf("download %s: %w: sha256 %s, want %s", rawURL, ErrChecksum, got, sha)
-	}
-	return os.Rename(tmp.Name(), dst)
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 
@@ -48,6 +49,32 @@ func (b *Builder) FindKernel() (string, error) {
 // initramfs on first use. The initramfs is cached by the hash of the agent
 // and the kernel release, so a rebuilt agent is picked up at once.
 func (b *Builder) Boot(ctx context.Context) (kernel, initrd string, err error) {
+	a, err := b.readAgent()
+	if err != nil {
+		return "", "", err
+	}
+	return b.boot(ctx, a)
+}
+
+// agentBinary is the agent read once: its bytes and sha256.
+type agentBinary struct {
+	data []byte
+	sum  [32]byte
+}
+
+func (b *Builder) readAgent() (agentBinary, error) {
+	data, err := ReadAgent(b.agent())
+	if err != nil {
+		return agentBinary{}, err
+	}
+	return agentBinary{data, sha256.Sum256(data)}, nil
+}
+
+// version is a short hash of the agent, recorded in images and part of
+// their fingerprint.
+func (a agentBinary) version() string { return hex.EncodeToString(a.sum[:8]) }
+
+func (b *Builder) boot(ctx context.Context, agent agentBinary) (kernel, initrd string, err error) {
 	kernel, err = b.FindKernel()
 	if err != nil {
 		return "", "", err
@@ -56,17 +83,13 @@ func (b *Builder) Boot(ctx context.Context) (kernel, initrd string, err error) {
 	if err != nil {
 		return "", "", err
 	}
-	agent, err := ReadAgent(b.Agent)
-	if err != nil {
-		return "", "", err
-	}
-	sum := sha256.Sum256(append(agent, release...))
-	dir := filepath.Join(b.CacheDir, "initramfs")
+	sum := sha256.Sum256(append(agent.sum[:], release...))
+	dir := filepath.Join(b.cacheDir(), "initramfs")
 	initrd = filepath.Join(dir, release+"-"+hex.EncodeToString(sum[:8])+".cpio")
 	if _, err := os.Stat(initrd); err == nil {
 		return kernel, initrd, nil
 	}
-	files, err := initramfs.Base(agent, filepath.Join("/lib/modules", release))
+	files, err := initramfs.Base(agent.data, filepath.Join("/lib/modules", release))
 	if err != nil {
 		return "", "", err
 	}
@@ -82,6 +105,9 @@ func (b *Builder) Boot(ctx context.Context) (kernel, initrd string, err error) {
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
+	if err == nil {
+		err = os.Chmod(tmp.Name(), 0o644)
+	}
 	if err != nil {
 		return "", "", fmt.Errorf("initramfs: %w", err)
 	}
@@ -89,6 +115,27 @@ func (b *Builder) Boot(ctx context.Context) (kernel, initrd string, err error) {
 		return "", "", err
 	}
 	return kernel, initrd, nil
+}
+
+// AgentEnv names the environment variable that picks the agent binary.
+const AgentEnv = "SMOLVM_AGENT"
+
+// agent returns the agent binary: b.Agent, $SMOLVM_AGENT, this program if
+// it is smolvm, or smolvm on PATH.
+func (b *Builder) agent() string {
+	if b.Agent != "" {
+		return b.Agent
+	}
+	if a := os.Getenv(AgentEnv); a != "" {
+		return a
+	}
+	if exe, err := os.Executable(); err == nil && filepath.Base(exe) == "smolvm" {
+		return exe
+	}
+	if p, err := exec.LookPath("smolvm"); err == nil {
+		return p
+	}
+	return ""
 }
 
 // ReadAgent reads the agent binary and checks that it can run as a guest's

@@ -1,11 +1,11 @@
 // Package image builds and caches the bootable images smolvm VMs start
-// from: a kernel, the agent initramfs, and an ext4 root filesystem.
+// from: a kernel, the agent initramfs, and an ext4 root filesystem made
+// from Alpine, Debian, any OCI image, or a directory or tarball, without
+// Docker.
 package image
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,8 +16,6 @@ import (
 	"sort"
 	"strings"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // SSHBootArgs is the kernel command line that boots an image into the
@@ -28,43 +26,134 @@ const SSHBootArgs = "console=ttyS0 quiet panic=-1 pci=off ipv6.disable=1 rcupdat
 // DefaultName is the name of the default image.
 const DefaultName = "alpine"
 
-// DefaultSizeMiB is the root filesystem size images are built at; a VM's
-// disk is grown (or shrunk) from it to the size the VM asks for.
+// DefaultSizeMiB is the root filesystem size images are built at unless
+// asked otherwise (or larger, when the files need more); a VM's disk is
+// grown (or shrunk) from it to the size the VM asks for.
 const DefaultSizeMiB = 512
 
-// ErrNotFound is returned for an image name that has not been built.
-var ErrNotFound = errors.New("image not found")
+// MaxSizeMiB bounds the root filesystem size (1 TiB).
+const MaxSizeMiB = 1 << 20
 
-// Image is a bootable image: the files a VM boots from.
+// Errors, matched with errors.Is.
+var (
+	// ErrNotFound: no image of that name has been built.
+	ErrNotFound = errors.New("image not found")
+	// ErrInvalid: a bad name, source, size or option.
+	ErrInvalid = errors.New("invalid argument")
+	// ErrChecksum: a download or file does not match its checksum.
+	ErrChecksum = errors.New("checksum mismatch")
+)
+
+// Image is a bootable image: the files a VM boots from and what it was
+// built from. Its manifest is images/NAME/image.json in the cache.
 type Image struct {
-	Name        string    `json:"name"`
-	Kernel      string    `json:"kernel"`
-	Initrd      string    `json:"initrd"`
-	Rootfs      string    `json:"rootfs"`
-	BootArgs    string    `json:"boot_args"`
-	SizeMiB     int       `json:"size_mib"`
-	Source      string    `json:"source"`
+	Name          string `json:"name"`
+	Kernel        string `json:"kernel"`
+	KernelRelease string `json:"kernel_release,omitempty"`
+	// KernelFormat is "bzImage" (QEMU) or "vmlinux" (Firecracker).
+	KernelFormat string `json:"kernel_format,omitempty"`
+	Initrd       string `json:"initrd"`
+	Rootfs       string `json:"rootfs"`
+	BootArgs     string `json:"boot_args"`
+	// SizeMiB is the size of the root filesystem (and of the file holding
+	// it); DiskBytes is what the sparse file takes on the host's disk.
+	SizeMiB   int   `json:"size_mib"`
+	DiskBytes int64 `json:"disk_bytes,omitempty"`
+	// UsedMiB is how much of SizeMiB the files take.
+	UsedMiB int `json:"used_mib,omitempty"`
+	// Source says what the image was built from, with the resolved
+	// version: "alpine:3.20.3", "debian:bookworm", "oci:REF@sha256:...",
+	// "dir:PATH", "tar:PATH".
+	Source   string   `json:"source"`
+	OS       string   `json:"os,omitempty"` // PRETTY_NAME from /etc/os-release
+	Packages []string `json:"packages,omitempty"`
+	Password bool     `json:"password"` // root has a password (else keys only)
+	// Env, Entrypoint, Cmd and WorkingDir come from an OCI image's config;
+	// Env is also the VM's initial environment.
+	Env         []string  `json:"env,omitempty"`
+	Entrypoint  []string  `json:"entrypoint,omitempty"`
+	Cmd         []string  `json:"cmd,omitempty"`
+	WorkingDir  string    `json:"working_dir,omitempty"`
+	Agent       string    `json:"agent,omitempty"` // sha256 prefix of the agent built with
 	Fingerprint string    `json:"fingerprint"`
 	Created     time.Time `json:"created"`
+	BuildTime   Duration  `json:"build_time"`
 }
 
-// Builder builds images into a cache directory. The zero value is not
-// usable: CacheDir and Agent are required.
+// Duration is a time.Duration that reads as "1.234s" in JSON.
+type Duration time.Duration
+
+func (d Duration) String() string { return time.Duration(d).Round(time.Millisecond).String() }
+
+// MarshalJSON implements json.Marshaler.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	*d = Duration(v)
+	return err
+}
+
+// Builder builds images into a cache directory. The zero value works:
+// every field has a default.
 type Builder struct {
-	// CacheDir holds images/, initramfs/ and downloads/.
+	// CacheDir holds images/, initramfs/, kernels/ and downloads/.
+	// Default: DefaultCacheDir().
 	CacheDir string
 	// Agent is the static smolvm binary that becomes the guest's init.
+	// Default: $SMOLVM_AGENT, else this program if it is smolvm, else
+	// smolvm on PATH.
 	Agent string
-	// Kernel is the kernel to boot; empty = the newest /boot/vmlinuz-*.
+	// Kernel is the kernel to boot; empty = $SMOLVM_KERNEL, else the
+	// newest /boot/vmlinuz-*.
 	Kernel string
 	// AlpineSource is where the Alpine minirootfs comes from: empty for
-	// Alpine's CDN, a local file, a directory holding the release file, an
-	// http(s) URL of the file, or a mirror's base URL.
+	// $SMOLVM_ALPINE_SOURCE, else Alpine's CDN; a local file, a directory
+	// holding the release file, an http(s) URL of the file, or a mirror's
+	// base URL.
 	AlpineSource string
-	// Progress receives human-readable progress lines; nil = none.
+	// DebianMirror is the Debian archive to build from. Default
+	// DefaultDebianMirror.
+	DebianMirror string
+	// StallTimeout fails a download (or a registry pull) that receives
+	// nothing for this long. Default 30s.
+	StallTimeout time.Duration
+	// Progress receives progress: bars on a terminal, plain lines
+	// otherwise; nil = none.
 	Progress io.Writer
-	Logger   *slog.Logger
+	// Logger receives debug detail; nil = discard.
+	Logger *slog.Logger
 }
+
+// DefaultCacheDir is where images are cached when Builder.CacheDir is
+// empty: $SMOLVM_HOME, else $XDG_STATE_HOME/smolvm, else
+// ~/.local/state/smolvm (the same directory smolvm keeps its state in).
+func DefaultCacheDir() string {
+	if h := os.Getenv("SMOLVM_HOME"); h != "" {
+		return h
+	}
+	if x := os.Getenv("XDG_STATE_HOME"); x != "" {
+		return filepath.Join(x, "smolvm")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "smolvm")
+	}
+	return filepath.Join(os.TempDir(), "smolvm")
+}
+
+func (b *Builder) cacheDir() string {
+	if b.CacheDir == "" {
+		return DefaultCacheDir()
+	}
+	return b.CacheDir
+}
+
+func (b *Builder) imagesDir() string { return filepath.Join(b.cacheDir(), "images") }
 
 func (b *Builder) logger() *slog.Logger {
 	if b.Logger == nil {
@@ -73,24 +162,25 @@ func (b *Builder) logger() *slog.Logger {
 	return b.Logger
 }
 
-func (b *Builder) progress(format string, args ...any) {
-	if b.Progress != nil {
-		fmt.Fprintf(b.Progress, format+"\n", args...)
+func (b *Builder) stallTimeout() time.Duration {
+	if b.StallTimeout <= 0 {
+		return 30 * time.Second
 	}
+	return b.StallTimeout
 }
 
-// Default returns the default image (Alpine with the smolvm agent),
-// building it on first use.
+// Default returns the default image (Alpine with the smolvm agent, keys
+// only), building it on first use.
 func (b *Builder) Default(ctx context.Context) (*Image, error) {
 	return b.BuildAlpine(ctx, DefaultName, DefaultSizeMiB)
 }
 
-// Get returns a built image by name.
+// Get returns a built image by name, as its manifest recorded it.
 func (b *Builder) Get(name string) (*Image, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
-	data, err := os.ReadFile(filepath.Join(b.CacheDir, "images", name, "image.json"))
+	data, err := os.ReadFile(filepath.Join(b.imagesDir(), name, "image.json"))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("image %q: %w", name, ErrNotFound)
 	}
@@ -104,99 +194,66 @@ func (b *Builder) Get(name string) (*Image, error) {
 	return &img, nil
 }
 
-// ValidateName rejects names that could escape the cache directory.
-func ValidateName(name string) error {
-	if name == "" || len(name) > 64 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != "" || name[0] == '.' || name[0] == '-' {
-		return fmt.Errorf("invalid image name %q: use 1-64 letters, digits, '.', '_' or '-', not starting with '.' or '-'", name)
+// List returns the built images, sorted by name.
+func (b *Builder) List() ([]*Image, error) {
+	ents, err := os.ReadDir(b.imagesDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
 	}
-	return nil
-}
-
-// fingerprint hashes every input of a build, so a changed input rebuilds.
-func fingerprint(inputs map[string]string) string {
-	keys := make([]string, 0, len(inputs))
-	for k := range inputs {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	h := sha256.New()
-	for _, k := range keys {
-		fmt.Fprintf(h, "%s=%s\n", k, inputs[k])
-	}
-	return hex.EncodeToString(h.Sum(nil))[:16]
-}
-
-// cached builds an image under name unless one with the same fingerprint
-// exists. build fills dir (a fresh staging directory); the result replaces
-// the old image with a rename, so readers never see a torn image, and a
-// lock file keeps two processes from building the same name at once.
-func (b *Builder) cached(ctx context.Context, name, fp string, build func(dir string) (*Image, error)) (*Image, error) {
-	if img, err := b.Get(name); err == nil && img.Fingerprint == fp {
-		return img, nil
-	}
-	root := filepath.Join(b.CacheDir, "images")
-	if err := os.MkdirAll(root, 0o755); err != nil {
-		return nil, err
-	}
-	unlock, err := lockFile(ctx, filepath.Join(root, "."+name+".lock"))
 	if err != nil {
 		return nil, err
+	}
+	var out []*Image
+	for _, e := range ents {
+		if !e.IsDir() || ValidateName(e.Name()) != nil {
+			continue // staging and lock files start with '.'
+		}
+		img, err := b.Get(e.Name())
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, img)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// Remove deletes a built image. VMs created from it keep working: each has
+// its own copy of the disk.
+func (b *Builder) Remove(ctx context.Context, name string) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	unlock, err := b.lock(ctx, name)
+	if err != nil {
+		return err
 	}
 	defer unlock()
-	if img, err := b.Get(name); err == nil && img.Fingerprint == fp {
-		return img, nil // another process built it while we waited
+	dir := filepath.Join(b.imagesDir(), name)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("image %q: %w", name, ErrNotFound)
 	}
-	staging, err := os.MkdirTemp(root, ".build-"+name+"-")
+	// Rename first, so the name is gone at once even if removal is slow.
+	trash, err := os.MkdirTemp(b.imagesDir(), ".rm-"+name+"-")
 	if err != nil {
-		return nil, err
+		return err
 	}
-	defer os.RemoveAll(staging)
-	img, err := build(staging)
-	if err != nil {
-		return nil, err
+	if err := os.Rename(dir, filepath.Join(trash, name)); err != nil {
+		os.Remove(trash)
+		return fmt.Errorf("image %q: remove: %w", name, err)
 	}
-	final := filepath.Join(root, name)
-	img.Name, img.Fingerprint, img.Created = name, fp, time.Now().UTC()
-	img.Rootfs = filepath.Join(final, filepath.Base(img.Rootfs))
-	manifest, err := json.MarshalIndent(img, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(staging, "image.json"), manifest, 0o644); err != nil {
-		return nil, err
-	}
-	old := staging + ".old"
-	if err := os.Rename(final, old); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
-	if err := os.Rename(staging, final); err != nil {
-		os.Rename(old, final)
-		return nil, err
-	}
-	os.RemoveAll(old)
-	return img, nil
+	return os.RemoveAll(trash)
 }
 
-// lockFile takes an exclusive flock on path, waiting until ctx is done.
-func lockFile(ctx context.Context, path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
+// ValidateName rejects names that could escape the cache directory or
+// confuse a shell: 1-64 letters, digits, '.', '_' or '-', not starting
+// with '.' or '-'.
+func ValidateName(name string) error {
+	if name == "" || len(name) > 64 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != "" || name[0] == '.' || name[0] == '-' {
+		return fmt.Errorf("%w: image name %q: use 1-64 letters, digits, '.', '_' or '-', not starting with '.' or '-'", ErrInvalid, name)
 	}
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return nil
 }

@@ -17,6 +17,7 @@ have_cmd cpio || need+=(cpio)
 have_cmd ip || need+=(iproute2)
 have_cmd nft || need+=(nftables)
 have_pkg busybox-static || need+=(busybox-static)
+have_cmd mmdebstrap || need+=(mmdebstrap)
 
 if ((${#need[@]})); then
 	echo "installing: ${need[*]}" >&2

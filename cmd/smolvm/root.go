@@ -104,6 +104,7 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		newDoctorCmd(g),
 		newCpCmd(g),
 		newPortCmd(g),
+		newImageCmd(g),
 	)
 	return root
 }

@@ -108,5 +108,6 @@ func newServerFromFiles(keyPEM, authKeys []byte) (*Server, error) {
 		keys = append(keys, pub)
 		rest = r
 	}
-	return NewServer(ServerConfig{HostKey: signer, AuthorizedKeys: keys, EnvFile: persistentEnvFile, Poweroff: powerOff})
+	return NewServer(ServerConfig{HostKey: signer, AuthorizedKeys: keys, EnvFile: persistentEnvFile, Poweroff: powerOff,
+		PasswordHashFile: "/etc/smolvm/root_password", AuthorizedKeysFile: "/etc/smolvm/authorized_keys"})
 }

@@ -55,6 +55,14 @@ type ServerConfig struct {
 	// HomeDir is HOME and the working directory of commands; it is created
 	// if missing. Default DefaultHomeDir.
 	HomeDir string
+	// PasswordHashFile holds a bcrypt hash of root's password. When it
+	// exists at NewServer time, user "root" may also log in with that
+	// password; empty or missing = keys only.
+	PasswordHashFile string
+	// AuthorizedKeysFile holds more keys (authorized_keys format) that may
+	// log in, read at each attempt so edits take effect at once; empty =
+	// none.
+	AuthorizedKeysFile string
 	// Poweroff is called in its own goroutine after the server has answered
 	// a "poweroff@smolvm" global request. Nil refuses the request.
 	Poweroff func()
@@ -124,8 +132,16 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 					return &ssh.Permissions{}, nil
 				}
 			}
+			if cfg.AuthorizedKeysFile != "" && fileAuthorizes(cfg.AuthorizedKeysFile, wire) {
+				return &ssh.Permissions{}, nil
+			}
 			return nil, fmt.Errorf("agent: ssh server: key %s not authorized", ssh.FingerprintSHA256(key))
 		},
+	}
+	if cfg.PasswordHashFile != "" {
+		if hash, err := os.ReadFile(cfg.PasswordHashFile); err == nil && len(bytes.TrimSpace(hash)) > 0 {
+			sshConf.PasswordCallback = passwordCallback(bytes.TrimSpace(hash))
+		}
 	}
 	sshConf.AddHostKey(cfg.HostKey)
 

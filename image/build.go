@@ -1,0 +1,267 @@
+package image
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// BuildOptions say what to build an image from and how.
+type BuildOptions struct {
+	// From names the source:
+	//   "alpine", "alpine:3.20.3"  the Alpine minirootfs release
+	//   "debian", "debian:bookworm" a minimal Debian (mmdebstrap)
+	//   "oci:REF"                  an OCI/Docker image: registry reference,
+	//                              OCI layout directory or `docker save` tarball
+	//   "dir:PATH", "tar:PATH"     a root filesystem tree or tarball
+	From string
+	// SizeMiB is the root filesystem size. 0 = DefaultSizeMiB, or more when
+	// the files need it; a given size too small for the files is an error
+	// naming the minimum.
+	SizeMiB int
+	// Password, when set, lets root log in with it over SSH (and on the
+	// console); logins with the VM's key always work.
+	Password string
+	// AuthorizedKeys are extra public keys (authorized_keys lines) root
+	// accepts, written to AuthorizedKeysFile in the image.
+	AuthorizedKeys []string
+	// Packages are installed on top (Debian only).
+	Packages []string
+	// Mirror overrides where Alpine or Debian come from.
+	Mirror string
+	// SHA256 is the expected checksum of an Alpine release smolvm does
+	// not pin.
+	SHA256 string
+	// Insecure lets an OCI registry be reached over plain HTTP or with an
+	// unverified certificate.
+	Insecure bool
+	// Backend picks the kernel format: "qemu" (default, bzImage) or
+	// "firecracker" (uncompressed vmlinux).
+	Backend string
+	// Force rebuilds even when the cached image matches.
+	Force bool
+}
+
+// source is where a root filesystem comes from.
+type source interface {
+	// resolve checks the options and returns the image's Source string and
+	// the inputs its fingerprint covers. It may ask a registry for a digest
+	// but builds nothing.
+	resolve(ctx context.Context) (desc string, inputs map[string]string, err error)
+	// fill puts the root filesystem into dir, which exists and is empty.
+	fill(ctx context.Context, dir string, img *Image) error
+}
+
+// parseSource turns BuildOptions.From into a source.
+func (b *Builder) parseSource(opts *BuildOptions, rep *reporter) (source, error) {
+	kind, arg, _ := strings.Cut(opts.From, ":")
+	if len(opts.Packages) > 0 && kind != "debian" {
+		return nil, fmt.Errorf("%w: packages can only be added to debian images (not %q)", ErrInvalid, kind)
+	}
+	switch kind {
+	case "alpine":
+		if arg == "" {
+			arg = AlpineVersion
+		}
+		return &alpineSource{b: b, version: arg, opts: opts, rep: rep}, nil
+	case "debian":
+		if arg == "" {
+			arg = DebianSuite
+		}
+		return &debianSource{b: b, suite: arg, opts: opts, rep: rep}, nil
+	case "oci", "docker":
+		arg = strings.TrimPrefix(arg, "//")
+		if arg == "" {
+			return nil, fmt.Errorf("%w: oci: needs an image reference, e.g. oci:docker.io/library/alpine:3.20", ErrInvalid)
+		}
+		return &ociSource{b: b, ref: arg, opts: opts, rep: rep}, nil
+	case "dir", "tar":
+		if arg == "" {
+			return nil, fmt.Errorf("%w: %s: needs a path, e.g. %s:/srv/rootfs", ErrInvalid, kind, kind)
+		}
+		if kind == "dir" {
+			return &dirSource{path: arg, rep: rep}, nil
+		}
+		return &tarSource{path: arg, rep: rep}, nil
+	}
+	return nil, fmt.Errorf("%w: unknown image source %q: use alpine[:VERSION], debian[:SUITE], oci:REF, dir:PATH or tar:PATH", ErrInvalid, opts.From)
+}
+
+// Build builds (or returns from the cache) the image called name. The
+// fingerprint covers the source and its resolved version, the size,
+// password, keys, packages, the agent and the builder's own format; a
+// build whose inputs match the cached image returns it at once.
+func (b *Builder) Build(ctx context.Context, name string, opts BuildOptions) (*Image, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	img, err := b.build(ctx, name, opts)
+	if err != nil {
+		return nil, fmt.Errorf("image %q: %w", name, err)
+	}
+	return img, nil
+}
+
+func (b *Builder) build(ctx context.Context, name string, opts BuildOptions) (*Image, error) {
+	if opts.SizeMiB < 0 || opts.SizeMiB > MaxSizeMiB {
+		return nil, fmt.Errorf("%w: size %d MiB: want 1 to %d", ErrInvalid, opts.SizeMiB, MaxSizeMiB)
+	}
+	if strings.ContainsAny(opts.Password, "\n\x00") {
+		return nil, fmt.Errorf("%w: password must be one line", ErrInvalid)
+	}
+	for _, k := range opts.AuthorizedKeys {
+		if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(k)); err != nil {
+			return nil, fmt.Errorf("%w: authorized key %.40q: %w", ErrInvalid, k, err)
+		}
+	}
+	rep := b.reporter()
+	src, err := b.parseSource(&opts, rep)
+	if err != nil {
+		return nil, err
+	}
+	k, err := b.PrepareKernel(ctx, opts.Backend)
+	if err != nil {
+		return nil, err
+	}
+	a, err := b.readAgent()
+	if err != nil {
+		return nil, err
+	}
+	_, initrd, err := b.boot(ctx, a)
+	if err != nil {
+		return nil, err
+	}
+	agent := a.version()
+	common := func(inputs map[string]string) string {
+		inputs["size"] = fmt.Sprint(opts.SizeMiB)
+		inputs["password"] = secretDigest(opts.Password)
+		inputs["keys"] = strings.Join(opts.AuthorizedKeys, "\n")
+		inputs["agent"] = agent
+		inputs["format"] = formatVersion
+		return fingerprint(inputs)
+	}
+	desc, inputs, err := src.resolve(ctx)
+	if err != nil {
+		// Offline, a registry image built before still serves if nothing
+		// else changed.
+		if o, ok := src.(*ociSource); ok && !opts.Force {
+			if img, ierr := b.Get(name); ierr == nil {
+				if cached, ok := o.offlineInputs(img); ok && common(cached) == img.Fingerprint {
+					rep.step("warning: %v; using the image built %s", err, img.Created.Format(time.DateTime))
+					img.Kernel, img.KernelRelease, img.KernelFormat, img.Initrd = k.Path, k.Release, k.Format, initrd
+					return img, nil
+				}
+			}
+		}
+		return nil, err
+	}
+	fp := common(inputs)
+
+	img, err := b.cached(ctx, name, fp, opts.Force, func(dir string) (*Image, error) {
+		rep.step("building image %q from %s", name, desc)
+		img := &Image{Source: desc, Password: opts.Password != "", Agent: agent}
+		root := filepath.Join(dir, "root")
+		if err := os.Mkdir(root, 0o755); err != nil {
+			return nil, err
+		}
+		if err := src.fill(ctx, root, img); err != nil {
+			return nil, err
+		}
+		if err := customize(root, opts, img, rep); err != nil {
+			return nil, err
+		}
+		img.OS = osRelease(root)
+		u, err := measureTree(root)
+		if err != nil {
+			return nil, err
+		}
+		size := opts.SizeMiB
+		if size == 0 {
+			// Room to work in: the default, or half again what the files need.
+			size = max(DefaultSizeMiB, minSizeMiB(u)*3/2)
+		}
+		img.Rootfs = filepath.Join(dir, "rootfs.ext4")
+		rep.step("making %d MiB ext4 filesystem (%d files, %.0f MiB)", size, u.inodes, float64(u.blocks*blockSize)/(1<<20))
+		start := time.Now()
+		if err := makeExt4(ctx, root, img.Rootfs, size, u); err != nil {
+			return nil, err
+		}
+		b.logger().Debug("mke2fs", "image", name, "took", time.Since(start))
+		if err := os.RemoveAll(root); err != nil {
+			return nil, err
+		}
+		img.SizeMiB, img.UsedMiB = size, int(u.blocks*blockSize>>20)
+		if opts.Password != "" {
+			// The image holds password hashes: only its owner reads it.
+			if err := os.Chmod(img.Rootfs, 0o600); err != nil {
+				return nil, err
+			}
+		}
+		img.DiskBytes = diskBytes(img.Rootfs)
+		img.BootArgs = SSHBootArgs
+		img.Kernel, img.KernelRelease, img.KernelFormat, img.Initrd = k.Path, k.Release, k.Format, initrd
+		return img, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The kernel and initramfs live apart from the image; point at the
+	// current ones (the same unless the host's kernel changed).
+	img.Kernel, img.KernelRelease, img.KernelFormat, img.Initrd = k.Path, k.Release, k.Format, initrd
+	return img, nil
+}
+
+// secretDigest stands for a password in the fingerprint, which is stored
+// in the manifest: a salted hash, never the password.
+func secretDigest(p string) string {
+	if p == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte("smolvm image password\x00" + p))
+	return hex.EncodeToString(sum[:])
+}
+
+// diskBytes is the space the (sparse) file at path takes.
+func diskBytes(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512
+	}
+	return fi.Size()
+}
+
+// osRelease returns PRETTY_NAME from the tree's os-release, if any.
+func osRelease(root string) string {
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return ""
+	}
+	defer r.Close()
+	for _, p := range []string{"etc/os-release", "usr/lib/os-release"} {
+		data, err := r.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		for line := range strings.Lines(string(data)) {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "PRETTY_NAME="); ok {
+				return strings.Trim(v, `"'`)
+			}
+		}
+	}
+	return ""
+}
+
+// errNoShell is wrapped when an image has no /bin/sh for commands to run in.
+var errNoShell = errors.New("the image has no /bin/sh; commands run through it")
