@@ -37,8 +37,8 @@ type VMConfig struct {
 	VCPUs int `json:"vcpus"`
 	// MemoryMiB is the guest memory (default 512).
 	MemoryMiB int `json:"memory_mib"`
-	// DiskMiB is the size of the VM's own root disk (default 512); the
-	// guest filesystem is grown or shrunk to it.
+	// DiskMiB is the size of the VM's own root disk (default 512, or the
+	// image's size if bigger); the guest filesystem is grown or shrunk to it.
 	DiskMiB int `json:"disk_mib"`
 	// Image names a built image to boot (see package image). Empty, with
 	// KernelPath and RootfsPath empty too, means the default image.

@@ -50,6 +50,7 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	if s.config != nil {
 		s.config(&cfg)
 	}
+	diskDefaulted := cfg.DiskMiB == 0
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, opError("create", cfg.ID, err)
@@ -72,6 +73,10 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	kernel, initrd, rootfs, bootArgs, err := resolveBoot(ctx, s, cfg)
 	if err != nil {
 		return nil, opError("create", cfg.ID, err)
+	}
+	if fi, err := os.Stat(rootfs); err == nil && diskDefaulted {
+		// An image built bigger than the default keeps its size.
+		cfg.DiskMiB = max(cfg.DiskMiB, int(fi.Size()>>20))
 	}
 
 	st, err := openStore(ctx, s)
