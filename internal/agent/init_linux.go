@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"time"
@@ -16,15 +17,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Where the boot step leaves what the SSH server reads. /run is a tmpfs, so
-// the host key never touches the guest's disk.
+// Paths in the initramfs (read before switching root; the host key never
+// touches the guest's disk) and in the guest's root filesystem.
 const (
-	runDir            = "/run/smolvm"
-	runHostKey        = runDir + "/host_key"
-	runAuthorizedKeys = runDir + "/authorized_keys"
 	persistentEnvFile = "/etc/smolvm/env.json"
-	serveArg0         = "smolvm-agent-serve"
-	initramfsRoot     = "/"
 	initramfsHostKey  = "/smolvm/host_key"
 	initramfsAuthKeys = "/smolvm/authorized_keys"
 	initramfsEnv      = "/smolvm/env.json"
@@ -35,32 +31,27 @@ const (
 	rootDeviceWaitTime     = 10 * time.Second
 )
 
-// Main runs the agent when this process is a guest's init or the SSH server
-// child, and reports whether it did (it then never returns). The CLI calls
-// it first, so one binary is both the host tool and the guest agent.
+// Main runs the agent when this process is a guest's init, and reports
+// whether it did (it then never returns). The CLI calls it first, so one
+// binary is both the host tool and the guest agent.
 func Main() bool {
-	switch {
-	case os.Getpid() == 1 || filepath.Base(os.Args[0]) == "smolvm-init":
-		if err := Init(); err != nil {
-			console("smolvm-init: %v", err)
-		}
-		powerOff()
-		return true
-	case os.Args[0] == serveArg0:
-		if err := serveMain(); err != nil {
-			console("smolvm-agent: %v", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
+	if os.Getpid() != 1 && filepath.Base(os.Args[0]) != "smolvm-init" {
+		return false
 	}
-	return false
+	if err := Init(); err != nil {
+		console("smolvm-init: %v", err)
+	}
+	powerOff()
+	return true
 }
 
 // Init boots the guest from the initramfs: modules, root filesystem, switch
-// to it, network, then runs the SSH server as a child and reaps orphans
-// forever.
+// to it, network, then serves SSH and reaps orphans forever.
 func Init() error {
 	start := time.Now()
+	// Go exits on these by default; as PID 1 that would panic the kernel.
+	signal.Ignore(unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	reaper := NewReaper()
 	for _, m := range []struct{ src, dst, typ string }{
 		{"devtmpfs", "/dev", "devtmpfs"},
 		{"proc", "/proc", "proc"},
@@ -109,7 +100,8 @@ func Init() error {
 		return err
 	}
 	step("switched root")
-	if err := writeRunFiles(hostKey, authKeys); err != nil {
+	srv, err := newServerFromFiles(hostKey, authKeys, reaper)
+	if err != nil {
 		return err
 	}
 	for _, m := range cfg.Mounts {
@@ -130,7 +122,9 @@ func Init() error {
 		return fmt.Errorf("network: %w", err)
 	}
 	step("network up")
-	return superviseServer()
+	go serve(srv)
+	reaper.Run(context.Background())
+	return nil
 }
 
 func loadModules(orderFile string) error {
@@ -211,19 +205,6 @@ func mountSystem() error {
 	return nil
 }
 
-func writeRunFiles(hostKey, authKeys []byte) error {
-	if len(hostKey) == 0 {
-		return errors.New("no SSH host key in the initramfs: the host must append the per-VM archive")
-	}
-	if err := os.MkdirAll(runDir, 0o700); err != nil {
-		return err
-	}
-	if err := os.WriteFile(runHostKey, hostKey, 0o600); err != nil {
-		return err
-	}
-	return os.WriteFile(runAuthorizedKeys, authKeys, 0o600)
-}
-
 // mergeEnv adds the variables the VM was configured with to the persistent
 // set, so they survive restarts and SetEnv changes made since stay too.
 func mergeEnv(path string, envJSON []byte) error {
@@ -252,52 +233,31 @@ func mergeEnv(path string, envJSON []byte) error {
 	return os.Rename(tmp, path)
 }
 
-// superviseServer runs the SSH server as a child and reaps every process
-// that ends up orphaned under PID 1. The server lives in its own process so
-// that its exec.Cmd.Wait calls never race this reaper for exit statuses.
-func superviseServer() error {
+// serve runs the SSH server in PID 1 itself: a second process would cost
+// another Go start-up on every boot. The reaper keeps PID 1's orphan
+// reaping away from the server's own children.
+func serve(srv *Server) {
 	for {
-		cmd := &exec.Cmd{Path: "/proc/self/exe", Args: []string{serveArg0}, Stdout: os.Stdout, Stderr: os.Stderr}
-		if err := cmd.Start(); err != nil {
-			return fmt.Errorf("start SSH server: %w", err)
+		ln, err := net.Listen("tcp", ":22")
+		if err != nil {
+			console("smolvm-agent: listen: %v", err)
+			time.Sleep(time.Second)
+			continue
 		}
-		for {
-			var ws unix.WaitStatus
-			pid, err := unix.Wait4(-1, &ws, 0, nil)
-			if errors.Is(err, unix.EINTR) {
-				continue
+		console("smolvm-agent: ready (uptime %s)", uptime())
+		// Run the shell once while the host connects, so the first command
+		// finds it in the page cache (and, under emulation, translated).
+		go func() {
+			cmd := exec.Command(rootShell(passwdFile), "-c", ":")
+			if srv.startProcess(cmd) == nil {
+				cmd.Wait()
+				srv.processDone(cmd.Process.Pid)
 			}
-			if err != nil || pid == cmd.Process.Pid {
-				console("smolvm-init: SSH server exited (%v, status %v); restarting", err, ws)
-				time.Sleep(100 * time.Millisecond)
-				break
-			}
-		}
+		}()
+		err = srv.Serve(context.Background(), ln)
+		console("smolvm-agent: SSH server stopped (%v); restarting", err)
+		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-func serveMain() error {
-	keyPEM, err := os.ReadFile(runHostKey)
-	if err != nil {
-		return err
-	}
-	authKeys, err := os.ReadFile(runAuthorizedKeys)
-	if err != nil {
-		return err
-	}
-	srv, err := newServerFromFiles(keyPEM, authKeys)
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", ":22")
-	if err != nil {
-		return err
-	}
-	console("smolvm-agent: ready (uptime %s)", uptime())
-	// Run the shell once while the host connects, so the first command
-	// finds it in the page cache (and, under emulation, translated).
-	go exec.Command(rootShell(passwdFile), "-c", ":").Run()
-	return srv.Serve(context.Background(), ln)
 }
 
 // powerOff stops every process, flushes the disk and turns the VM off. QEMU

@@ -94,7 +94,7 @@ func gratuitousARP(link netlink.Link, ip net.IP) error {
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-func newServerFromFiles(keyPEM, authKeys []byte) (*Server, error) {
+func newServerFromFiles(keyPEM, authKeys []byte, reaper *Reaper) (*Server, error) {
 	signer, err := ssh.ParsePrivateKey(keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("host key: %w", err)
@@ -108,6 +108,6 @@ func newServerFromFiles(keyPEM, authKeys []byte) (*Server, error) {
 		keys = append(keys, pub)
 		rest = r
 	}
-	return NewServer(ServerConfig{HostKey: signer, AuthorizedKeys: keys, EnvFile: persistentEnvFile, Poweroff: powerOff,
+	return NewServer(ServerConfig{HostKey: signer, AuthorizedKeys: keys, EnvFile: persistentEnvFile, Poweroff: powerOff, Reaper: reaper,
 		PasswordHashFile: "/etc/smolvm/root_password", AuthorizedKeysFile: "/etc/smolvm/authorized_keys"})
 }

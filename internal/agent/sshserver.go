@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,6 +64,9 @@ type ServerConfig struct {
 	// log in, read at each attempt so edits take effect at once; empty =
 	// none.
 	AuthorizedKeysFile string
+	// Reaper, when set, starts the commands' processes: PID 1 runs the
+	// server in-process and must not reap what the server waits for.
+	Reaper *Reaper
 	// Poweroff is called in its own goroutine after the server has answered
 	// a "poweroff@smolvm" global request. Nil refuses the request.
 	Poweroff func()
@@ -89,8 +93,24 @@ type Server struct {
 	homeDir  string
 	env      *envStore
 	poweroff func()
+	reaper   *Reaper
 	log      *slog.Logger
 	sshConf  *ssh.ServerConfig
+}
+
+// startProcess starts cmd, through the reaper when there is one.
+func (s *Server) startProcess(cmd *exec.Cmd) error {
+	if s.reaper != nil {
+		return s.reaper.Start(cmd)
+	}
+	return cmd.Start()
+}
+
+// processDone tells the reaper a started process has been waited for.
+func (s *Server) processDone(pid int) {
+	if s.reaper != nil {
+		s.reaper.Done(pid)
+	}
 }
 
 // NewServer validates cfg, fills in defaults and creates HomeDir.
@@ -150,6 +170,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		homeDir:  cfg.HomeDir,
 		env:      &envStore{path: cfg.EnvFile, profilePath: cfg.ProfileFile},
 		poweroff: cfg.Poweroff,
+		reaper:   cfg.Reaper,
 		log:      log,
 		sshConf:  sshConf,
 	}, nil

@@ -306,7 +306,7 @@ func (s *session) startPipes(cmd *exec.Cmd) (func(), error) {
 		return nil, err
 	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, errW
-	if err := cmd.Start(); err != nil {
+	if err := s.srv.startProcess(cmd); err != nil {
 		closeAll()
 		return nil, err
 	}
@@ -348,7 +348,7 @@ func (s *session) startPTY(cmd *exec.Cmd) (func(), error) {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
 	cmd.SysProcAttr.Setctty = true
 	cmd.SysProcAttr.Ctty = 0 // child's stdin
-	if err := cmd.Start(); err != nil {
+	if err := s.srv.startProcess(cmd); err != nil {
 		master.Close()
 		return nil, err
 	}
@@ -405,6 +405,7 @@ func (s *session) wait(cmd *exec.Cmd, copies *sync.WaitGroup, outs ...*os.File) 
 	s.ptmx = nil
 	s.mu.Unlock()
 	_ = cmd.Wait() // the exit is in ProcessState
+	s.srv.processDone(cmd.Process.Pid)
 
 	s.exited.Store(true)
 	deadline := time.Now().Add(outputLinger)
