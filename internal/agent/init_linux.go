@@ -62,6 +62,10 @@ func Init() error {
 			return fmt.Errorf("mount %s: %w", m.dst, err)
 		}
 	}
+	// The guest's root filesystem has no modules for this kernel, so the
+	// kernel's calls to modprobe (for IPv6 sockets, say) can only fail,
+	// slowly: each starts a process. An empty path makes them fail at once.
+	os.WriteFile("/proc/sys/kernel/modprobe", []byte("\n"), 0o644)
 	cmdline, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
 		return err
@@ -238,7 +242,7 @@ func mergeEnv(path string, envJSON []byte) error {
 // reaping away from the server's own children.
 func serve(srv *Server) {
 	for {
-		ln, err := net.Listen("tcp", ":22")
+		ln, err := net.Listen("tcp4", "0.0.0.0:22")
 		if err != nil {
 			console("smolvm-agent: listen: %v", err)
 			time.Sleep(time.Second)
