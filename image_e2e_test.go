@@ -57,7 +57,7 @@ func alpineRelease(t *testing.T) string {
 // imageBuilder builds into the tests' state directory, where VMs look
 // images up by name.
 func imageBuilder(t *testing.T) *image.Builder {
-	return &image.Builder{CacheDir: testEnv.home, Agent: testEnv.bin, Progress: testLog{t}}
+	return &image.Builder{CacheDir: testEnv.home, Agent: os.Getenv("SMOLVM_AGENT"), Progress: testLog{t}}
 }
 
 type testLog struct{ t *testing.T }

@@ -17,7 +17,8 @@ import (
 )
 
 // testEnv is what the VM tests share: a state directory of their own, the
-// agent (the smolvm binary, built once), and why VM tests cannot run, if so.
+// smolvm CLI (built once; the agent goes in SMOLVM_AGENT), and why VM tests
+// cannot run, if so.
 var testEnv struct {
 	home, bin, skip string
 }
@@ -46,14 +47,18 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	if testEnv.skip == "" {
-		build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", testEnv.bin, "./cmd/smolvm")
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := build.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "building the agent: %v\n%s", err, out)
-			return 1
+		// The CLI (for tests that drive a second process) and the guest agent.
+		agent := filepath.Join(tmp, "smolvm-agent")
+		for out, pkg := range map[string]string{testEnv.bin: "./cmd/smolvm", agent: "./cmd/smolvm-agent"} {
+			build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
+			build.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if b, err := build.CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "building %s: %v\n%s", pkg, err, b)
+				return 1
+			}
 		}
 		os.Setenv("SMOLVM_HOME", testEnv.home)
-		os.Setenv("SMOLVM_AGENT", testEnv.bin)
+		os.Setenv("SMOLVM_AGENT", agent)
 	}
 	code := m.Run()
 	if testEnv.skip == "" {

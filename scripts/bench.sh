@@ -5,7 +5,7 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 "$root/scripts/deps.sh"
 cd "$root"
-CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o bin/smolvm ./cmd/smolvm
-export SMOLVM_AGENT=$root/bin/smolvm
+"$root/scripts/build.sh"
+export SMOLVM_AGENT=$root/bin/smolvm-agent
 export SMOLVM_HOME=${SMOLVM_HOME:-$(mktemp -d)}
 go run ./bench "$@"

@@ -5,5 +5,5 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 "$root/scripts/deps.sh"
 cd "$root"
-CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o bin/smolvm ./cmd/smolvm
+"$root/scripts/build.sh"
 ./bin/smolvm run -- uname -a

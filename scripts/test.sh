@@ -5,7 +5,7 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 "$root/scripts/deps.sh"
 cd "$root"
-CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o bin/smolvm ./cmd/smolvm
+"$root/scripts/build.sh"
 go vet ./...
 unformatted=$(gofmt -l $(git ls-files '*.go'))
 [ -z "$unformatted" ] || { echo "gofmt needed: $unformatted" >&2; exit 1; }

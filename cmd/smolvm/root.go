@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -15,6 +16,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/smolvm/smolvm"
+	"github.com/smolvm/smolvm/internal/agentbin"
 )
 
 // globalOptions holds the persistent flags and what is derived from them
@@ -117,6 +119,9 @@ func (g *globalOptions) setup(stderr io.Writer) error {
 		return usageError{fmt.Errorf("--network %q: use auto, tap or user", g.network)}
 	}
 	g.ran = true
+	if err := g.resolveAgent(); err != nil {
+		return err
+	}
 	level := slog.LevelWarn
 	if g.verbose {
 		level = slog.LevelDebug
@@ -187,6 +192,24 @@ func jsonFlag(args []string) bool {
 		}
 	}
 	return false
+}
+
+// resolveAgent picks the guest agent: $SMOLVM_AGENT, else the agent
+// embedded in this binary (extracted once into the state directory), else
+// this executable itself, which doubles as the agent.
+func (g *globalOptions) resolveAgent() error {
+	if a := os.Getenv("SMOLVM_AGENT"); a != "" {
+		g.agent = a
+		return nil
+	}
+	p, err := agentbin.Extract(filepath.Join(g.home, "agent"))
+	if err != nil {
+		return err
+	}
+	if p != "" {
+		g.agent = p
+	}
+	return nil
 }
 
 // agentPath is this executable, which doubles as the guest agent.

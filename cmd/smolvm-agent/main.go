@@ -1,0 +1,19 @@
+// Command smolvm-agent is the guest half of smolvm alone: PID 1 of every
+// VM. It is the same code the smolvm binary runs as init, without the
+// host's packages, so the initramfs it goes into is small and boots faster.
+// The build scripts embed it in smolvm (see internal/agentbin).
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/smolvm/smolvm/internal/agent"
+)
+
+func main() {
+	if !agent.Main() {
+		fmt.Fprintln(os.Stderr, "smolvm-agent runs only as a VM's init; use smolvm on the host")
+		os.Exit(2)
+	}
+}

@@ -1,0 +1,6 @@
+//go:build !embedagent
+
+package agentbin
+
+// Without the embedagent tag, smolvm is its own agent (multi-call).
+var embedded []byte
