@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 
 	"github.com/smolvm/smolvm/image"
 	"github.com/smolvm/smolvm/internal/disk"
@@ -19,7 +18,6 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-var lookPath = exec.LookPath
 
 // New creates an auto-configured VM from the default image: 1 vCPU,
 // 512 MiB memory, 512 MiB disk, unless options say otherwise. The VM is

@@ -42,7 +42,7 @@ func Doctor(ctx context.Context, opts ...Option) []Check {
 		checkTools(),
 		checkTAP(),
 		checkStateDir(s.home),
-		checkAgent(s.agent),
+		checkAgent(newBuilder(s).AgentPath()),
 		checkAlpine(s),
 	}
 }
@@ -129,7 +129,7 @@ func checkTools() Check {
 	c := Check{Name: "e2fsprogs", Fix: "apt-get install e2fsprogs"}
 	var missing, found []string
 	for _, tool := range []string{"mke2fs", "resize2fs"} {
-		if p, err := lookPath(tool); err != nil {
+		if p, err := exec.LookPath(tool); err != nil {
 			missing = append(missing, tool)
 		} else {
 			found = append(found, p)
@@ -178,7 +178,7 @@ func checkStateDir(home string) Check {
 }
 
 func checkAgent(path string) Check {
-	c := Check{Name: "agent", Fix: "build a static binary: CGO_ENABLED=0 go build -o smolvm ./cmd/smolvm, and run that (or set SMOLVM_AGENT to it)"}
+	c := Check{Name: "agent", Fix: "run ./scripts/build.sh and use bin/smolvm, or set SMOLVM_AGENT to bin/smolvm-agent"}
 	if _, err := image.ReadAgent(path); err != nil {
 		c.Detail = err.Error()
 		return c

@@ -5,8 +5,9 @@ import (
 	"log/slog"
 	"maps"
 	"os"
-	"path/filepath"
 	"time"
+
+	"github.com/smolvm/smolvm/image"
 )
 
 // Option configures New, NewFromConfig, FromID and the other entry points:
@@ -39,8 +40,9 @@ func WithHome(dir string) Option { return func(s *settings) { s.home = dir } }
 // WithLogger sets the logger for lifecycle steps (default: discard).
 func WithLogger(l *slog.Logger) Option { return func(s *settings) { s.logger = l } }
 
-// WithAgent sets the static smolvm binary that runs as the guest's init
-// (default $SMOLVM_AGENT, else smolvm on PATH).
+// WithAgent sets the static binary that runs as the guest's init (default:
+// $SMOLVM_AGENT, else smolvm-agent or smolvm next to this program or on
+// PATH; see image.Builder.AgentPath).
 func WithAgent(path string) Option { return func(s *settings) { s.agent = path } }
 
 // WithAlpineSource points the default image at a local copy or mirror of
@@ -108,9 +110,6 @@ func newSettings(opts []Option) settings {
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)
 	}
-	if s.agent == "" {
-		s.agent = findAgent()
-	}
 	if s.network == "" {
 		s.network = NetworkAuto
 	}
@@ -120,29 +119,7 @@ func newSettings(opts []Option) settings {
 	return s
 }
 
-// DefaultHome is the state directory used when none is given.
-func DefaultHome() string {
-	if h := os.Getenv("SMOLVM_HOME"); h != "" {
-		return h
-	}
-	if x := os.Getenv("XDG_STATE_HOME"); x != "" {
-		return filepath.Join(x, "smolvm")
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(home, ".local", "state", "smolvm")
-	}
-	return filepath.Join(os.TempDir(), "smolvm")
-}
-
-func findAgent() string {
-	if a := os.Getenv("SMOLVM_AGENT"); a != "" {
-		return a
-	}
-	if exe, err := os.Executable(); err == nil && filepath.Base(exe) == "smolvm" {
-		return exe
-	}
-	if p, err := lookPath("smolvm"); err == nil {
-		return p
-	}
-	return ""
-}
+// DefaultHome is the state directory used when none is given: $SMOLVM_HOME,
+// else $XDG_STATE_HOME/smolvm, else ~/.local/state/smolvm. Images are
+// cached in the same directory.
+func DefaultHome() string { return image.DefaultCacheDir() }

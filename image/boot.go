@@ -63,7 +63,7 @@ type agentBinary struct {
 }
 
 func (b *Builder) readAgent() (agentBinary, error) {
-	data, err := ReadAgent(b.agent())
+	data, err := ReadAgent(b.AgentPath())
 	if err != nil {
 		return agentBinary{}, err
 	}
@@ -120,16 +120,26 @@ func (b *Builder) boot(ctx context.Context, agent agentBinary) (kernel, initrd s
 // AgentEnv names the environment variable that picks the agent binary.
 const AgentEnv = "SMOLVM_AGENT"
 
-// agent returns the agent binary: b.Agent, $SMOLVM_AGENT, this program if
-// it is smolvm, or smolvm on PATH.
-func (b *Builder) agent() string {
+// AgentPath returns the guest agent binary the builder uses: b.Agent,
+// $SMOLVM_AGENT, smolvm-agent beside this program or on PATH, this program
+// if it is smolvm (which is its own agent), or smolvm on PATH; "" if none.
+func (b *Builder) AgentPath() string {
 	if b.Agent != "" {
 		return b.Agent
 	}
 	if a := os.Getenv(AgentEnv); a != "" {
 		return a
 	}
-	if exe, err := os.Executable(); err == nil && filepath.Base(exe) == "smolvm" {
+	exe, _ := os.Executable()
+	if exe != "" {
+		if p := filepath.Join(filepath.Dir(exe), "smolvm-agent"); fileExists(p) {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("smolvm-agent"); err == nil {
+		return p
+	}
+	if filepath.Base(exe) == "smolvm" {
 		return exe
 	}
 	if p, err := exec.LookPath("smolvm"); err == nil {
@@ -138,11 +148,16 @@ func (b *Builder) agent() string {
 	return ""
 }
 
+func fileExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular()
+}
+
 // ReadAgent reads the agent binary and checks that it can run as a guest's
 // init: a static x86-64 ELF (no interpreter, so no host libraries needed).
 func ReadAgent(path string) ([]byte, error) {
 	if path == "" {
-		return nil, errors.New("no smolvm agent binary: build one with `CGO_ENABLED=0 go build -ldflags='-s -w' ./cmd/smolvm` and set SMOLVM_AGENT to it, or put smolvm on PATH")
+		return nil, errors.New("no smolvm guest agent binary: run ./scripts/build.sh and set SMOLVM_AGENT to bin/smolvm-agent (or put smolvm-agent or smolvm on PATH)")
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
