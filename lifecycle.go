@@ -178,6 +178,9 @@ func (v *VM) conn(ctx context.Context) (*guest.Client, error) {
 	addr := v.info.Network.SSHAddr
 	state := v.info.State
 	v.mu.Unlock()
+	if state == StatePaused {
+		return nil, fmt.Errorf("%w: it is paused; Resume it first", ErrNotRunning)
+	}
 	if c != nil {
 		return c, nil
 	}
@@ -262,6 +265,12 @@ func (v *VM) stop(ctx context.Context, timeout time.Duration) error {
 		return err
 	}
 	info := v.Info()
+	if info.State == StatePaused {
+		// A frozen guest cannot shut itself down: let it run first.
+		if err := v.setPaused(ctx, false); err != nil {
+			v.log().Warn("stop: resume before shutdown", "err", err)
+		}
+	}
 	if hypervisor.Alive(info.PID, v.id) {
 		graceful, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()

@@ -197,3 +197,39 @@ func withVM(ctx context.Context, g *globalOptions, id string, fn func(*smolvm.VM
 	defer vm.Close()
 	return fn(vm)
 }
+
+func newPauseCmd(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:               "pause ID",
+		Short:             "Freeze a running VM's vCPUs (resume continues it)",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeIDs(g, 1),
+		SilenceUsage:      true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
+				if err := vm.Pause(cmd.Context()); err != nil {
+					return err
+				}
+				return printInfo(g, cmd.OutOrStdout(), vm.Info())
+			})
+		},
+	}
+}
+
+func newResumeCmd(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:               "resume ID",
+		Short:             "Continue a paused VM",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeIDs(g, 1),
+		SilenceUsage:      true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
+				if err := vm.Resume(cmd.Context()); err != nil {
+					return err
+				}
+				return printInfo(g, cmd.OutOrStdout(), vm.Info())
+			})
+		},
+	}
+}

@@ -96,6 +96,8 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		newCreateCmd(g),
 		newStartCmd(g),
 		newStopCmd(g),
+		newPauseCmd(g),
+		newResumeCmd(g),
 		newDeleteCmd(g),
 		newListCmd(g),
 		newInfoCmd(g),
