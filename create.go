@@ -18,7 +18,6 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-
 // New creates an auto-configured VM from the default image: 1 vCPU,
 // 512 MiB memory, 512 MiB disk, unless options say otherwise. The VM is
 // created, not started; call Start.
