@@ -110,9 +110,6 @@ func (v *VM) start(ctx context.Context) (err error) {
 	os.Remove(v.paths.qmp())
 	pid, err := backend.Start(bootCtx, spec)
 	if err != nil {
-		if bootCtx.Err() != nil {
-			return &TimeoutError{Op: "start", VM: v.id, Timeout: timeout, Detail: "launching " + backend.Name()}
-		}
 		return err
 	}
 	undo.push("vm process", func() error { return hypervisor.Kill(context.Background(), pid, v.id) })

@@ -69,10 +69,13 @@ func (q *QEMU) ExtraCmdline() string {
 
 // Start implements hypervisor.Backend. QEMU daemonizes itself once the VM
 // is set up, so argument and device errors come back here, synchronously,
-// and the VM does not belong to the calling process.
-func (q *QEMU) Start(ctx context.Context, spec hypervisor.Spec) (int, error) {
+// and the VM does not belong to the calling process. The launch is not
+// bound to ctx: killing the launcher half-way could orphan a VM that was
+// already forking off, where nobody would find it; it takes well under a
+// second, and the caller bounds the boot that follows.
+func (q *QEMU) Start(_ context.Context, spec hypervisor.Spec) (int, error) {
 	args := q.Args(spec)
-	cmd := exec.CommandContext(ctx, q.Binary, args...)
+	cmd := exec.Command(q.Binary, args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cmd.Stdout = &stderr
