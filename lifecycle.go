@@ -7,10 +7,12 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
 
 	"github.com/smolvm/smolvm/internal/guest"
 	"github.com/smolvm/smolvm/internal/hypervisor"
@@ -30,7 +32,42 @@ func newBackend() (hypervisor.Backend, error) { return qemu.New() }
 // the VM process and its TAP device are gone again. Starting a running VM
 // is a no-op.
 func (v *VM) Start(ctx context.Context) error {
+	unlock, err := v.lock(ctx)
+	if err != nil {
+		return opError("start", v.id, err)
+	}
+	defer unlock()
 	return opError("start", v.id, v.start(ctx))
+}
+
+// lock serializes lifecycle changes of this VM across processes: two
+// starts at once must not boot two QEMUs on one disk.
+func (v *VM) lock(ctx context.Context) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(v.paths.dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w (its directory %s is gone)", ErrNotFound, v.paths.dir)
+		}
+		return nil, err
+	}
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("waiting for another operation on this VM: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
 }
 
 func (v *VM) start(ctx context.Context) (err error) {
@@ -38,9 +75,12 @@ func (v *VM) start(ctx context.Context) (err error) {
 		return err
 	}
 	info := v.Info()
-	if info.State == StateRunning {
+	switch info.State {
+	case StateRunning:
 		_, err := v.conn(ctx)
 		return err
+	case StatePaused:
+		return v.setPaused(ctx, false)
 	}
 	backend, err := newBackend()
 	if err != nil {
@@ -251,6 +291,11 @@ func (v *VM) dropClient() {
 // Stop shuts the guest down cleanly, or kills it after timeout (0 means
 // DefaultStopTimeout). Stopping a stopped VM is a no-op.
 func (v *VM) Stop(ctx context.Context, timeout time.Duration) error {
+	unlock, err := v.lock(ctx)
+	if err != nil {
+		return opError("stop", v.id, err)
+	}
+	defer unlock()
 	return opError("stop", v.id, v.stop(ctx, timeout))
 }
 
@@ -320,7 +365,15 @@ func (v *VM) Delete(ctx context.Context) error {
 	if deleted {
 		return nil
 	}
-	err := v.delete(ctx)
+	var err error
+	if unlock, lerr := v.lock(ctx); lerr == nil {
+		err = v.delete(ctx)
+		unlock()
+	} else if errors.Is(lerr, ErrNotFound) {
+		err = v.delete(ctx) // no directory left to lock: finish removing the row
+	} else {
+		err = lerr
+	}
 	if err == nil {
 		v.mu.Lock()
 		v.deleted = true

@@ -519,3 +519,39 @@ func TestUserNetworking(t *testing.T) {
 		t.Fatalf("guest address: %q", res.Stdout)
 	}
 }
+
+// TestConcurrentStartSameVM starts one VM from two handles at once, as two
+// processes might: one QEMU must run, and both calls succeed.
+func TestConcurrentStartSameVM(t *testing.T) {
+	ctx := testContext(t, 3*time.Minute)
+	vm := newVM(t, ctx, smolvm.VMConfig{})
+	other, err := smolvm.FromID(ctx, vm.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, h := range []*smolvm.VM{vm, other} {
+		wg.Go(func() { errs[i] = h.Start(ctx) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("start %d: %v", i, err)
+		}
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	n := 0
+	for _, p := range procs {
+		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), "guest=smolvm-"+vm.ID()+"\x00") {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d QEMU processes for one VM, want 1", n)
+	}
+	if res := run(t, ctx, other, "echo ok"); res.Stdout != "ok\n" {
+		t.Fatalf("second handle: %q", res.Stdout)
+	}
+}
