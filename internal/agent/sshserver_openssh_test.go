@@ -144,8 +144,11 @@ func TestOpenSSHExec(t *testing.T) {
 		{name: "stdin", command: "tr a-z A-Z", stdin: "shout\n", wantStdout: "SHOUT\n"},
 		{name: "killed by signal", command: "kill -KILL $$", wantCode: 255},
 		{name: "pty", extra: []string{"-tt"}, command: "test -t 1 && echo tty", wantStdout: "tty\r\n"},
-		{name: "keepalives answered", extra: []string{"-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=1"},
-			command: "sleep 2.5; echo alive", wantStdout: "alive\n"},
+		// Four keepalives go out during the sleep; three unanswered would end
+		// the session. CountMax 3, not 1, so a loaded CI machine's delay in
+		// answering one cannot fail the test.
+		{name: "keepalives answered", extra: []string{"-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=3"},
+			command: "sleep 4.5; echo alive", wantStdout: "alive\n"},
 		{name: "env subsystem", extra: []string{"-s"}, command: "smolvm-env", stdin: `{"op":"set","vars":{"X":"1"}}`,
 			wantStdout: "{\"env\":{\"X\":\"1\"}}\n"},
 		{name: "env subsystem error", extra: []string{"-s"}, command: "smolvm-env", stdin: `{"op":"set","vars":{"1X":"1"}}`,
