@@ -81,7 +81,7 @@ func TestCacheHitAndRebuild(t *testing.T) {
 	if again.Fingerprint != first.Fingerprint || !again.Created.Equal(first.Created) || again.Rootfs != first.Rootfs {
 		t.Fatalf("second build rebuilt: %+v vs %+v", again, first)
 	}
-	if hit > 500*time.Millisecond {
+	if hit > 2*time.Second { // milliseconds when idle; room for a loaded CI machine
 		t.Errorf("cache hit took %v", hit)
 	}
 	prev := first

@@ -433,7 +433,10 @@ func TestDialWaitsForGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if lag := time.Since(time.Unix(0, listening.Load())); lag > 100*time.Millisecond {
+	// Tens of milliseconds when idle; the bound leaves room for a CI
+	// machine whose cores are busy booting VMs, and still catches a
+	// back-off that grows to seconds.
+	if lag := time.Since(time.Unix(0, listening.Load())); lag > 750*time.Millisecond {
 		t.Errorf("Dial noticed the listener %v after it appeared", lag)
 	}
 }
