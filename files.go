@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/pkg/sftp"
+
+	"github.com/smolvm/smolvm/internal/shell"
 )
 
 // Upload copies a local file or directory tree into the guest at
@@ -170,7 +172,7 @@ func downloadFile(ctx context.Context, c *sftp.Client, src, dst string, mode fs.
 
 // symlink makes a symbolic link in the guest, target kept verbatim.
 func (v *VM) symlink(ctx context.Context, target, link string) error {
-	res, err := v.Run(ctx, "ln -sfn -- "+shellQuote(target)+" "+shellQuote(link))
+	res, err := v.Run(ctx, "ln -sfn -- "+shell.Quote(target)+" "+shell.Quote(link))
 	if err != nil {
 		return err
 	}
@@ -178,11 +180,6 @@ func (v *VM) symlink(ctx context.Context, target, link string) error {
 		return fmt.Errorf("symlink %s: %s", link, strings.TrimSpace(res.Stderr))
 	}
 	return nil
-}
-
-// shellQuote quotes s for a POSIX shell.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // withSFTP runs fn with an SFTP client on the VM's SSH connection.

@@ -17,10 +17,7 @@ func firewallAddVM(id string, n NetworkInfo, noEgress bool, forwards []PortForwa
 	if err != nil {
 		return fmt.Errorf("firewall: guest address: %w", err)
 	}
-	fw := network.NewFirewall(0)
-	if err := fw.EnsureBase(); err != nil {
-		return err
-	}
+	fw := network.NewFirewall(0) // AddVM ensures the base table and chains
 	if err := fw.AddVM(network.VMRules{ID: id, TAP: n.TAP, GuestIP: guest, Egress: !noEgress}); err != nil {
 		return err
 	}

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
-	"golang.org/x/sys/unix"
 
+	"github.com/smolvm/smolvm/internal/flock"
 	"github.com/smolvm/smolvm/internal/guest"
 	"github.com/smolvm/smolvm/internal/hypervisor"
 	"github.com/smolvm/smolvm/internal/hypervisor/qemu"
@@ -43,31 +43,11 @@ func (v *VM) Start(ctx context.Context) error {
 // lock serializes lifecycle changes of this VM across processes: two
 // starts at once must not boot two QEMUs on one disk.
 func (v *VM) lock(ctx context.Context) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(v.paths.dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("%w (its directory %s is gone)", ErrNotFound, v.paths.dir)
-		}
-		return nil, err
+	unlock, err := flock.Lock(ctx, filepath.Join(v.paths.dir, ".lock"), 0o600)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w (its directory %s is gone)", ErrNotFound, v.paths.dir)
 	}
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("lock: %w", err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("waiting for another operation on this VM: %w", ctx.Err())
-		case <-t.C:
-		}
-	}
+	return unlock, err
 }
 
 func (v *VM) start(ctx context.Context) (err error) {
@@ -243,13 +223,9 @@ func (v *VM) conn(ctx context.Context) (*guest.Client, error) {
 }
 
 func (v *VM) loadKeys() (ssh.PublicKey, ssh.Signer, error) {
-	pubBytes, err := os.ReadFile(v.paths.hostKeyPub())
+	hostKey, err := v.hostKey()
 	if err != nil {
-		return nil, nil, fmt.Errorf("guest host key: %w", err)
-	}
-	hostKey, _, _, _, err := ssh.ParseAuthorizedKey(pubBytes)
-	if err != nil {
-		return nil, nil, fmt.Errorf("guest host key: %w", err)
+		return nil, nil, err
 	}
 	keyPEM, err := os.ReadFile(v.paths.clientKey())
 	if err != nil {
@@ -262,10 +238,23 @@ func (v *VM) loadKeys() (ssh.PublicKey, ssh.Signer, error) {
 	return hostKey, key, nil
 }
 
+// hostKey is the guest's pinned SSH host key.
+func (v *VM) hostKey() (ssh.PublicKey, error) {
+	b, err := os.ReadFile(v.paths.hostKeyPub())
+	if err != nil {
+		return nil, fmt.Errorf("guest host key: %w", err)
+	}
+	k, _, _, _, err := ssh.ParseAuthorizedKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("guest host key: %w", err)
+	}
+	return k, nil
+}
+
 // writeKnownHosts lets a standard ssh client check the guest's pinned key:
 // ssh -i DIR/id_ed25519 -o UserKnownHostsFile=DIR/known_hosts root@IP.
 func (v *VM) writeKnownHosts() error {
-	hostKey, _, err := v.loadKeys()
+	hostKey, err := v.hostKey()
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/smolvm/smolvm/internal/flock"
 )
 
 // formatVersion changes whenever what the builder puts into a root
@@ -116,33 +118,7 @@ func (b *Builder) lock(ctx context.Context, name string) (func(), error) {
 	if err := os.MkdirAll(b.imagesDir(), 0o755); err != nil {
 		return nil, err
 	}
-	return lockFile(ctx, filepath.Join(b.imagesDir(), "."+name+".lock"))
-}
-
-// lockFile takes an exclusive flock on path, waiting until ctx is done.
-// The kernel drops the lock when the holder dies, so a killed build never
-// leaves the name locked.
-func lockFile(ctx context.Context, path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return flock.Lock(ctx, filepath.Join(b.imagesDir(), "."+name+".lock"), 0o644)
 }
 
 func writeFileSync(path string, data []byte, mode os.FileMode) error {

@@ -8,6 +8,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/smolvm/smolvm"
+
+	"github.com/smolvm/smolvm/internal/shell"
 )
 
 // vmFlags are the VM settings create and run share.
@@ -137,5 +139,5 @@ func shellQuote(s string) string {
 	if plain {
 		return s
 	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+	return shell.Quote(s)
 }

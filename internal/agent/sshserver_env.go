@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/smolvm/smolvm/internal/shell"
 )
 
 // maxEnvRequest bounds what a smolvm-env client may make us buffer.
@@ -146,15 +148,9 @@ func profileScript(vars map[string]string) []byte {
 	var b strings.Builder
 	b.WriteString("# Managed by smolvm (smolvm-env); changes here are overwritten.\n")
 	for _, k := range slices.Sorted(maps.Keys(vars)) {
-		fmt.Fprintf(&b, "export %s=%s\n", k, shellQuote(vars[k]))
+		fmt.Fprintf(&b, "export %s=%s\n", k, shell.Quote(vars[k]))
 	}
 	return []byte(b.String())
-}
-
-// shellQuote single-quotes s for sh: inside single quotes only ' itself
-// needs care, written as '\”.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // writeFileAtomic replaces path with data (mode 0600), creating its
