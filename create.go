@@ -109,7 +109,7 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	}
 	undo.push("data dir", func() error { return os.RemoveAll(v.paths.dir) })
 
-	rt := runtimeRecord{Kernel: kernel, BootArgs: bootArgs, Initrd: v.paths.initrd(), Backend: backend.Name()}
+	rt := runtimeRecord{Instance: newInstance(), Kernel: kernel, BootArgs: bootArgs, Initrd: v.paths.initrd(), Backend: backend.Name()}
 	if mode == NetworkTAP {
 		idx, err := st.LeaseIP(ctx, cfg.ID, pool.Size(), func(idx int) bool {
 			host, _, err := pool.Addrs(idx)
@@ -123,7 +123,7 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 			return nil, err
 		}
 		rt.Network = NetworkInfo{
-			Mode: NetworkTAP, TAP: network.TAPName(cfg.ID), HostIP: host.String(),
+			Mode: NetworkTAP, TAP: network.TAPName(rt.Instance), HostIP: host.String(),
 			GuestIP: guestIP.Addr().String(), Prefix: guestIP.Bits(), Gateway: host.Addr().String(),
 			SSHAddr: guestIP.Addr().String() + ":22",
 		}

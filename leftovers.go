@@ -11,8 +11,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/smolvm/smolvm/internal/hypervisor"
 	"github.com/smolvm/smolvm/internal/network"
 )
@@ -38,9 +36,11 @@ func FindLeftovers(ctx context.Context, opts ...Option) ([]Leftover, error) {
 	if err != nil {
 		return nil, err
 	}
-	known := map[string]VMInfo{}
+	known := map[string]VMInfo{}  // by id
+	byName := map[string]VMInfo{} // by host-unique process name
 	for _, vm := range vms {
 		known[vm.ID] = vm
+		byName[vm.Process] = vm
 	}
 	procs := vmProcesses()
 	var out []Leftover
@@ -48,9 +48,9 @@ func FindLeftovers(ctx context.Context, opts ...Option) ([]Leftover, error) {
 	vmsDir := filepath.Join(s.home, "vms") + "/"
 	var live []vmProcess // processes of real VMs, here or in another state directory
 	for _, p := range procs {
-		vm, ok := known[p.id]
+		vm, ok := byName[p.name]
 		if strings.Contains(p.cmdline, vmsDir) && (!ok || vm.PID != p.pid) {
-			out = append(out, Leftover{Kind: "process", Name: strconv.Itoa(p.pid), pid: p.pid, vm: p.id,
+			out = append(out, Leftover{Kind: "process", Name: strconv.Itoa(p.pid), pid: p.pid, vm: p.name,
 				Detail: fmt.Sprintf("QEMU of VM %q, which this state directory does not run", p.id)})
 			continue
 		}
@@ -67,14 +67,16 @@ func FindLeftovers(ctx context.Context, opts ...Option) ([]Leftover, error) {
 		return false
 	}
 	ours := map[string]bool{} // TAPs of this directory's VMs, maybe mid-start
-	for id := range known {
-		ours[network.TAPName(id)] = true
+	for _, vm := range vms {
+		ours[vm.Network.TAP] = true
 	}
-	links, _ := netlink.LinkList()
-	for _, l := range links {
-		name := l.Attrs().Name
-		if !strings.HasPrefix(name, "smol") || l.Type() != "tuntap" || ours[name] || inUse(name) {
+	for name, alias := range network.TAPAliases() {
+		dir, tagged := strings.CutPrefix(alias, network.AliasPrefix)
+		switch {
+		case ours[name] || inUse(name):
 			continue
+		case tagged && !strings.HasPrefix(dir, vmsDir):
+			continue // another state directory's: its own doctor decides
 		}
 		out = append(out, Leftover{Kind: "tap", Name: name, Detail: "TAP device no running VM uses"})
 	}
@@ -82,7 +84,7 @@ func FindLeftovers(ctx context.Context, opts ...Option) ([]Leftover, error) {
 	if rules, err := network.NewFirewall(0).Rules(); err == nil {
 		seen := map[string]bool{}
 		for _, r := range rules {
-			if _, ok := known[r.VMID]; ok || seen[r.VMID] || procRunning(procs, r.VMID) {
+			if _, ok := byName[r.VMID]; ok || seen[r.VMID] || procRunning(procs, r.VMID) {
 				continue
 			}
 			seen[r.VMID] = true
@@ -128,36 +130,44 @@ func RemoveLeftovers(ctx context.Context, leftovers []Leftover) error {
 }
 
 type vmProcess struct {
-	pid     int
-	id      string
-	cmdline string
+	pid      int
+	id, name string // the VM's id and host-unique name (hypervisor.Name)
+	cmdline  string
 }
 
 // vmProcesses finds every running smolvm VM process on the host, by the
-// guest=smolvm-<id> name QEMU carries on its command line.
+// guest=smolvm-<instance>-<id> name QEMU carries on its command line.
 func vmProcesses() []vmProcess {
 	var out []vmProcess
+	prefix := []byte(hypervisor.NameArg(hypervisor.NamePrefix))
 	paths, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range paths {
 		b, err := os.ReadFile(p)
-		if err != nil || !bytes.Contains(b, []byte("guest="+hypervisor.Marker(""))) {
+		if err != nil || !bytes.Contains(b, prefix) {
 			continue
 		}
 		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
 		if pid == os.Getpid() || syscall.Kill(pid, 0) != nil {
 			continue
 		}
-		cmdline := string(bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
-		_, rest, _ := strings.Cut(cmdline, "guest="+hypervisor.Marker(""))
-		id, _, _ := strings.Cut(rest, " ")
-		out = append(out, vmProcess{pid: pid, id: id, cmdline: cmdline})
+		for _, arg := range bytes.Split(b, []byte{0}) {
+			name, ok := bytes.CutPrefix(arg, []byte(hypervisor.NameArg("")))
+			if !ok {
+				continue
+			}
+			if id, _, ok := hypervisor.ParseName(string(name)); ok {
+				cmdline := string(bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
+				out = append(out, vmProcess{pid: pid, id: id, name: string(name), cmdline: cmdline})
+				break
+			}
+		}
 	}
 	return out
 }
 
-func procRunning(procs []vmProcess, id string) bool {
+func procRunning(procs []vmProcess, name string) bool {
 	for _, p := range procs {
-		if p.id == id {
+		if p.name == name {
 			return true
 		}
 	}

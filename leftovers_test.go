@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/smolvm/smolvm"
+	"github.com/smolvm/smolvm/internal/hypervisor"
 	"github.com/smolvm/smolvm/internal/network"
 )
 
@@ -22,20 +23,20 @@ func TestLeftovers(t *testing.T) {
 	ctx := testContext(t, 2*time.Minute)
 	home := t.TempDir()
 	const ghost = "ghost-vm"
-	tap := network.TAPName(ghost)
+	tap := network.TAPName("ghost-instance")
 
 	// A VM directory with no row.
 	dir := filepath.Join(home, "vms", ghost)
 	os.MkdirAll(dir, 0o700)
 	os.WriteFile(filepath.Join(dir, "console.log"), []byte("x"), 0o600)
 	// A QEMU process of a VM the database does not know (paused, -S).
-	qemu := exec.Command("qemu-system-x86_64", "-name", "guest=smolvm-"+ghost, "-machine", "microvm",
+	qemu := exec.Command("qemu-system-x86_64", "-name", hypervisor.NameArg(hypervisor.Name(ghost, "0123456789")), "-machine", "microvm",
 		"-nodefaults", "-nographic", "-S", "-pidfile", filepath.Join(dir, "vm.pid"), "-daemonize")
 	if out, err := qemu.CombinedOutput(); err != nil {
 		t.Fatalf("qemu: %v: %s", err, out)
 	}
 	// A TAP device and firewall rules nobody owns.
-	if err := network.CreateTAP(tap, netip.MustParsePrefix("198.19.255.253/30")); err != nil {
+	if err := network.CreateTAP(network.TAP{Name: tap, Host: netip.MustParsePrefix("198.19.255.253/30"), Alias: network.AliasPrefix + dir}); err != nil {
 		t.Fatal(err)
 	}
 	fw := network.NewFirewall(0)

@@ -84,8 +84,9 @@ func (v *VM) start(ctx context.Context) (err error) {
 	began := time.Now()
 	rt := v.runtime()
 	net := rt.Network
+	name := info.Process
 	spec := hypervisor.Spec{
-		ID: v.id, VCPUs: info.Config.VCPUs, MemoryMiB: info.Config.MemoryMiB,
+		ID: v.id, Name: name, VCPUs: info.Config.VCPUs, MemoryMiB: info.Config.MemoryMiB,
 		Kernel: rt.Kernel, Initrd: rt.Initrd, Disk: v.paths.disk(),
 		ConsoleLog: v.paths.console(), PIDFile: v.paths.pidFile(), ControlSocket: v.paths.qmp(),
 		Cmdline: rt.BootArgs + " " + guestCmdline(v.id, net, info.Config.Mounts),
@@ -106,14 +107,14 @@ func (v *VM) start(ctx context.Context) (err error) {
 		if !network.TAPExists(net.TAP) && network.AddrInUse(host.Masked()) {
 			return fmt.Errorf("address %s of this VM is in use on the host by another interface (a VM of another smolvm state directory?): stop that, or create this VM again to get a free address, or set SMOLVM_SUBNET", net.HostIP)
 		}
-		if err := network.CreateTAP(net.TAP, host); err != nil {
+		if err := network.CreateTAP(network.TAP{Name: net.TAP, Host: host, Alias: network.AliasPrefix + v.paths.dir}); err != nil {
 			return err
 		}
 		undo.push("tap", func() error { return network.DeleteTAP(net.TAP) })
-		if err := firewallAddVM(v.id, net, info.Config.NoEgress, forwards); err != nil {
+		if err := firewallAddVM(name, net, info.Config.NoEgress, forwards); err != nil {
 			return err
 		}
-		undo.push("firewall", func() error { return firewallRemoveVM(v.id) })
+		undo.push("firewall", func() error { return firewallRemoveVM(name) })
 	} else {
 		port, err := network.FreePort("127.0.0.1")
 		if err != nil {
@@ -132,7 +133,7 @@ func (v *VM) start(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	undo.push("vm process", func() error { return hypervisor.Kill(context.Background(), pid, v.id) })
+	undo.push("vm process", func() error { return hypervisor.Kill(context.Background(), pid, name) })
 	if err := v.update(ctx, func(row *store.VM, r *runtimeRecord) error {
 		row.State, row.PID = string(StateRunning), pid
 		r.Network, r.Backend, r.StartedAt, r.Error = net, backend.Name(), time.Now().UTC(), ""
@@ -142,7 +143,7 @@ func (v *VM) start(ctx context.Context) (err error) {
 	}
 	v.log().Debug("start: process up", "pid", pid, "after", time.Since(began))
 
-	if err := v.waitReady(bootCtx, pid, timeout); err != nil {
+	if err := v.waitReady(bootCtx, pid, name, timeout); err != nil {
 		return err
 	}
 	v.log().Info("started", "pid", pid, "ip", net.GuestIP, "boot", time.Since(began).Round(time.Millisecond))
@@ -154,7 +155,7 @@ func (v *VM) start(ctx context.Context) (err error) {
 
 // waitReady connects to the guest's SSH server, giving up when the VM
 // process dies (with the console tail, which says why) or ctx ends.
-func (v *VM) waitReady(ctx context.Context, pid int, timeout time.Duration) error {
+func (v *VM) waitReady(ctx context.Context, pid int, name string, timeout time.Duration) error {
 	dialCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	errDied := errors.New("VM process exited during boot")
@@ -166,7 +167,7 @@ func (v *VM) waitReady(ctx context.Context, pid int, timeout time.Duration) erro
 			case <-dialCtx.Done():
 				return
 			case <-t.C:
-				if !hypervisor.Alive(pid, v.id) {
+				if !hypervisor.Alive(pid, name) {
 					cancel(errDied)
 					return
 				}
@@ -302,15 +303,15 @@ func (v *VM) stop(ctx context.Context, timeout time.Duration) error {
 			v.log().Warn("stop: resume before shutdown", "err", err)
 		}
 	}
-	if hypervisor.Alive(info.PID, v.id) {
+	if hypervisor.Alive(info.PID, info.Process) {
 		graceful, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		if c, err := v.conn(graceful); err == nil {
 			c.Poweroff(graceful)
 		}
-		if err := hypervisor.WaitExit(graceful, info.PID, v.id); err != nil {
+		if err := hypervisor.WaitExit(graceful, info.PID, info.Process); err != nil {
 			v.log().Warn("stop: clean shutdown timed out; killing", "timeout", timeout)
-			if err := hypervisor.Kill(ctx, info.PID, v.id); err != nil {
+			if err := hypervisor.Kill(ctx, info.PID, info.Process); err != nil {
 				return err
 			}
 		}
@@ -331,12 +332,12 @@ func (v *VM) stop(ctx context.Context, timeout time.Duration) error {
 func (v *VM) releaseRunResources() {
 	v.mu.Lock()
 	v.dropClient()
-	tap := v.info.Network.TAP
+	tap, name := v.info.Network.TAP, v.info.Process
 	v.mu.Unlock()
 	if tap == "" {
 		return
 	}
-	if err := firewallRemoveVM(v.id); err != nil {
+	if err := firewallRemoveVM(name); err != nil {
 		v.log().Warn("remove firewall rules", "err", err)
 	}
 	if err := network.DeleteTAP(tap); err != nil {
@@ -377,13 +378,13 @@ func (v *VM) delete(ctx context.Context) error {
 		return err
 	}
 	info := v.Info()
-	if hypervisor.Alive(info.PID, v.id) {
+	if hypervisor.Alive(info.PID, info.Process) {
 		if info.Config.RetainDiskOnDelete {
 			// The disk outlives the VM: shut down cleanly so it is consistent.
 			if err := v.stop(ctx, DefaultStopTimeout); err != nil {
 				return err
 			}
-		} else if err := hypervisor.Kill(ctx, info.PID, v.id); err != nil {
+		} else if err := hypervisor.Kill(ctx, info.PID, info.Process); err != nil {
 			return err
 		}
 	}

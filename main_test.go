@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -100,19 +99,13 @@ func findLeaks() string {
 			fmt.Fprintf(&b, "QEMU process %s\n", filepath.Base(filepath.Dir(p)))
 		}
 	}
-	for _, id := range createdIDs {
-		if network.TAPExists(network.TAPName(id)) {
-			fmt.Fprintf(&b, "TAP device %s of VM %s\n", network.TAPName(id), id)
+	for name, alias := range network.TAPAliases() {
+		if strings.HasPrefix(alias, network.AliasPrefix+testEnv.home) {
+			fmt.Fprintf(&b, "TAP device %s (%s)\n", name, alias)
 		}
 	}
 	return b.String()
 }
-
-// createdIDs are the VMs the tests made, for the leak check.
-var (
-	createdMu  sync.Mutex
-	createdIDs []string
-)
 
 // newVM creates a VM for a test, registering cleanup before anything boots
 // and printing the console when the test fails.
@@ -123,9 +116,6 @@ func newVM(t *testing.T, ctx context.Context, cfg smolvm.VMConfig, opts ...smolv
 	if err != nil {
 		t.Fatalf("create: %v", err)
 	}
-	createdMu.Lock()
-	createdIDs = append(createdIDs, vm.ID())
-	createdMu.Unlock()
 	t.Cleanup(func() {
 		if t.Failed() {
 			if b, err := os.ReadFile(vm.Info().ConsoleLog); err == nil {

@@ -113,7 +113,7 @@ func (v *VM) Forwards(ctx context.Context) ([]PortForward, error) {
 func (v *VM) applyForward(ctx context.Context, f PortForward) error {
 	n := v.Info().Network
 	if n.Mode == NetworkTAP {
-		return firewallAddForward(v.id, n, f)
+		return firewallAddForward(v.Info().Process, n, f)
 	}
 	q, err := qemu.DialQMP(ctx, v.paths.qmp())
 	if err != nil {
@@ -126,7 +126,7 @@ func (v *VM) applyForward(ctx context.Context, f PortForward) error {
 func (v *VM) removeForward(ctx context.Context, hostAddr string, hostPort int) error {
 	n := v.Info().Network
 	if n.Mode == NetworkTAP {
-		return firewallRemoveForward(v.id, hostAddr, hostPort)
+		return firewallRemoveForward(v.Info().Process, hostAddr, hostPort)
 	}
 	q, err := qemu.DialQMP(ctx, v.paths.qmp())
 	if err != nil {

@@ -5,6 +5,9 @@ package smolvm
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,8 +58,11 @@ type VMInfo struct {
 	ConsoleLog string      `json:"console_log"`
 	Kernel     string      `json:"kernel"`
 	Backend    string      `json:"backend,omitempty"`
-	CreatedAt  time.Time   `json:"created_at"`
-	StartedAt  time.Time   `json:"started_at,omitzero"`
+	// Process is the VM process's host-unique name (QEMU's -name guest=...),
+	// which also tags its firewall rules.
+	Process   string    `json:"process"`
+	CreatedAt time.Time `json:"created_at"`
+	StartedAt time.Time `json:"started_at,omitzero"`
 	// Error says why the VM is in StateError.
 	Error string `json:"error,omitempty"`
 }
@@ -64,6 +70,9 @@ type VMInfo struct {
 // runtimeRecord is the part of a VM's row that smolvm derives at create
 // and start time, stored as JSON beside the user's config.
 type runtimeRecord struct {
+	// Instance is a random token made at create that, with the id, names
+	// the VM's host-global resources (see hostName).
+	Instance  string      `json:"instance"`
 	Network   NetworkInfo `json:"network"`
 	Kernel    string      `json:"kernel"`
 	Initrd    string      `json:"initrd"`
@@ -192,7 +201,7 @@ func (v *VM) setFromRow(row store.VM) error {
 	v.info = VMInfo{
 		ID: row.ID, State: VMState(row.State), Config: cfg, PID: row.PID,
 		Network: rt.Network, DataDir: v.paths.dir, Disk: v.paths.disk(),
-		ConsoleLog: v.paths.console(), Kernel: rt.Kernel, Backend: rt.Backend,
+		ConsoleLog: v.paths.console(), Kernel: rt.Kernel, Backend: rt.Backend, Process: rt.hostName(row.ID),
 		CreatedAt: row.CreatedAt, StartedAt: rt.StartedAt, Error: rt.Error,
 	}
 	return nil
@@ -230,7 +239,7 @@ func (v *VM) reconcile(ctx context.Context) error {
 	if info.State != StateRunning && info.State != StatePaused {
 		return nil
 	}
-	if hypervisor.Alive(info.PID, v.id) {
+	if hypervisor.Alive(info.PID, info.Process) {
 		return nil
 	}
 	v.log().Warn("VM process is gone", "pid", info.PID)
@@ -242,6 +251,25 @@ func (v *VM) reconcile(ctx context.Context) error {
 		}
 		return nil
 	})
+}
+
+// hostName is the host-unique name of the VM's process, firewall rules and
+// (through the instance) TAP device. Two state directories may both have a
+// VM "web"; their names differ, so neither can touch the other's resources.
+func (rt runtimeRecord) hostName(id string) string {
+	inst := rt.Instance
+	if inst == "" { // a row made before instances existed
+		sum := sha256.Sum256([]byte(id))
+		inst = hex.EncodeToString(sum[:5])
+	}
+	return hypervisor.Name(id, inst)
+}
+
+// newInstance makes the random token of a new VM's host-global names.
+func newInstance() string {
+	b := make([]byte, 5)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // consoleTail returns the end of the console log, for error messages.

@@ -171,7 +171,6 @@ func TestScope(t *testing.T) {
 	var id string
 	err := smolvm.With(ctx, smolvm.VMConfig{}, func(vm *smolvm.VM) error {
 		id = vm.ID()
-		createdIDs = append(createdIDs, id)
 		_, err := vm.Run(ctx, "true")
 		return err
 	})

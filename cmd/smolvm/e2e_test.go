@@ -202,9 +202,9 @@ func checkNoLeaks(t *testing.T, home string, ids []string) {
 			t.Errorf("QEMU process %s left running", filepath.Base(filepath.Dir(p)))
 		}
 	}
-	for _, id := range ids {
-		if network.TAPExists(network.TAPName(id)) {
-			t.Errorf("TAP device %s of VM %s left behind", network.TAPName(id), id)
+	for name, alias := range network.TAPAliases() {
+		if strings.HasPrefix(alias, network.AliasPrefix+home) {
+			t.Errorf("TAP device %s (%s) left behind", name, alias)
 		}
 	}
 }

@@ -9,13 +9,17 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
 
 // Spec is everything a backend needs to boot one VM.
 type Spec struct {
-	ID         string
+	ID string
+	// Name is the VM's host-unique process name (see Name); the monitor
+	// carries it on its command line so the process can be recognised.
+	Name       string
 	VCPUs      int
 	MemoryMiB  int
 	Kernel     string
@@ -76,39 +80,64 @@ type Backend interface {
 	ExtraCmdline() string
 }
 
-// Marker is the string a VM's process carries on its command line, so a
-// recorded PID is checked to still be that VM and not a reused number.
-func Marker(id string) string { return "smolvm-" + id }
+// NamePrefix starts every VM process name.
+const NamePrefix = "smolvm-"
 
-// Alive reports whether pid is a live process whose command line carries
-// the VM's marker. A zombie has an empty command line and counts as dead.
-func Alive(pid int, id string) bool {
-	if pid <= 0 {
+// Name is the host-unique name of a VM's process: ids are unique only
+// within one state directory, so the name also carries the VM's instance,
+// a random token made when the VM was created. Host-global resources (the
+// process, TAP device, firewall rules) are named after it, never after the
+// id alone.
+func Name(id, instance string) string { return NamePrefix + instance + "-" + id }
+
+// ParseName splits a process name made by Name.
+func ParseName(name string) (id, instance string, ok bool) {
+	rest, ok := strings.CutPrefix(name, NamePrefix)
+	if !ok {
+		return "", "", false
+	}
+	instance, id, ok = strings.Cut(rest, "-")
+	return id, instance, ok && instance != "" && id != ""
+}
+
+// NameArg is the command-line argument that carries name.
+func NameArg(name string) string { return "guest=" + name }
+
+// Alive reports whether pid is a live process with the VM's exact name as
+// an argument. A zombie has an empty command line and counts as dead.
+func Alive(pid int, name string) bool {
+	if pid <= 0 || name == "" {
 		return false
 	}
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 	if err != nil {
 		return false
 	}
-	return bytes.Contains(b, []byte(Marker(id)))
+	want := []byte(NameArg(name))
+	for _, arg := range bytes.Split(b, []byte{0}) {
+		if bytes.Equal(arg, want) {
+			return true
+		}
+	}
+	return false
 }
 
 // Kill sends SIGKILL to the VM process and waits until it is gone.
-func Kill(ctx context.Context, pid int, id string) error {
-	if !Alive(pid, id) {
+func Kill(ctx context.Context, pid int, name string) error {
+	if !Alive(pid, name) {
 		return nil
 	}
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("kill VM process %d: %w", pid, err)
 	}
-	return WaitExit(ctx, pid, id)
+	return WaitExit(ctx, pid, name)
 }
 
 // WaitExit waits until the VM process is gone or ctx is done.
-func WaitExit(ctx context.Context, pid int, id string) error {
+func WaitExit(ctx context.Context, pid int, name string) error {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
-	for Alive(pid, id) {
+	for Alive(pid, name) {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -63,10 +64,11 @@ func ParsePool(s string) (Pool, error) {
 	return Pool{Prefix: p.Masked()}, nil
 }
 
-// TAPName is the host device name of a VM's TAP: short enough for
-// IFNAMSIZ, stable for an id, and prefixed so leftovers are easy to find.
-func TAPName(id string) string {
-	sum := sha256.Sum256([]byte(id))
+// TAPName is the host device name of the TAP of a VM instance (see
+// hypervisor.Name): unique on the host, short enough for IFNAMSIZ, and
+// prefixed so leftovers are easy to find.
+func TAPName(instance string) string {
+	sum := sha256.Sum256([]byte(instance))
 	return "smol" + hex.EncodeToString(sum[:5])
 }
 
@@ -86,9 +88,36 @@ func CanUseTAP() bool {
 	return err == nil
 }
 
-// CreateTAP creates the TAP device name with the host address, or adopts it
-// if a previous run left it, and brings it up.
-func CreateTAP(name string, host netip.Prefix) error {
+// TAP describes a VM's TAP device.
+type TAP struct {
+	Name string       // device name (TAPName)
+	Host netip.Prefix // the host end's address
+	// Alias is stored as the device's ifalias, so that leak checks and
+	// doctor can tell which VM (and which state directory) a device is for.
+	Alias string
+}
+
+// AliasPrefix starts the ifalias of every smolvm TAP device; the rest is
+// the VM's data directory.
+const AliasPrefix = "smolvm:"
+
+// TAPAliases returns the smolvm TAP devices on the host by name, with
+// their aliases (empty for devices made before aliases were set).
+func TAPAliases() map[string]string {
+	out := map[string]string{}
+	links, _ := netlink.LinkList()
+	for _, l := range links {
+		if a := l.Attrs(); strings.HasPrefix(a.Name, "smol") && l.Type() == "tuntap" {
+			out[a.Name] = a.Alias
+		}
+	}
+	return out
+}
+
+// CreateTAP creates the TAP device with the host address, or adopts it if
+// a previous run of the same VM left it, and brings it up.
+func CreateTAP(t TAP) error {
+	name, host := t.Name, t.Host
 	link, err := netlink.LinkByName(name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
@@ -109,6 +138,12 @@ func CreateTAP(name string, host netip.Prefix) error {
 			f.Close()
 		}
 		link = tap
+	}
+	if t.Alias != "" {
+		if err := netlink.LinkSetAlias(link, t.Alias); err != nil {
+			DeleteTAP(name)
+			return fmt.Errorf("tap %s: alias: %w", name, err)
+		}
 	}
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: host.Addr().AsSlice(), Mask: net.CIDRMask(host.Bits(), 32)}}
 	if err := netlink.AddrReplace(link, addr); err != nil {

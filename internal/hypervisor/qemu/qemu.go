@@ -111,7 +111,7 @@ func (q *QEMU) Args(spec hypervisor.Spec) []string {
 		cmdline += " " + extra
 	}
 	args := []string{
-		"-name", "guest=" + hypervisor.Marker(spec.ID),
+		"-name", hypervisor.NameArg(spec.Name),
 		"-machine", machine,
 		"-accel", accel,
 		"-cpu", cpu,
