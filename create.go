@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/smolvm/smolvm/image"
 	"github.com/smolvm/smolvm/internal/disk"
+	"github.com/smolvm/smolvm/internal/flock"
 	"github.com/smolvm/smolvm/internal/guest"
 	"github.com/smolvm/smolvm/internal/initramfs"
 	"github.com/smolvm/smolvm/internal/network"
@@ -94,7 +96,22 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	if err != nil {
 		return nil, err
 	}
+	// The VM's lock is taken before its row exists and held until the row
+	// is complete: a row that is incomplete while nobody holds the lock is
+	// then surely a create that was killed (reconcile removes it).
+	_, statErr := os.Stat(v.paths.dir)
+	if err := os.MkdirAll(v.paths.dir, 0o700); err != nil {
+		return nil, err
+	}
+	unlock, err := flock.Lock(ctx, v.paths.lock(), 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	if err := st.CreateVM(ctx, store.VM{ID: cfg.ID, State: string(StateCreated), Config: cfgJSON}); err != nil {
+		if errors.Is(statErr, os.ErrNotExist) && !errors.Is(err, store.ErrExists) {
+			os.RemoveAll(v.paths.dir)
+		}
 		if errors.Is(err, store.ErrExists) {
 			return nil, fmt.Errorf("%w: pick another id, or reconnect with FromID", ErrAlreadyExists)
 		}
@@ -103,8 +120,7 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	undo.push("state row", func() error { return st.DeleteVM(context.WithoutCancel(ctx), cfg.ID) })
 
 	// A directory without a row is debris of a crashed earlier create.
-	os.RemoveAll(v.paths.dir)
-	if err := os.MkdirAll(v.paths.dir, 0o700); err != nil {
+	if err := removeDebris(v.paths); err != nil {
 		return nil, err
 	}
 	undo.push("data dir", func() error { return os.RemoveAll(v.paths.dir) })
@@ -150,6 +166,23 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	}
 	v.log().Info("created", "network", mode, "ip", rt.Network.GuestIP)
 	return v, nil
+}
+
+// removeDebris empties a VM directory that has no row, but for the lock
+// the caller holds.
+func removeDebris(p paths) error {
+	ents, err := os.ReadDir(p.dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if path := filepath.Join(p.dir, e.Name()); path != p.lock() {
+			if err := os.RemoveAll(path); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // writeKeys makes the VM's SSH keys and its own initramfs, which carries

@@ -22,8 +22,8 @@ type Leftover struct {
 	Name   string `json:"name"` // PID, device, rule tag or path
 	Detail string `json:"detail"`
 
-	pid int
-	vm  string
+	proc hypervisor.Process
+	vm   string
 }
 
 // FindLeftovers lists QEMU processes, TAP devices, nftables rules and VM
@@ -48,9 +48,11 @@ func FindLeftovers(ctx context.Context, opts ...Option) ([]Leftover, error) {
 	vmsDir := filepath.Join(s.home, "vms") + "/"
 	var live []vmProcess // processes of real VMs, here or in another state directory
 	for _, p := range procs {
-		vm, ok := byName[p.name]
-		if strings.Contains(p.cmdline, vmsDir) && (!ok || vm.PID != p.pid) {
-			out = append(out, Leftover{Kind: "process", Name: strconv.Itoa(p.pid), pid: p.pid, vm: p.name,
+		// A process of a known VM is not debris: List has reconciled it
+		// (adopted, or killed when its start was interrupted), and one
+		// whose start is under way is not to be touched.
+		if _, ok := byName[p.name]; !ok && p.uses(vmsDir) {
+			out = append(out, Leftover{Kind: "process", Name: strconv.Itoa(p.pid), proc: p.proc, vm: p.name,
 				Detail: fmt.Sprintf("QEMU of VM %q, which this state directory does not run", p.id)})
 			continue
 		}
@@ -114,7 +116,7 @@ func RemoveLeftovers(ctx context.Context, leftovers []Leftover) error {
 		var err error
 		switch l.Kind {
 		case "process":
-			err = hypervisor.Kill(ctx, l.pid, l.vm)
+			err = hypervisor.Kill(ctx, l.proc, l.vm)
 		case "tap":
 			err = network.DeleteTAP(l.Name)
 		case "rule":
@@ -131,8 +133,20 @@ func RemoveLeftovers(ctx context.Context, leftovers []Leftover) error {
 
 type vmProcess struct {
 	pid      int
+	proc     hypervisor.Process
 	id, name string // the VM's id and host-unique name (hypervisor.Name)
 	cmdline  string
+}
+
+// uses reports whether the process has a file under dir open: QEMU gets
+// its files as descriptors, so its command line does not name them.
+func (p vmProcess) uses(dir string) bool {
+	for _, f := range hypervisor.OpenFiles(p.pid) {
+		if strings.HasPrefix(f, dir) {
+			return true
+		}
+	}
+	return false
 }
 
 // vmProcesses finds every running smolvm VM process on the host, by the
@@ -157,7 +171,8 @@ func vmProcesses() []vmProcess {
 			}
 			if id, _, ok := hypervisor.ParseName(string(name)); ok {
 				cmdline := string(bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
-				out = append(out, vmProcess{pid: pid, id: id, name: string(name), cmdline: cmdline})
+				start, _ := hypervisor.StartTime(pid)
+				out = append(out, vmProcess{pid: pid, proc: hypervisor.Process{PID: pid, Start: start}, id: id, name: string(name), cmdline: cmdline})
 				break
 			}
 		}

@@ -2,13 +2,15 @@ package smolvm
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -43,7 +45,7 @@ func (v *VM) Start(ctx context.Context) error {
 // lock serializes lifecycle changes of this VM across processes: two
 // starts at once must not boot two QEMUs on one disk.
 func (v *VM) lock(ctx context.Context) (func(), error) {
-	unlock, err := flock.Lock(ctx, filepath.Join(v.paths.dir, ".lock"), 0o600)
+	unlock, err := flock.Lock(ctx, v.paths.lock(), 0o600)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%w (its directory %s is gone)", ErrNotFound, v.paths.dir)
 	}
@@ -62,6 +64,10 @@ func (v *VM) start(ctx context.Context) (err error) {
 	case StatePaused:
 		return v.setPaused(ctx, false)
 	}
+	// A connection cached from an earlier run of the VM leads nowhere.
+	v.mu.Lock()
+	v.dropClient()
+	v.mu.Unlock()
 	backend, err := newBackend()
 	if err != nil {
 		return err
@@ -85,10 +91,15 @@ func (v *VM) start(ctx context.Context) (err error) {
 	rt := v.runtime()
 	net := rt.Network
 	name := info.Process
+	runAs, err := vmCredential(rt.Instance, backend.Capabilities().Accelerated, info.Config.Mounts)
+	if err != nil {
+		return err
+	}
 	spec := hypervisor.Spec{
 		ID: v.id, Name: name, VCPUs: info.Config.VCPUs, MemoryMiB: info.Config.MemoryMiB,
 		Kernel: rt.Kernel, Initrd: rt.Initrd, Disk: v.paths.disk(),
-		ConsoleLog: v.paths.console(), PIDFile: v.paths.pidFile(), ControlSocket: v.paths.qmp(),
+		ConsoleLog: v.paths.console(), ProcessLog: v.paths.processLog(), ControlSocket: v.paths.qmp(),
+		RunAs: runAs,
 		Cmdline: rt.BootArgs + " " + guestCmdline(v.id, net, info.Config.Mounts),
 		Net:     hypervisor.NetSpec{TAP: net.TAP, MAC: network.MAC(v.id), Restrict: info.Config.NoEgress},
 	}
@@ -126,36 +137,109 @@ func (v *VM) start(ctx context.Context) (err error) {
 			spec.Net.Forwards = append(spec.Net.Forwards, hypervisor.Forward{HostAddr: f.HostAddr, HostPort: f.HostPort, GuestPort: f.GuestPort})
 		}
 	}
-	os.Remove(v.paths.console())
-	os.Remove(v.paths.pidFile())
-	os.Remove(v.paths.qmp())
-	pid, err := backend.Start(bootCtx, spec)
+	// Before the launch, so a VM that boots after its starter was killed
+	// is reachable with plain ssh too.
+	if err := v.writeKnownHosts(net.SSHAddr); err != nil {
+		return err
+	}
+	// A process left by a killed start of this VM would hold its disk.
+	if err := hypervisor.KillByName(ctx, hypervisor.Process{}, name); err != nil {
+		return err
+	}
+	// Should this process die from here on, the next look at the VM
+	// (reconcile, delete, doctor) finds the QEMU by its name.
+	undo.push("vm process", func() error { return hypervisor.KillByName(context.Background(), hypervisor.Process{}, name) })
+	proc, err := backend.Start(bootCtx, spec)
 	if err != nil {
 		return err
 	}
-	undo.push("vm process", func() error { return hypervisor.Kill(context.Background(), pid, name) })
 	if err := v.update(ctx, func(row *store.VM, r *runtimeRecord) error {
-		row.State, row.PID = string(StateRunning), pid
+		row.State, row.PID, r.ProcStart = string(StateRunning), proc.PID, proc.Start
 		r.Network, r.Backend, r.StartedAt, r.Error = net, backend.Name(), time.Now().UTC(), ""
 		return nil
 	}); err != nil {
 		return err
 	}
-	v.log().Debug("start: process up", "pid", pid, "after", time.Since(began))
+	v.log().Debug("start: process up", "pid", proc.PID, "after", time.Since(began))
 
-	if err := v.waitReady(bootCtx, pid, name, timeout); err != nil {
+	if err := v.waitReady(bootCtx, proc, name, timeout); err != nil {
 		return err
 	}
-	v.log().Info("started", "pid", pid, "ip", net.GuestIP, "boot", time.Since(began).Round(time.Millisecond))
-	if err := v.writeKnownHosts(); err != nil {
-		return err
+	v.log().Info("started", "pid", proc.PID, "ip", net.GuestIP, "boot", time.Since(began).Round(time.Millisecond))
+	return nil
+}
+
+// vmCredential is who a VM's QEMU runs as. As root, each VM gets a user of
+// its own, derived from its instance, in a range no distribution or
+// systemd hands out (0x70000000-0x70FFFFFF): a guest that escapes QEMU is
+// no one on the host and cannot touch another VM. A VM sharing folders
+// that one non-root user owns runs as that user instead, who shares them
+// anyway; shared folders of root's must be open to others. Not as root,
+// QEMU runs as the caller. With KVM the user also needs /dev/kvm's group.
+func vmCredential(instance string, kvm bool, mounts []Mount) (*hypervisor.Credential, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	b, err := hex.DecodeString(instance)
+	if err != nil || len(b) < 3 {
+		sum := sha256.Sum256([]byte(instance))
+		b = sum[:]
+	}
+	id := uint32(0x70000000) | uint32(b[0])<<16 | uint32(b[1])<<8 | uint32(b[2])
+	c := &hypervisor.Credential{UID: id, GID: id, Groups: []uint32{}}
+	if owner, ok := mountsOwner(mounts); ok {
+		c.UID, c.GID = owner.Uid, owner.Gid
+	} else {
+		for _, m := range mounts {
+			if err := openToOthers(m); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if fi, err := os.Stat("/dev/kvm"); err == nil && kvm {
+		c.Groups = append(c.Groups, fi.Sys().(*syscall.Stat_t).Gid)
+	}
+	return c, nil
+}
+
+// mountsOwner returns the owner of the shared folders when one non-root
+// user owns them all.
+func mountsOwner(mounts []Mount) (*syscall.Stat_t, bool) {
+	var owner *syscall.Stat_t
+	for _, m := range mounts {
+		fi, err := os.Stat(m.HostPath)
+		if err != nil {
+			return nil, false
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if st.Uid == 0 || (owner != nil && owner.Uid != st.Uid) {
+			return nil, false
+		}
+		owner = st
+	}
+	return owner, owner != nil
+}
+
+// openToOthers checks that an unprivileged QEMU can use a shared folder.
+func openToOthers(m Mount) error {
+	fi, err := os.Stat(m.HostPath)
+	if err != nil {
+		return fmt.Errorf("mount %s: %w", m.HostPath, err)
+	}
+	need, how := os.FileMode(0o005), "o+rx"
+	if m.Writable {
+		need, how = 0o007, "o+rwx"
+	}
+	if fi.Mode().Perm()&need != need {
+		return &ValidationError{Field: "mount", Value: m.HostPath, Reason: fmt.Sprintf(
+			"QEMU runs as an unprivileged user so that a guest breaking out of it reaches nothing on the host, and it cannot use this root-owned folder: share a folder a non-root user owns (QEMU then runs as that user), or open it with chmod %s", how)}
 	}
 	return nil
 }
 
 // waitReady connects to the guest's SSH server, giving up when the VM
 // process dies (with the console tail, which says why) or ctx ends.
-func (v *VM) waitReady(ctx context.Context, pid int, name string, timeout time.Duration) error {
+func (v *VM) waitReady(ctx context.Context, proc hypervisor.Process, name string, timeout time.Duration) error {
 	dialCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	errDied := errors.New("VM process exited during boot")
@@ -167,7 +251,7 @@ func (v *VM) waitReady(ctx context.Context, pid int, name string, timeout time.D
 			case <-dialCtx.Done():
 				return
 			case <-t.C:
-				if !hypervisor.Alive(pid, name) {
+				if !hypervisor.Alive(proc, name) {
 					cancel(errDied)
 					return
 				}
@@ -254,12 +338,11 @@ func (v *VM) hostKey() (ssh.PublicKey, error) {
 
 // writeKnownHosts lets a standard ssh client check the guest's pinned key:
 // ssh -i DIR/id_ed25519 -o UserKnownHostsFile=DIR/known_hosts root@IP.
-func (v *VM) writeKnownHosts() error {
+func (v *VM) writeKnownHosts(addr string) error {
 	hostKey, err := v.hostKey()
 	if err != nil {
 		return err
 	}
-	addr := v.Info().Network.SSHAddr
 	line := guest.KnownHostsLine(addr, hostKey) + "\n"
 	return os.WriteFile(v.paths.knownHosts(), []byte(line), 0o600)
 }
@@ -303,15 +386,15 @@ func (v *VM) stop(ctx context.Context, timeout time.Duration) error {
 			v.log().Warn("stop: resume before shutdown", "err", err)
 		}
 	}
-	if hypervisor.Alive(info.PID, info.Process) {
+	if proc := v.process(); hypervisor.Alive(proc, info.Process) {
 		graceful, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		if c, err := v.conn(graceful); err == nil {
 			c.Poweroff(graceful)
 		}
-		if err := hypervisor.WaitExit(graceful, info.PID, info.Process); err != nil {
+		if err := hypervisor.WaitExit(graceful, proc, info.Process); err != nil {
 			v.log().Warn("stop: clean shutdown timed out; killing", "timeout", timeout)
-			if err := hypervisor.Kill(ctx, info.PID, info.Process); err != nil {
+			if err := hypervisor.Kill(ctx, proc, info.Process); err != nil {
 				return err
 			}
 		}
@@ -378,15 +461,16 @@ func (v *VM) delete(ctx context.Context) error {
 		return err
 	}
 	info := v.Info()
-	if hypervisor.Alive(info.PID, info.Process) {
-		if info.Config.RetainDiskOnDelete {
-			// The disk outlives the VM: shut down cleanly so it is consistent.
-			if err := v.stop(ctx, DefaultStopTimeout); err != nil {
-				return err
-			}
-		} else if err := hypervisor.Kill(ctx, info.PID, info.Process); err != nil {
+	if hypervisor.Alive(v.process(), info.Process) && info.Config.RetainDiskOnDelete {
+		// The disk outlives the VM: shut down cleanly so it is consistent.
+		if err := v.stop(ctx, DefaultStopTimeout); err != nil {
 			return err
 		}
+	}
+	// Whatever the row says: a start killed before it recorded its process
+	// leaves one that only its name finds.
+	if err := hypervisor.KillByName(ctx, v.process(), info.Process); err != nil {
+		return err
 	}
 	v.releaseRunResources()
 	if info.Config.RetainDiskOnDelete {

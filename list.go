@@ -2,6 +2,7 @@ package smolvm
 
 import (
 	"context"
+	"errors"
 )
 
 // List returns every VM in the state directory, each reconciled with its
@@ -23,7 +24,9 @@ func List(ctx context.Context, opts ...Option) ([]VMInfo, error) {
 		if err := v.setFromRow(row); err != nil {
 			return nil, opError("list", row.ID, err)
 		}
-		if err := v.reconcile(ctx); err != nil {
+		if err := v.reconcile(ctx); errors.Is(err, ErrNotFound) {
+			continue // its create was interrupted; reconcile removed it
+		} else if err != nil {
 			return nil, opError("list", row.ID, err)
 		}
 		out = append(out, v.Info())

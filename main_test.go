@@ -7,11 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/smolvm/smolvm"
+	"github.com/smolvm/smolvm/internal/hypervisor"
 	"github.com/smolvm/smolvm/internal/network"
 )
 
@@ -95,7 +97,7 @@ func findLeaks() string {
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		data, err := os.ReadFile(p)
-		if err == nil && bytes.Contains(data, []byte("qemu")) && bytes.Contains(data, []byte(testEnv.home)) {
+		if err == nil && bytes.Contains(data, []byte("qemu")) && usesDir(filepath.Base(filepath.Dir(p)), testEnv.home) {
 			fmt.Fprintf(&b, "QEMU process %s\n", filepath.Base(filepath.Dir(p)))
 		}
 	}
@@ -149,4 +151,16 @@ func testContext(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// usesDir reports whether process pid has a file under dir open (QEMU is
+// handed its files as descriptors; its command line does not name them).
+func usesDir(pid, dir string) bool {
+	n, _ := strconv.Atoi(pid)
+	for _, f := range hypervisor.OpenFiles(n) {
+		if strings.HasPrefix(f, dir) {
+			return true
+		}
+	}
+	return false
 }

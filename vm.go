@@ -17,8 +17,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/smolvm/smolvm/internal/flock"
 	"github.com/smolvm/smolvm/internal/guest"
 	"github.com/smolvm/smolvm/internal/hypervisor"
+	"github.com/smolvm/smolvm/internal/network"
 	"github.com/smolvm/smolvm/internal/store"
 )
 
@@ -79,7 +81,10 @@ type runtimeRecord struct {
 	BootArgs  string      `json:"boot_args"`
 	Backend   string      `json:"backend,omitempty"`
 	StartedAt time.Time   `json:"started_at,omitzero"`
-	Error     string      `json:"error,omitempty"`
+	// ProcStart is the VM process's start time (hypervisor.Process.Start),
+	// beside the PID in the row, so a reused PID is never taken for it.
+	ProcStart uint64 `json:"proc_start,omitempty"`
+	Error     string `json:"error,omitempty"`
 }
 
 // VM is a handle on one VM. Its methods are safe for concurrent use. A
@@ -232,14 +237,50 @@ func (v *VM) update(ctx context.Context, fn func(row *store.VM, rt *runtimeRecor
 	return v.setFromRow(row)
 }
 
-// reconcile makes the row agree with the process: the row says what
-// exists, the process whether it runs.
+// incomplete reports whether create never finished the record: create
+// writes the runtime record once, as its last step.
+func (rt runtimeRecord) incomplete() bool { return rt.Instance == "" && rt.Kernel == "" }
+
+// process is the VM process as recorded.
+func (v *VM) process() hypervisor.Process {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return hypervisor.Process{PID: v.info.PID, Start: v.rt.ProcStart}
+}
+
+// reconcile makes the row agree with the host: the row says what exists,
+// the process whether it runs. A start that was killed before it recorded
+// its process (or before it cleaned up) left a QEMU, TAP device or rules
+// behind a VM the row calls stopped; nobody holds the VM's lock then, so
+// they are removed here: either the VM runs and is recorded, or nothing
+// of it runs.
 func (v *VM) reconcile(ctx context.Context) error {
 	info := v.Info()
 	if info.State != StateRunning && info.State != StatePaused {
+		if flock.Held(v.paths.lock()) {
+			return nil // being created, started, stopped or deleted right now
+		}
+		if v.runtime().incomplete() {
+			// Its create was killed half-way: what it made goes, as a
+			// failed create's undo would have removed it.
+			v.log().Warn("removing a VM whose create was interrupted")
+			os.RemoveAll(v.paths.dir)
+			if err := v.st.DeleteVM(ctx, v.id); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			return fmt.Errorf("%w: its create was interrupted, and what it had made is removed", ErrNotFound)
+		}
+		_, orphan := hypervisor.Find(info.Process)
+		if orphan || (info.Network.TAP != "" && network.TAPExists(info.Network.TAP)) {
+			v.log().Warn("removing what an interrupted start left", "process", orphan)
+			if err := hypervisor.KillByName(ctx, hypervisor.Process{}, info.Process); err != nil {
+				return err
+			}
+			v.releaseRunResources()
+		}
 		return nil
 	}
-	if hypervisor.Alive(info.PID, info.Process) {
+	if hypervisor.Alive(v.process(), info.Process) {
 		return nil
 	}
 	v.log().Warn("VM process is gone", "pid", info.PID)
@@ -296,7 +337,8 @@ func newPaths(home, id string) paths {
 func (p paths) disk() string           { return filepath.Join(p.dir, "disk.ext4") }
 func (p paths) console() string        { return filepath.Join(p.dir, "console.log") }
 func (p paths) initrd() string         { return filepath.Join(p.dir, "initrd.cpio") }
-func (p paths) pidFile() string        { return filepath.Join(p.dir, "vm.pid") }
+func (p paths) processLog() string     { return filepath.Join(p.dir, "qemu.log") }
+func (p paths) lock() string           { return filepath.Join(p.dir, ".lock") }
 func (p paths) qmp() string            { return filepath.Join(p.dir, "qmp.sock") }
 func (p paths) hostKey() string        { return filepath.Join(p.dir, "ssh_host_ed25519_key") }
 func (p paths) hostKeyPub() string     { return filepath.Join(p.dir, "ssh_host_ed25519_key.pub") }

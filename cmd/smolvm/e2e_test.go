@@ -9,11 +9,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/smolvm/smolvm"
+	"github.com/smolvm/smolvm/internal/hypervisor"
 	"github.com/smolvm/smolvm/internal/network"
 )
 
@@ -198,7 +200,7 @@ func checkNoLeaks(t *testing.T, home string, ids []string) {
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		data, err := os.ReadFile(p)
-		if err == nil && bytes.Contains(data, []byte("qemu")) && bytes.Contains(data, []byte(home)) {
+		if err == nil && bytes.Contains(data, []byte("qemu")) && usesDir(filepath.Base(filepath.Dir(p)), home) {
 			t.Errorf("QEMU process %s left running", filepath.Base(filepath.Dir(p)))
 		}
 	}
@@ -207,4 +209,16 @@ func checkNoLeaks(t *testing.T, home string, ids []string) {
 			t.Errorf("TAP device %s (%s) left behind", name, alias)
 		}
 	}
+}
+
+// usesDir reports whether process pid has a file under dir open (QEMU is
+// handed its files as descriptors; its command line does not name them).
+func usesDir(pid, dir string) bool {
+	n, _ := strconv.Atoi(pid)
+	for _, f := range hypervisor.OpenFiles(n) {
+		if strings.HasPrefix(f, dir) {
+			return true
+		}
+	}
+	return false
 }

@@ -40,3 +40,18 @@ func Lock(ctx context.Context, path string, perm os.FileMode) (unlock func(), er
 		}
 	}
 }
+
+// Held reports whether some open file, in this process or another, holds
+// a lock on path. A missing file is not held.
+func Held(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	err = unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB)
+	if err == nil {
+		unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	}
+	return errors.Is(err, unix.EWOULDBLOCK)
+}

@@ -14,7 +14,9 @@ import (
 	"time"
 )
 
-// Spec is everything a backend needs to boot one VM.
+// Spec is everything a backend needs to boot one VM. Paths are host paths;
+// the backend decides how the monitor reaches them (QEMU gets inherited
+// file descriptors, so the paths' directories need not be open to it).
 type Spec struct {
 	ID string
 	// Name is the VM's host-unique process name (see Name); the monitor
@@ -27,12 +29,32 @@ type Spec struct {
 	Cmdline    string
 	Disk       string
 	ConsoleLog string
-	PIDFile    string
+	// ProcessLog receives the monitor's own stdout and stderr (device
+	// errors, warnings).
+	ProcessLog string
 	// ControlSocket is where the monitor's control socket (QMP for QEMU)
 	// listens; empty = none.
 	ControlSocket string
 	Net           NetSpec
 	Mounts        []Mount
+	// RunAs is the unprivileged identity the monitor runs as; nil runs it
+	// as the caller. The files of the VM are handed over to it.
+	RunAs *Credential
+}
+
+// Credential is a user and group a VM process runs as.
+type Credential struct {
+	UID, GID uint32
+	// Groups are supplementary groups (e.g. the owner group of /dev/kvm).
+	Groups []uint32
+}
+
+// Process identifies a running VM process: its PID and its start time in
+// clock ticks since boot (/proc/PID/stat field 22), so a PID the kernel
+// hands to another process later is never mistaken for the VM.
+type Process struct {
+	PID   int    `json:"pid"`
+	Start uint64 `json:"start"`
 }
 
 // Mount shares a host folder with the guest under a tag.
@@ -72,9 +94,11 @@ type Capabilities struct {
 type Backend interface {
 	Name() string
 	Capabilities() Capabilities
-	// Start boots spec and returns the VM process id once the monitor runs.
-	// ctx bounds the launch only, never the VM's life.
-	Start(ctx context.Context, spec Spec) (pid int, err error)
+	// Start boots spec and returns the VM process once the monitor has set
+	// the machine up (device errors are reported here). ctx bounds the
+	// launch only, never the VM's life; if ctx ends first the process is
+	// killed.
+	Start(ctx context.Context, spec Spec) (Process, error)
 	// ExtraCmdline is what the backend adds to the kernel command line on
 	// this host (clock hints for emulation, say).
 	ExtraCmdline() string
@@ -103,41 +127,109 @@ func ParseName(name string) (id, instance string, ok bool) {
 // NameArg is the command-line argument that carries name.
 func NameArg(name string) string { return "guest=" + name }
 
-// Alive reports whether pid is a live process with the VM's exact name as
-// an argument. A zombie has an empty command line and counts as dead.
-func Alive(pid int, name string) bool {
-	if pid <= 0 || name == "" {
+// Alive reports whether p is a live process with the VM's exact name as an
+// argument and, when p.Start is known, the same start time. A zombie has
+// an empty command line and counts as dead.
+func Alive(p Process, name string) bool {
+	if p.PID <= 0 || name == "" {
 		return false
 	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	if err != nil {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.PID) + "/cmdline")
+	if err != nil || !hasArg(b, NameArg(name)) {
 		return false
 	}
-	want := []byte(NameArg(name))
-	for _, arg := range bytes.Split(b, []byte{0}) {
-		if bytes.Equal(arg, want) {
+	if p.Start == 0 {
+		return true
+	}
+	start, err := StartTime(p.PID)
+	return err == nil && start == p.Start
+}
+
+func hasArg(cmdline []byte, arg string) bool {
+	for _, a := range bytes.Split(cmdline, []byte{0}) {
+		if string(a) == arg {
 			return true
 		}
 	}
 	return false
 }
 
+// StartTime reads when pid started, in clock ticks since boot.
+func StartTime(pid int) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces and parentheses: the
+	// fields after it start past the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	fields := strings.Fields(string(b[i+1:]))
+	if len(fields) < 20 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	return strconv.ParseUint(fields[19], 10, 64) // field 22 overall
+}
+
+// Find looks for a live process carrying the VM's name, whatever its PID:
+// a process whose launcher was killed before it could record it.
+func Find(name string) (Process, bool) {
+	want := NameArg(name)
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil || !hasArg(b, want) {
+			continue
+		}
+		start, err := StartTime(pid)
+		if err != nil {
+			continue
+		}
+		return Process{PID: pid, Start: start}, true
+	}
+	return Process{}, false
+}
+
 // Kill sends SIGKILL to the VM process and waits until it is gone.
-func Kill(ctx context.Context, pid int, name string) error {
-	if !Alive(pid, name) {
+func Kill(ctx context.Context, p Process, name string) error {
+	if !Alive(p, name) {
 		return nil
 	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("kill VM process %d: %w", pid, err)
+	if err := syscall.Kill(p.PID, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("kill VM process %d: %w", p.PID, err)
 	}
-	return WaitExit(ctx, pid, name)
+	return WaitExit(ctx, p, name)
+}
+
+// KillByName kills the VM's process wherever it is: the recorded one, and
+// any other carrying the name (a launch whose launcher died before it
+// recorded the PID).
+func KillByName(ctx context.Context, p Process, name string) error {
+	if err := Kill(ctx, p, name); err != nil {
+		return err
+	}
+	for {
+		other, ok := Find(name)
+		if !ok {
+			return nil
+		}
+		if err := Kill(ctx, other, name); err != nil {
+			return err
+		}
+	}
 }
 
 // WaitExit waits until the VM process is gone or ctx is done.
-func WaitExit(ctx context.Context, pid int, name string) error {
+func WaitExit(ctx context.Context, p Process, name string) error {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
-	for Alive(pid, name) {
+	for Alive(p, name) {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -145,4 +237,17 @@ func WaitExit(ctx context.Context, pid int, name string) error {
 		}
 	}
 	return nil
+}
+
+// OpenFiles lists the paths of the files pid has open.
+func OpenFiles(pid int) []string {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd/"
+	ents, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		if target, err := os.Readlink(dir + e.Name()); err == nil {
+			out = append(out, target)
+		}
+	}
+	return out
 }

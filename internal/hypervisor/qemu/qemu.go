@@ -4,8 +4,6 @@ package qemu
 
 import (
 	"bufio"
-	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -67,37 +65,26 @@ func (q *QEMU) ExtraCmdline() string {
 	return ""
 }
 
-// Start implements hypervisor.Backend. QEMU daemonizes itself once the VM
-// is set up, so argument and device errors come back here, synchronously,
-// and the VM does not belong to the calling process. The launch is not
-// bound to ctx: killing the launcher half-way could orphan a VM that was
-// already forking off, where nobody would find it; it takes well under a
-// second, and the caller bounds the boot that follows.
-func (q *QEMU) Start(_ context.Context, spec hypervisor.Spec) (int, error) {
-	args := q.Args(spec)
-	cmd := exec.Command(q.Binary, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	cmd.Stdout = &stderr
-	// Its own session: a terminal's Ctrl-C to the caller must not reach it.
-	cmd.SysProcAttr = &unix.SysProcAttr{Setsid: true}
-	if err := cmd.Run(); err != nil {
-		return 0, fmt.Errorf("qemu: %w: %s", err, strings.TrimSpace(stderr.String()))
-	}
-	b, err := os.ReadFile(spec.PIDFile)
-	if err != nil {
-		return 0, fmt.Errorf("qemu: read pid file: %w", err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		return 0, fmt.Errorf("qemu: pid file %s: %w", spec.PIDFile, err)
-	}
-	return pid, nil
-}
-
 // Args returns QEMU's command line for spec. It is a pure function so the
 // exact command line is covered by golden tests.
-func (q *QEMU) Args(spec hypervisor.Spec) []string {
+func (q *QEMU) Args(spec hypervisor.Spec) []string { return q.args(launchSpec{Spec: spec}) }
+
+// launchSpec is a spec as Start hands it to QEMU: the TAP device and the
+// QMP socket as inherited descriptors (0 = by name).
+type launchSpec struct {
+	hypervisor.Spec
+	tapFD, qmpFD int
+}
+
+// sandbox is QEMU's seccomp filter: no obsolete system calls, no setuid
+// and friends, no fork/exec, no scheduler or resource changes.
+const sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+// optValue escapes a value for QEMU's comma-separated options, where a
+// comma in a path would otherwise start a new option.
+func optValue(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+func (q *QEMU) args(spec launchSpec) []string {
 	machine, dev := "microvm", "device"
 	if q.Machine == "q35" {
 		machine, dev = "q35", "pci"
@@ -118,15 +105,16 @@ func (q *QEMU) Args(spec hypervisor.Spec) []string {
 		"-smp", strconv.Itoa(spec.VCPUs),
 		"-m", strconv.Itoa(spec.MemoryMiB) + "M",
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-sandbox", sandbox,
 		"-kernel", spec.Kernel,
 		"-append", cmdline,
-		"-chardev", "file,id=console,path=" + spec.ConsoleLog,
+		"-chardev", "file,id=console,path=" + optValue(spec.ConsoleLog),
 		"-serial", "chardev:console",
-		"-drive", "id=root,file=" + spec.Disk + ",format=raw,if=none,discard=unmap",
+		"-drive", "id=root,file=" + optValue(spec.Disk) + ",format=raw,if=none,discard=unmap",
 		"-device", "virtio-blk-" + dev + ",drive=root",
 	}
 	for i, m := range spec.Mounts {
-		fsdev := fmt.Sprintf("local,id=fs%d,path=%s,security_model=none", i, m.HostPath)
+		fsdev := fmt.Sprintf("local,id=fs%d,path=%s,security_model=none", i, optValue(m.HostPath))
 		if m.ReadOnly {
 			fsdev += ",readonly=on"
 		}
@@ -135,9 +123,12 @@ func (q *QEMU) Args(spec hypervisor.Spec) []string {
 	if spec.Initrd != "" {
 		args = append(args, "-initrd", spec.Initrd)
 	}
-	if spec.Net.TAP != "" {
-		args = append(args, "-netdev", "tap,id=net0,ifname="+spec.Net.TAP+",script=no,downscript=no")
-	} else {
+	switch {
+	case spec.tapFD > 0:
+		args = append(args, "-netdev", "tap,id=net0,fd="+strconv.Itoa(spec.tapFD))
+	case spec.Net.TAP != "":
+		args = append(args, "-netdev", "tap,id=net0,ifname="+optValue(spec.Net.TAP)+",script=no,downscript=no")
+	default:
 		netdev := "user,id=net0"
 		if spec.Net.Restrict {
 			netdev += ",restrict=on"
@@ -152,13 +143,12 @@ func (q *QEMU) Args(spec hypervisor.Spec) []string {
 		netdevice += ",mac=" + spec.Net.MAC
 	}
 	args = append(args, "-device", netdevice)
-	if spec.ControlSocket != "" {
-		args = append(args, "-qmp", "unix:"+spec.ControlSocket+",server=on,wait=off")
+	switch {
+	case spec.qmpFD > 0:
+		args = append(args, "-chardev", "socket,id=qmp,fd="+strconv.Itoa(spec.qmpFD)+",server=on,wait=off", "-mon", "chardev=qmp,mode=control")
+	case spec.ControlSocket != "":
+		args = append(args, "-chardev", "socket,id=qmp,path="+optValue(spec.ControlSocket)+",server=on,wait=off", "-mon", "chardev=qmp,mode=control")
 	}
-	args = append(args,
-		"-pidfile", spec.PIDFile,
-		"-daemonize",
-	)
 	return args
 }
 

@@ -15,7 +15,7 @@ var update = flag.Bool("update", false, "rewrite golden files")
 func TestArgsGolden(t *testing.T) {
 	spec := hypervisor.Spec{
 		ID: "web", Name: hypervisor.Name("web", "0123456789"), VCPUs: 2, MemoryMiB: 512, Kernel: "/k", Initrd: "/i", Cmdline: "console=ttyS0 quiet",
-		Disk: "/d.ext4", ConsoleLog: "/c.log", PIDFile: "/vm.pid",
+		Disk: "/d.ext4", ConsoleLog: "/c.log",
 	}
 	tap := spec
 	tap.Net = hypervisor.NetSpec{TAP: "smol0123456789", MAC: "02:00:00:00:00:01"}

@@ -19,7 +19,11 @@ type QMP struct {
 // DialQMP connects to the socket at path and negotiates capabilities.
 func DialQMP(ctx context.Context, path string) (*QMP, error) {
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", path)
+	var conn net.Conn
+	err := shortPath(path, func(p string) (err error) {
+		conn, err = d.DialContext(ctx, "unix", p)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("qmp: %w", err)
 	}
