@@ -205,7 +205,7 @@ func TestFirewall(t *testing.T) {
 		expectRefused(t, tp.host, "127.0.0.1:8445")
 		expectDropped(t, tp.a, hostPort(hostWAN, 8445)) // a forward is no way from A to B
 		expectDropped(t, tp.out, hostPort(guestB, 80))  // only the forwarded address gets in
-		expectDropped(t, tp.b, outSrv) // the forward opened nothing else
+		expectDropped(t, tp.b, outSrv)                  // the forward opened nothing else
 
 		err := fw.AddForward(PortForward{VMID: idB, HostAddr: any4, HostPort: 8443, GuestIP: guestB.Addr(), GuestPort: 80})
 		if !errors.Is(err, ErrForwardInUse) {
