@@ -26,11 +26,11 @@ import (
 //	                                   accept); else drop: a guest spoofing another source
 //	input       (filter, input)        smol* in: 169.254/16 drop, established/related accept,
 //	                                   else drop
-//	forward     (filter, forward)      169.254/16 from smol* drop; established/related accept;
-//	                                   smol* -> smol* drop; jump vm-forward; smol* in: drop;
-//	                                   smol* out: drop (only replies and our forwards reach a
-//	                                   guest); in from an interface whose forwarding smolvm
-//	                                   turned on, to anything but smol*: drop
+//	forward     (filter, forward)      in from an interface whose forwarding smolvm turned on,
+//	                                   to anything but smol*: drop; 169.254/16 from smol*
+//	                                   drop; established/related accept; smol* -> smol* drop;
+//	                                   jump vm-forward; smol* in: drop; smol* out: drop (only
+//	                                   replies and our forwards reach a guest)
 //	prerouting  (nat, dstnat)          jump vm-prerouting
 //	output      (nat, dstnat)          jump vm-output
 //	postrouting (nat, srcnat)          127.0.0.0/8 out of smol*: masquerade; jump vm-postrouting
@@ -143,7 +143,13 @@ func (l *layout) baseRules(enabled []string) []*nftables.Rule {
 		l.rule(chainInput, c, tap, ipv4(), ip4Prefix(ipv4DaddrOffset, linkLocalNet, expr.CmpOpEq), drop),
 		l.rule(chainInput, c, tap, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept)),
 		l.rule(chainInput, c, tap, drop),
-
+	}
+	// Before the replies: before smolvm, an interface with forwarding off
+	// forwarded no replies either.
+	for _, dev := range enabled {
+		rules = append(rules, l.rule(chainForward, c, iifname(dev), oifname(tapPrefix+"*", expr.CmpOpNeq), drop))
+	}
+	rules = append(rules,
 		l.rule(chainForward, c, tap, ipv4(), ip4Prefix(ipv4DaddrOffset, linkLocalNet, expr.CmpOpEq), drop),
 		l.rule(chainForward, c, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept)),
 		l.rule(chainForward, c, tap, oifname(tapPrefix+"*", expr.CmpOpEq), drop),
@@ -154,10 +160,7 @@ func (l *layout) baseRules(enabled []string) []*nftables.Rule {
 		// forwards DNATed (vm-forward): a neighbour with a route to the VM
 		// subnet reaches nothing else.
 		l.rule(chainForward, c, oifname(tapPrefix+"*", expr.CmpOpEq), drop),
-	}
-	for _, dev := range enabled {
-		rules = append(rules, l.rule(chainForward, c, iifname(dev), oifname(tapPrefix+"*", expr.CmpOpNeq), drop))
-	}
+	)
 	return append(rules,
 		l.rule(chainPrerouting, c, jump(chainVMPrerouting)),
 		l.rule(chainOutput, c, jump(chainVMOutput)),
