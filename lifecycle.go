@@ -194,6 +194,7 @@ func (v *VM) conn(ctx context.Context) (*guest.Client, error) {
 	v.mu.Lock()
 	c := v.client
 	addr := v.info.Network.SSHAddr
+	tap := v.info.Network.TAP
 	state := v.info.State
 	v.mu.Unlock()
 	if state == StatePaused {
@@ -209,7 +210,13 @@ func (v *VM) conn(ctx context.Context) (*guest.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err = guest.Dial(ctx, addr, hostKey, key)
+	var via []guest.DialOption
+	if tap != "" {
+		// Through the VM's own TAP or not at all: never out of another
+		// interface if the device is gone.
+		via = append(via, guest.Via(tap))
+	}
+	c, err = guest.Dial(ctx, addr, hostKey, key, via...)
 	if err != nil {
 		return nil, err
 	}
