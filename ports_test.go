@@ -131,7 +131,7 @@ func TestExposeHostChecks(t *testing.T) {
 			t.Errorf("expose %s:%d with a host server on %s: %v; want a refusal naming the port", tt.expose, port, tt.listen, err)
 		}
 	}
-	for _, remote := range []string{"198.51.100.7", "8.8.8.8"} {
+	for _, remote := range []string{"198.51.100.7", "203.0.113.9"} {
 		_, err := vm.Expose(ctx, 80, 18080, smolvm.OnHostAddr(remote))
 		var ve *smolvm.ValidationError
 		if !errors.As(err, &ve) {
