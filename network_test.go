@@ -330,6 +330,7 @@ func TestTAPGoneDialFails(t *testing.T) {
 		t.Fatal(err) // quiet: no router solicitations to count
 	}
 	sh("link", "set", veth, "up")
+	sh("-n", name, "link", "set", "eth0", "up") // with carrier, so what is sent is counted
 	// The same prefix as the TAP's route, which wins while the TAP exists.
 	prefix := netip.MustParsePrefix(info.Network.GuestIP + "/" + fmt.Sprint(info.Network.Prefix)).Masked()
 	sh("route", "add", prefix.String(), "dev", veth, "metric", "9999")
