@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
 )
 
 // TestFirewall checks the real rules in a topology of network namespaces
@@ -300,4 +303,48 @@ func TestFirewall(t *testing.T) {
 			t.Errorf("record left: %v", err)
 		}
 	})
+}
+
+// TestForwardingAlreadyOn: on a host that forwards already (a router, a
+// Docker host), smolvm changes and records nothing, adds no rule that
+// would stop the host's own forwarding, and leaves it on at the end.
+func TestForwardingAlreadyOn(t *testing.T) {
+	requireRoot(t)
+	host, _ := newNamespace(t, "host")
+	out, _ := newNamespace(t, "out")
+	hh := nlHandle(t, host)
+	link(t, hh, nlHandle(t, out), out, wanDev, []netip.Prefix{hostWAN}, []netip.Prefix{outside}, hostWAN.Addr())
+	wan := must(hh.LinkByName(wanDev))
+	if err := hh.RouteAdd(&netlink.Route{LinkIndex: wan.Attrs().Index, Gw: outside.Addr().AsSlice()}); err != nil {
+		t.Fatal(err)
+	}
+	fw := NewFirewall(int(host))
+	fw.Record = filepath.Join(t.TempDir(), "forwarding.json")
+	if err := fw.setSysctl("net/ipv4/ip_forward", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.EnsureBase(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(fw.Record); !os.IsNotExist(err) {
+		t.Errorf("a record for a host that forwarded already: %v", err)
+	}
+	l := newLayout()
+	base, err := must(fw.conn()).GetRules(l.table, l.chains[chainForward])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range base {
+		for _, e := range r.Exprs {
+			if c, ok := e.(*expr.Cmp); ok && strings.HasPrefix(string(c.Data), wanDev) {
+				t.Errorf("forward chain has a rule for %s although smolvm changed nothing there", wanDev)
+			}
+		}
+	}
+	if err := fw.DeleteTable(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readSysctl(t, host, forwardingKey(wanDev)); got != "1" {
+		t.Errorf("forwarding on %s = %s after DeleteTable, want 1 as before", wanDev, got)
+	}
 }
