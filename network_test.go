@@ -181,6 +181,13 @@ func TestNetworkEgressAndIsolation(t *testing.T) {
 	t.Run("neighbour to guest", func(t *testing.T) {
 		// A machine next to the host that routes the VM addresses through
 		// it reaches no guest port, with egress or without.
+		//
+		// The table is host-wide: a smolvm of another build running at the
+		// same time may have rewritten its shared rules. Put ours back
+		// (idempotent) so this checks this build's rules.
+		if err := network.NewFirewall(0).EnsureBase(); err != nil {
+			t.Fatal(err)
+		}
 		for _, vm := range []*smolvm.VM{a, b} {
 			if out, err := exec.Command("ip", "-n", out.ns, "route", "replace", vm.IP()+"/32", "via", outsideHostIP).CombinedOutput(); err != nil {
 				t.Fatalf("route: %v: %s", err, out)
