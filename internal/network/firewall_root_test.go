@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"net"
+
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 )
@@ -137,6 +139,24 @@ func TestFirewall(t *testing.T) {
 		expectDropped(t, tp.a, "127.0.0.1:7000")
 		expectDropped(t, tp.b, hostPort(hostB, 7000))
 		expectReach(t, tp.out, hostSvcWAN, "host")
+	})
+
+	t.Run("arp", func(t *testing.T) {
+		// A guest that asks its TAP who has the host's other addresses
+		// learns nothing: the TAP answers only for its own.
+		h := nlHandle(t, tp.a)
+		eth0 := must(h.LinkByName("eth0"))
+		_, dst, _ := net.ParseCIDR(hostWAN.Addr().String() + "/32")
+		if err := h.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: dst, Scope: netlink.SCOPE_LINK}); err != nil {
+			t.Fatal(err)
+		}
+		defer h.RouteDel(&netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: dst, Scope: netlink.SCOPE_LINK})
+		dial(tp.a, hostPort(hostWAN, 7000), 2*time.Second) // makes A's kernel ask
+		for _, n := range must(h.NeighList(eth0.Attrs().Index, netlink.FAMILY_V4)) {
+			if n.IP.Equal(hostWAN.Addr().AsSlice()) && len(n.HardwareAddr) > 0 && n.State&(netlink.NUD_REACHABLE|netlink.NUD_STALE|netlink.NUD_DELAY|netlink.NUD_PROBE) != 0 {
+				t.Errorf("the TAP answered ARP for %s (%s): %v", hostWAN.Addr(), n.HardwareAddr, n)
+			}
+		}
 	})
 
 	t.Run("link-local", func(t *testing.T) {
