@@ -41,6 +41,7 @@ func Doctor(ctx context.Context, opts ...Option) []Check {
 		checkKernel(),
 		checkTools(),
 		checkTAP(),
+		checkForwarding(),
 		checkStateDir(s.home),
 		checkAgent(newBuilder(s).AgentPath()),
 		checkAlpine(s),
@@ -156,6 +157,47 @@ func checkTAP() Check {
 	} else {
 		c.Detail = "/dev/net/tun is missing" + fallback
 		c.Fix = "modprobe tun (in a container: pass --device /dev/net/tun)"
+	}
+	return c
+}
+
+// checkForwarding says what smolvm changed in the host's IPv4 forwarding
+// (the record EnsureBase keeps) and what was on before it.
+func checkForwarding() Check {
+	c := Check{Name: "ip forwarding", OK: true, Optional: true}
+	rec, err := network.ReadForwardingRecord(network.DefaultForwardingRecord)
+	if err != nil {
+		c.OK, c.Detail = false, err.Error()
+		c.Fix = "remove " + network.DefaultForwardingRecord + " once no TAP VM runs, and check net.ipv4.conf.*.forwarding by hand"
+		return c
+	}
+	global := "unknown"
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); err == nil {
+		global = strings.TrimSpace(string(b))
+	}
+	if len(rec.Interfaces) == 0 {
+		c.Detail = "smolvm changed no forwarding setting; net.ipv4.ip_forward=" + global
+		if global == "1" {
+			c.Detail += " was set by something else (the host forwards between all its interfaces; smolvm's table still keeps its VMs apart)"
+		} else {
+			c.Detail += "; TAP VMs turn forwarding on only on their TAPs and on the default route's interface while they run"
+		}
+		return c
+	}
+	var parts []string
+	for _, ch := range rec.Interfaces {
+		parts = append(parts, fmt.Sprintf("net.ipv4.conf.%s.forwarding (was %s, since %s)", ch.Name, ch.Previous, ch.At.Format(time.RFC3339)))
+	}
+	c.Detail = "smolvm turned on " + strings.Join(parts, ", ") +
+		"; table inet smolvm forwards what arrives there only to VMs, and the settings go back when the last TAP VM stops (record: " + network.DefaultForwardingRecord + ")"
+	if rules, err := network.NewFirewall(0).Rules(); err == nil && len(rules) == 0 {
+		c.OK = false
+		c.Detail += "; but no VM has rules left, so this is a leftover"
+		var undo []string
+		for _, ch := range rec.Interfaces {
+			undo = append(undo, fmt.Sprintf("sysctl -w net.ipv4.conf.%s.forwarding=%s", strings.ReplaceAll(ch.Name, ".", "/"), ch.Previous))
+		}
+		c.Fix = "starting and stopping any TAP VM puts it back; or by hand: " + strings.Join(undo, "; ") + "; rm " + network.DefaultForwardingRecord
 	}
 	return c
 }

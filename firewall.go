@@ -17,6 +17,14 @@ func firewallAddVM(id string, n NetworkInfo, noEgress bool, forwards []PortForwa
 	if err != nil {
 		return fmt.Errorf("firewall: guest address: %w", err)
 	}
+	// A forward must not take over a port a host program serves (DNAT
+	// runs before the local socket): check again at each start, since
+	// something may have started listening while the VM was stopped.
+	for _, f := range forwards {
+		if err := checkHostPort(f.HostAddr, f.HostPort); err != nil {
+			return fmt.Errorf("forward %s:%d -> guest port %d: %w", f.HostAddr, f.HostPort, f.GuestPort, err)
+		}
+	}
 	fw := network.NewFirewall(0) // AddVM ensures the base table and chains
 	if err := fw.AddVM(network.VMRules{ID: id, TAP: n.TAP, GuestIP: guest, Egress: !noEgress}); err != nil {
 		return err
@@ -53,14 +61,13 @@ func firewallRemoveForward(id, hostAddr string, hostPort int) error {
 }
 
 // firewallRemoveVM deletes every rule of the VM, and the table itself once
-// no VM has rules left in it.
+// no VM has rules left in it, which also puts back the forwarding smolvm
+// turned on.
 func firewallRemoveVM(id string) error {
 	fw := network.NewFirewall(0)
 	if err := fw.RemoveVM(id); err != nil {
 		return err
 	}
-	if rules, err := fw.Rules(); err == nil && len(rules) == 0 {
-		return fw.DeleteTable()
-	}
-	return nil
+	_, err := fw.DeleteTableIfUnused()
+	return err
 }

@@ -101,7 +101,7 @@ func (v *VM) start(ctx context.Context) (err error) {
 		ConsoleLog: v.paths.console(), ProcessLog: v.paths.processLog(), ControlSocket: v.paths.qmp(),
 		RunAs:   runAs,
 		Cmdline: rt.BootArgs + " " + guestCmdline(v.id, net, info.Config.Mounts),
-		Net:     hypervisor.NetSpec{TAP: net.TAP, MAC: network.MAC(v.id), Restrict: info.Config.NoEgress},
+		Net:     hypervisor.NetSpec{TAP: net.TAP, MAC: network.MAC(v.id)},
 	}
 	for i, m := range info.Config.Mounts {
 		spec.Mounts = append(spec.Mounts, hypervisor.Mount{Tag: mountTag(i), HostPath: m.HostPath, ReadOnly: !m.Writable})
@@ -278,6 +278,7 @@ func (v *VM) conn(ctx context.Context) (*guest.Client, error) {
 	v.mu.Lock()
 	c := v.client
 	addr := v.info.Network.SSHAddr
+	tap := v.info.Network.TAP
 	state := v.info.State
 	v.mu.Unlock()
 	if state == StatePaused {
@@ -293,7 +294,13 @@ func (v *VM) conn(ctx context.Context) (*guest.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err = guest.Dial(ctx, addr, hostKey, key)
+	var via []guest.DialOption
+	if tap != "" {
+		// Through the VM's own TAP or not at all: never out of another
+		// interface if the device is gone.
+		via = append(via, guest.Via(tap))
+	}
+	c, err = guest.Dial(ctx, addr, hostKey, key, via...)
 	if err != nil {
 		return nil, err
 	}

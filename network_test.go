@@ -2,9 +2,12 @@ package smolvm_test
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
@@ -16,6 +19,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/smolvm/smolvm"
+	"github.com/smolvm/smolvm/internal/guest"
 	"github.com/smolvm/smolvm/internal/network"
 )
 
@@ -23,11 +27,16 @@ import (
 // internet: a veth from the host, and an HTTP server inside.
 type outsideHost struct {
 	addr string // the server's address, host:port
+	ns   string // the namespace's name
+	// linkLocal is a server on a link-local address (a stand-in for a
+	// cloud metadata service) in the namespace, routed there by the host.
+	linkLocal string
 }
 
 const (
 	outsideHostIP  = "198.18.0.1" // host end of the veth (benchmark range, RFC 2544)
 	outsideFarIP   = "198.18.0.2" // the outside namespace's address
+	outsideLinkIP  = "169.254.77.1"
 	outsidePayload = 50 << 20
 )
 
@@ -55,6 +64,8 @@ func newOutsideHost(t *testing.T) *outsideHost {
 	sh("-n", name, "addr", "add", outsideFarIP+"/24", "dev", "eth0")
 	sh("-n", name, "link", "set", "eth0", "up")
 	sh("-n", name, "link", "set", "lo", "up")
+	sh("-n", name, "addr", "add", outsideLinkIP+"/32", "dev", "eth0")
+	sh("route", "add", outsideLinkIP+"/32", "via", outsideFarIP, "dev", veth) // goes with the veth
 
 	ln := listenInNetns(t, name, outsideFarIP+":8080")
 	payload := bytes.Repeat([]byte("0123456789abcdef"), outsidePayload/16)
@@ -67,7 +78,35 @@ func newOutsideHost(t *testing.T) *outsideHost {
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	return &outsideHost{addr: outsideFarIP + ":8080"}
+	lln := listenInNetns(t, name, outsideLinkIP+":8080")
+	lsrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "metadata")
+	})}
+	go lsrv.Serve(lln)
+	t.Cleanup(func() { lsrv.Close() })
+	return &outsideHost{addr: outsideFarIP + ":8080", ns: name, linkLocal: outsideLinkIP + ":8080"}
+}
+
+// inNetns runs fn on a thread inside the named namespace; sockets fn
+// makes stay there.
+func inNetns(t *testing.T, name string, fn func() error) error {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with its namespace changed
+		ns, err := netns.GetFromName(name)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer ns.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- err
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
 }
 
 // listenInNetns opens a listener inside the named namespace; the socket
@@ -139,6 +178,38 @@ func TestNetworkEgressAndIsolation(t *testing.T) {
 			}
 		}
 	})
+	t.Run("neighbour to guest", func(t *testing.T) {
+		// A machine next to the host that routes the VM addresses through
+		// it reaches no guest port, with egress or without.
+		//
+		// The table is host-wide: a smolvm of another build running at the
+		// same time may have rewritten its shared rules. Put ours back
+		// (idempotent) so this checks this build's rules.
+		if err := network.NewFirewall(0).EnsureBase(); err != nil {
+			t.Fatal(err)
+		}
+		for _, vm := range []*smolvm.VM{a, b} {
+			if out, err := exec.Command("ip", "-n", out.ns, "route", "replace", vm.IP()+"/32", "via", outsideHostIP).CombinedOutput(); err != nil {
+				t.Fatalf("route: %v: %s", err, out)
+			}
+			err := inNetns(t, out.ns, func() error { return dialHello(vm.IP()+":7000", 3*time.Second) })
+			if err == nil {
+				t.Fatalf("the outside reached %s's guest port 7000 directly", vm.ID())
+			}
+		}
+	})
+	t.Run("link-local", func(t *testing.T) {
+		// The host reaches the stand-in metadata server; the guest, with
+		// egress, does not.
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + out.linkLocal + "/")
+		if err != nil {
+			t.Fatalf("host to %s: %v", out.linkLocal, err)
+		}
+		resp.Body.Close()
+		if res := run(t, ctx, a, "wget -q -T 3 -O - http://"+out.linkLocal+"/"); strings.Contains(res.Stdout, "metadata") {
+			t.Fatalf("guest reached a link-local address: %+v", res)
+		}
+	})
 	t.Run("host services", func(t *testing.T) {
 		ln, err := net.Listen("tcp", "0.0.0.0:0")
 		if err != nil {
@@ -191,4 +262,121 @@ func TestNetworkEgressAndIsolation(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestUserModeNoHostLoopback: QEMU's slirp maps 10.0.2.2 to the host's
+// 127.0.0.1; a user-mode guest must not reach the host's loopback
+// services through it, while forwards into the guest still work.
+func TestUserModeNoHostLoopback(t *testing.T) {
+	ctx := testContext(t, 4*time.Minute)
+	vm := newVM(t, ctx, smolvm.VMConfig{}, smolvm.WithNetwork(smolvm.NetworkUser))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("host-loopback-service\n"))
+			c.Close()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	fwd, err := vm.Expose(ctx, 8001, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startVM(t, ctx, vm)
+	if !strings.Contains(vm.Info().Network.Note, "no egress") {
+		t.Errorf("network note %q does not say the VM has no egress", vm.Info().Network.Note)
+	}
+	res := run(t, ctx, vm, fmt.Sprintf("nc -w 3 %s %d </dev/null", network.UserGateway, port))
+	if strings.Contains(res.Stdout, "host-loopback-service") {
+		t.Fatalf("the guest reached the host's 127.0.0.1:%d through %s", port, network.UserGateway)
+	}
+	serveHello(t, ctx, vm, 8001)
+	if err := dialHello(fmt.Sprintf("127.0.0.1:%d", fwd.HostPort), 20*time.Second); err != nil {
+		t.Fatalf("forward into the guest: %v", err)
+	}
+}
+
+// TestTAPGoneDialFails: once a VM's TAP device is gone, a new connection
+// to the guest fails at once and sends nothing: it must not follow another
+// route to the guest's address. A test-made route to that address through
+// a veth into a test namespace stands for the host's default route; its
+// packet counter shows whether anything left that way.
+func TestTAPGoneDialFails(t *testing.T) {
+	requireVM(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: TAP networking")
+	}
+	ctx := testContext(t, 4*time.Minute)
+	vm := newVM(t, ctx, smolvm.VMConfig{NoEgress: true}, smolvm.WithNetwork(smolvm.NetworkTAP))
+	startVM(t, ctx, vm)
+	info := vm.Info()
+
+	name := fmt.Sprintf("smoltest-watch-%d", os.Getpid())
+	veth := fmt.Sprintf("swat%d", os.Getpid()%100000)
+	sh := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	sh("netns", "add", name)
+	t.Cleanup(func() {
+		exec.Command("ip", "link", "del", veth).Run()
+		exec.Command("ip", "netns", "del", name).Run()
+	})
+	sh("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+veth+"/disable_ipv6", []byte("1"), 0o644); err != nil {
+		t.Fatal(err) // quiet: no router solicitations to count
+	}
+	sh("link", "set", veth, "up")
+	sh("-n", name, "link", "set", "eth0", "up") // with carrier, so what is sent is counted
+	// The same prefix as the TAP's route, which wins while the TAP exists.
+	prefix := netip.MustParsePrefix(info.Network.GuestIP + "/" + fmt.Sprint(info.Network.Prefix)).Masked()
+	sh("route", "add", prefix.String(), "dev", veth, "metric", "9999")
+	run(t, ctx, vm, "true")
+
+	if err := network.DeleteTAP(info.Network.TAP); err != nil {
+		t.Fatal(err)
+	}
+	tx := func() string {
+		b, err := os.ReadFile("/sys/class/net/" + veth + "/statistics/tx_packets")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	before := tx()
+	// A new handle has no connection yet: it must dial.
+	again, err := smolvm.FromID(ctx, vm.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	start := time.Now()
+	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	_, err = again.Run(dctx, "true")
+	took := time.Since(start)
+	if err == nil {
+		t.Fatal("ran a command on a VM whose TAP device is gone")
+	}
+	t.Logf("after %v: %v", took, err)
+	if !errors.Is(err, guest.ErrNoInterface) {
+		t.Errorf("error does not say the device is gone: %v", err)
+	}
+	if took > 5*time.Second {
+		t.Errorf("failing took %v, want at once", took)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if after := tx(); after != before {
+		t.Errorf("%s sent %s -> %s packets: the dial left through another interface", veth, before, after)
+	}
 }

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"strconv"
+	"syscall"
 
 	"github.com/smolvm/smolvm/internal/hypervisor/qemu"
 	"github.com/smolvm/smolvm/internal/network"
@@ -44,6 +47,10 @@ func (v *VM) expose(ctx context.Context, f PortForward) (PortForward, error) {
 	if err != nil || !addr.Is4() {
 		return f, &ValidationError{Field: "host address", Value: f.HostAddr, Reason: "want an IPv4 address such as 127.0.0.1 or 0.0.0.0"}
 	}
+	if err := checkHostAddr(addr); err != nil {
+		return f, err
+	}
+	f.HostAddr = addr.String()
 	if f.GuestPort < 1 || f.GuestPort > 65535 {
 		return f, &ValidationError{Field: "guest port", Value: f.GuestPort, Reason: "must be 1-65535"}
 	}
@@ -63,6 +70,11 @@ func (v *VM) expose(ctx context.Context, f PortForward) (PortForward, error) {
 		if errors.Is(err, store.ErrExists) {
 			return f, fmt.Errorf("%w: host port %s:%d is already forwarded", ErrAlreadyExists, f.HostAddr, f.HostPort)
 		}
+		return f, err
+	}
+	// After the store: a port already forwarded is reported as that.
+	if err := checkHostPort(f.HostAddr, f.HostPort); err != nil {
+		v.st.RemoveForward(context.WithoutCancel(ctx), v.id, f.HostAddr, f.HostPort)
 		return f, err
 	}
 	if v.Status() == StateRunning {
@@ -134,4 +146,47 @@ func (v *VM) removeForward(ctx context.Context, hostAddr string, hostPort int) e
 	}
 	defer q.Close()
 	return q.RemoveHostForward(hostAddr, hostPort)
+}
+
+// checkHostAddr accepts the host addresses a forward can listen on: the
+// unspecified address, loopback, or an address of one of this host's
+// interfaces. Forwarding a remote address would make the host answer for
+// another machine.
+func checkHostAddr(addr netip.Addr) error {
+	if addr.IsUnspecified() || addr.IsLoopback() {
+		return nil
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return fmt.Errorf("list host addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(ipn.IP); ok && ip.Unmap() == addr {
+				return nil
+			}
+		}
+	}
+	return &ValidationError{Field: "host address", Value: addr.String(),
+		Reason: "not an address of this host: use 127.0.0.1 (this host only), 0.0.0.0 (every address) or one of its interfaces' addresses (ip -4 addr)"}
+}
+
+// checkHostPort makes sure nothing on the host listens on addr:port over
+// TCP, by binding it for a moment: a DNAT forward runs before the local
+// socket and would silently take that program's connections. A forward's
+// own DNAT rule holds no socket, so it does not count. A program that
+// starts listening after the check is not seen; the next start checks
+// again.
+func checkHostPort(addr string, port int) error {
+	ln, err := net.Listen("tcp4", net.JoinHostPort(addr, strconv.Itoa(port)))
+	if err == nil {
+		return ln.Close()
+	}
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("%w: host port in use: a program on this host already listens on %s:%d (see ss -ltnp 'sport = :%d'); stop it, or forward another host port (0 picks a free one)", ErrAlreadyExists, addr, port, port)
+	}
+	if errors.Is(err, syscall.EADDRNOTAVAIL) {
+		return &ValidationError{Field: "host address", Value: addr, Reason: "this host has no such address (any more): forward 127.0.0.1, 0.0.0.0 or an address of one of its interfaces"}
+	}
+	return fmt.Errorf("check host port %s:%d: %w", addr, port, err)
 }

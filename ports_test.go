@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/smolvm/smolvm"
+	"github.com/smolvm/smolvm/internal/network"
 )
 
 // serveHello starts a TCP server in the guest that answers "hello".
@@ -96,4 +98,62 @@ func TestExposePorts(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestExposeHostChecks: a forward never takes over a port a host program
+// listens on (DNAT would run before its socket), at Expose and again at
+// start, and never names an address the host does not have.
+func TestExposeHostChecks(t *testing.T) {
+	requireVM(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the takeover happens with TAP networking")
+	}
+	ctx := testContext(t, 4*time.Minute)
+	vm := newVM(t, ctx, smolvm.VMConfig{}, smolvm.WithNetwork(smolvm.NetworkTAP))
+	listen := func(addr string) (net.Listener, int) {
+		t.Helper()
+		ln, err := net.Listen("tcp4", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		return ln, ln.Addr().(*net.TCPAddr).Port
+	}
+
+	for _, tt := range []struct{ listen, expose string }{
+		{"127.0.0.1:0", "127.0.0.1"},
+		{"0.0.0.0:0", "127.0.0.1"}, // a wildcard listener holds every address
+		{"127.0.0.1:0", "0.0.0.0"},
+	} {
+		_, port := listen(tt.listen)
+		_, err := vm.Expose(ctx, 80, port, smolvm.OnHostAddr(tt.expose))
+		if !errors.Is(err, smolvm.ErrAlreadyExists) || !strings.Contains(err.Error(), fmt.Sprint(port)) {
+			t.Errorf("expose %s:%d with a host server on %s: %v; want a refusal naming the port", tt.expose, port, tt.listen, err)
+		}
+	}
+	for _, remote := range []string{"198.51.100.7", "203.0.113.9"} {
+		_, err := vm.Expose(ctx, 80, 18080, smolvm.OnHostAddr(remote))
+		var ve *smolvm.ValidationError
+		if !errors.As(err, &ve) {
+			t.Errorf("expose on %s, not a host address: %v; want a ValidationError", remote, err)
+		}
+	}
+	if fs, err := vm.Forwards(ctx); err != nil || len(fs) != 0 {
+		t.Fatalf("refused forwards were kept: %+v, %v", fs, err)
+	}
+
+	// Free at Expose, taken by the time the VM starts.
+	f, err := vm.Expose(ctx, 80, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, _ := listen(fmt.Sprintf("127.0.0.1:%d", f.HostPort))
+	err = vm.Start(ctx)
+	if !errors.Is(err, smolvm.ErrAlreadyExists) || !strings.Contains(err.Error(), fmt.Sprint(f.HostPort)) {
+		t.Fatalf("start with host port %d taken: %v; want a refusal naming the port", f.HostPort, err)
+	}
+	if vm.Info().Network.TAP != "" && network.TAPExists(vm.Info().Network.TAP) {
+		t.Errorf("failed start left TAP %s", vm.Info().Network.TAP)
+	}
+	ln.Close()
 }

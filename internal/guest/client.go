@@ -10,10 +10,12 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -22,7 +24,23 @@ var (
 	ErrHostKeyMismatch = errors.New("guest: host key mismatch")
 	// ErrAuthFailed means the guest did not accept the client key.
 	ErrAuthFailed = errors.New("guest: authentication failed")
+	// ErrNoInterface means the interface Dial was told to use (Via) does
+	// not exist: the VM's TAP device is gone.
+	ErrNoInterface = errors.New("guest: interface gone")
 )
+
+// DialOption adjusts Dial.
+type DialOption func(*dialConfig)
+
+type dialConfig struct {
+	device string
+}
+
+// Via binds the connection to the host network interface dev (the VM's
+// TAP device): it then reaches the guest through that device or not at
+// all. Without it, a guest address whose device has vanished is routed
+// like any other address, out through the host's default route.
+func Via(dev string) DialOption { return func(c *dialConfig) { c.device = dev } }
 
 const (
 	// attemptTimeout bounds one TCP connect while the guest boots; an
@@ -49,20 +67,25 @@ type Client struct {
 // authenticating with key. It retries until ctx is done, since the guest may
 // still be booting; a host key mismatch or a rejected client key ends it at
 // once (ErrHostKeyMismatch, ErrAuthFailed). On ctx expiry the error wraps
-// ctx.Err() and the last dial error.
-func Dial(ctx context.Context, addr string, hostKey ssh.PublicKey, key ssh.Signer) (*Client, error) {
+// ctx.Err() and the last dial error. With Via, a missing device ends it at
+// once too (ErrNoInterface), before anything is sent.
+func Dial(ctx context.Context, addr string, hostKey ssh.PublicKey, key ssh.Signer, opts ...DialOption) (*Client, error) {
 	if hostKey == nil || key == nil {
 		return nil, errors.New("guest: dial: host key and client key are required")
+	}
+	var cfg dialConfig
+	for _, o := range opts {
+		o(&cfg)
 	}
 	var lastErr error
 	pause := time.NewTimer(0)
 	defer pause.Stop()
 	for {
-		c, err := dialOnce(ctx, addr, hostKey, key)
+		c, err := dialOnce(ctx, addr, hostKey, key, cfg)
 		if err == nil {
 			return c, nil
 		}
-		if errors.Is(err, ErrHostKeyMismatch) || errors.Is(err, ErrAuthFailed) {
+		if errors.Is(err, ErrHostKeyMismatch) || errors.Is(err, ErrAuthFailed) || errors.Is(err, ErrNoInterface) {
 			return nil, err
 		}
 		lastErr = err
@@ -76,9 +99,15 @@ func Dial(ctx context.Context, addr string, hostKey ssh.PublicKey, key ssh.Signe
 }
 
 // dialOnce makes one connection attempt.
-func dialOnce(ctx context.Context, addr string, hostKey ssh.PublicKey, key ssh.Signer) (*Client, error) {
+func dialOnce(ctx context.Context, addr string, hostKey ssh.PublicKey, key ssh.Signer, cfg dialConfig) (*Client, error) {
 	d := net.Dialer{Timeout: attemptTimeout}
+	if cfg.device != "" {
+		d.Control = bindToDevice(cfg.device)
+	}
 	nc, err := d.DialContext(ctx, "tcp", addr)
+	if errors.Is(err, unix.ENODEV) {
+		return nil, fmt.Errorf("%w: dial %s through %s: %w; the VM's TAP device was removed: stop and start the VM to make it again", ErrNoInterface, addr, cfg.device, err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -127,6 +156,21 @@ func dialOnce(ctx context.Context, addr string, hostKey ssh.PublicKey, key ssh.S
 	}
 	_ = nc.SetDeadline(time.Time{})
 	return &Client{ssh: ssh.NewClient(conn, chans, reqs)}, nil
+}
+
+// bindToDevice sets SO_BINDTODEVICE before connect, so the kernel never
+// routes the connection through another interface.
+func bindToDevice(dev string) func(network, address string, c syscall.RawConn) error {
+	return func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptString(int(fd), unix.SOL_SOCKET, unix.SO_BINDTODEVICE, dev)
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}
 }
 
 // hostKeyAlgorithms asks the server for the pinned key's own algorithm, so a

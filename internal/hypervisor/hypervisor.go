@@ -71,9 +71,6 @@ type NetSpec struct {
 	MAC string
 	// Forwards are host-port forwards for user-mode networking.
 	Forwards []Forward
-	// Restrict cuts a user-mode guest off from the host and the outside;
-	// forwards into it still work.
-	Restrict bool
 }
 
 // Forward sends TCP connections to HostAddr:HostPort on to GuestPort.

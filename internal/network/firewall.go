@@ -3,8 +3,10 @@ package network
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
@@ -29,12 +31,23 @@ var (
 // forwarded traffic also drops a VM's egress.
 type Firewall struct {
 	netns int // fd of the network namespace; 0 = the caller's
+	// Record is the file that notes the forwarding the firewall turned on
+	// (see EnsureBase), and next to which its lock lives. NewFirewall(0)
+	// sets DefaultForwardingRecord; a Firewall of another namespace needs
+	// one of its own before it changes anything.
+	Record string
 }
 
 // NewFirewall returns the firewall of the network namespace open as fd
 // netns (0 = the namespace of the calling process). The fd must stay open
 // while the Firewall is used.
-func NewFirewall(netns int) *Firewall { return &Firewall{netns: netns} }
+func NewFirewall(netns int) *Firewall {
+	f := &Firewall{netns: netns}
+	if netns == 0 {
+		f.Record = DefaultForwardingRecord
+	}
+	return f
+}
 
 // VMRules describes one VM to the firewall.
 type VMRules struct {
@@ -129,10 +142,34 @@ func (f *Firewall) conn() (*nftables.Conn, error) {
 
 // EnsureBase creates the table, its chains and the shared rules, or brings
 // an existing table's shared rules up to date in one transaction without
-// touching per-VM rules, then turns on IPv4 forwarding
-// (net.ipv4.ip_forward) in the Firewall's namespace. Rules come first, so
+// touching per-VM rules, then turns on IPv4 forwarding where VMs need it:
+// net.ipv4.conf.<dev>.forwarding of each egress interface (those of the
+// default routes) that has it off. Each such change is noted in Record
+// first, and the table drops whatever those interfaces would forward to
+// anything but a smol* TAP, so the host forwards nothing new except VM
+// traffic; DeleteTable puts the settings back. Rules come first, so
 // forwarding is never on without VM isolation.
 func (f *Firewall) EnsureBase() error {
+	unlock, err := f.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return f.ensureBase()
+}
+
+func (f *Firewall) ensureBase() error {
+	rec, err := ReadForwardingRecord(f.Record)
+	if err != nil {
+		return fmt.Errorf("firewall: %w", err)
+	}
+	rec, devs, err := f.planForwarding(rec)
+	if err != nil {
+		return fmt.Errorf("firewall: enable forwarding: %w", err)
+	}
+	if err := writeForwardingRecord(f.Record, rec); err != nil {
+		return fmt.Errorf("firewall: %w", err)
+	}
 	c, err := f.conn()
 	if err != nil {
 		return fmt.Errorf("firewall: %w", err)
@@ -146,33 +183,56 @@ func (f *Firewall) EnsureBase() error {
 		c.AddChain(ch)
 		c.FlushChain(ch)
 	}
-	for _, r := range l.baseRules() {
+	for _, r := range l.baseRules(rec.Names()) {
 		c.AddRule(r)
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("firewall: create table %s: %w", tableName, err)
 	}
-	if err := f.setSysctl("net/ipv4/ip_forward", "1"); err != nil {
-		return fmt.Errorf("firewall: enable forwarding: %w", err)
+	for _, dev := range devs {
+		if !slices.Contains(rec.Names(), dev) {
+			continue // it was on before smolvm: not ours to change
+		}
+		if err := f.setSysctl(forwardingKey(dev), "1"); err != nil {
+			return fmt.Errorf("firewall: enable forwarding on %s: %w", dev, err)
+		}
 	}
 	return nil
 }
 
 // AddVM installs the VM's rules (after EnsureBase), replacing any it had.
-// The TAP must exist: AddVM sets its net.ipv4.conf.<tap>.route_localnet so
-// forwards on 127.0.0.1 can reach the guest.
+// The TAP must exist: AddVM turns on its forwarding (the VM's egress),
+// sets route_localnet so forwards on 127.0.0.1 can reach the guest, makes
+// it answer ARP only for its own address, and turns IPv6 off on it. These
+// settings go with the device.
 func (f *Firewall) AddVM(r VMRules) error {
 	if err := r.Validate(); err != nil {
 		return fmt.Errorf("firewall: %w", err)
 	}
-	if err := f.EnsureBase(); err != nil {
+	unlock, err := f.lock()
+	if err != nil {
 		return err
 	}
-	if err := f.setSysctl("net/ipv4/conf/"+r.TAP+"/route_localnet", "1"); err != nil {
-		return fmt.Errorf("firewall: vm %q: tap %s: %w", r.ID, r.TAP, err)
+	defer unlock()
+	if err := f.ensureBase(); err != nil {
+		return err
+	}
+	for _, s := range []struct{ key, val string }{
+		{"net/ipv4/conf/" + r.TAP + "/route_localnet", "1"},
+		{forwardingKey(r.TAP), "1"},
+		{"net/ipv4/conf/" + r.TAP + "/arp_ignore", "2"},
+		{"net/ipv6/conf/" + r.TAP + "/disable_ipv6", "1"},
+	} {
+		err := f.setSysctl(s.key, s.val)
+		if errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(s.key, "net/ipv6/") {
+			continue // IPv6 is off on the whole host
+		}
+		if err != nil {
+			return fmt.Errorf("firewall: vm %q: tap %s: %w", r.ID, r.TAP, err)
+		}
 	}
 	l := newLayout()
-	err := f.replace(l, func(tr TaggedRule) bool { return tr.VMID == r.ID && tr.Kind == RuleVM }, l.vmRules(r))
+	err = f.replace(l, func(tr TaggedRule) bool { return tr.VMID == r.ID && tr.Kind == RuleVM }, l.vmRules(r))
 	if err != nil {
 		return fmt.Errorf("firewall: vm %q: %w", r.ID, err)
 	}
@@ -200,7 +260,12 @@ func (f *Firewall) AddForward(p PortForward) error {
 	if err != nil {
 		return fmt.Errorf("firewall: %w", err)
 	}
-	if err := f.EnsureBase(); err != nil {
+	unlock, err := f.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := f.ensureBase(); err != nil {
 		return err
 	}
 	l := newLayout()
@@ -249,10 +314,43 @@ func (f *Firewall) Rules() ([]TaggedRule, error) {
 	return rules, nil
 }
 
-// DeleteTable removes the table and all its rules. A missing table is not
-// an error. The sysctls EnsureBase set stay as they are: they may have been
-// set before smolvm.
+// DeleteTable removes the table and all its rules, and puts back the
+// forwarding EnsureBase turned on (where it is still on). A missing table
+// is not an error. route_localnet and the other settings AddVM made stay:
+// they belong to TAP devices and go with them.
 func (f *Firewall) DeleteTable() error {
+	unlock, err := f.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return f.deleteTable()
+}
+
+// DeleteTableIfUnused is DeleteTable once no VM has rules left; it reports
+// whether it deleted. The check and the delete hold the lock AddVM takes,
+// so a VM starting meanwhile keeps its rules.
+func (f *Firewall) DeleteTableIfUnused() (bool, error) {
+	unlock, err := f.lock()
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	rules, err := f.list(newLayout())
+	if err != nil {
+		return false, fmt.Errorf("firewall: %w", err)
+	}
+	if len(rules) > 0 {
+		return false, nil
+	}
+	return true, f.deleteTable()
+}
+
+func (f *Firewall) deleteTable() error {
+	// Forwarding first: the table's scope rule must outlive it.
+	if err := f.restoreForwarding(); err != nil {
+		return err
+	}
 	c, err := f.conn()
 	if err != nil {
 		return fmt.Errorf("firewall: %w", err)

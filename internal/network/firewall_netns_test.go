@@ -30,12 +30,15 @@ var updateGolden = flag.Bool("update", false, "rewrite golden files in testdata/
 
 // The test topology: a "host" namespace with two veth ends named like TAPs
 // (smolaaaa, smolbbbb) leading to namespaces standing in for VMs a and b,
-// and wan0 leading to an "outside" namespace. Nothing outside these
+// wan0 leading to an "outside" namespace (the default route, and a
+// neighbour that knows a route to the VM subnet), and lan0 leading to a
+// "lan" namespace, another network the host is on. Nothing outside these
 // namespaces is ever a traffic target.
 const (
 	tapA, tapB = "smolaaaa", "smolbbbb"
 	idA, idB   = "vm-a", "vm-b"
 	wanDev     = "wan0"
+	lanDev     = "lan0"
 )
 
 var (
@@ -45,11 +48,16 @@ var (
 	guestA6       = netip.MustParsePrefix("fd00:a::2/64")
 	hostWAN       = netip.MustParsePrefix("198.18.0.1/24")
 	outside       = netip.MustParsePrefix("198.18.0.2/24")
+	// metadata stands for a cloud's metadata service, in the outside
+	// namespace, reached through the host's default route.
+	metadata  = netip.MustParsePrefix("169.254.169.254/32")
+	hostLAN   = netip.MustParsePrefix("198.19.0.1/24")
+	lanServer = netip.MustParsePrefix("198.19.0.2/24")
 )
 
 type topology struct {
-	host, a, b, out netns.NsHandle
-	hostName        string // named, for `ip netns exec`
+	host, a, b, out, lan netns.NsHandle
+	hostName             string // named, for `ip netns exec`
 }
 
 func requireRoot(t *testing.T) {
@@ -164,10 +172,21 @@ func newTopology(t *testing.T) *topology {
 	tp.a, _ = newNamespace(t, "a")
 	tp.b, _ = newNamespace(t, "b")
 	tp.out, _ = newNamespace(t, "out")
+	tp.lan, _ = newNamespace(t, "lan")
 	hh := nlHandle(t, tp.host)
 	link(t, hh, nlHandle(t, tp.a), tp.a, tapA, []netip.Prefix{hostA, hostA6}, []netip.Prefix{guestA, guestA6}, hostA.Addr())
 	link(t, hh, nlHandle(t, tp.b), tp.b, tapB, []netip.Prefix{hostB}, []netip.Prefix{guestB}, hostB.Addr())
-	link(t, hh, nlHandle(t, tp.out), tp.out, wanDev, []netip.Prefix{hostWAN}, []netip.Prefix{outside}, netip.Addr{})
+	// The outside's default route is the host: it stands for a neighbour
+	// that has a route to the VM subnet and to the host's other networks.
+	link(t, hh, nlHandle(t, tp.out), tp.out, wanDev, []netip.Prefix{hostWAN}, []netip.Prefix{outside, metadata}, hostWAN.Addr())
+	link(t, hh, nlHandle(t, tp.lan), tp.lan, lanDev, []netip.Prefix{hostLAN}, []netip.Prefix{lanServer}, hostLAN.Addr())
+	wan, err := hh.LinkByName(wanDev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hh.RouteAdd(&netlink.Route{LinkIndex: wan.Attrs().Index, Gw: outside.Addr().AsSlice()}); err != nil {
+		t.Fatalf("host default route: %v", err)
+	}
 	return &tp
 }
 
@@ -400,4 +419,123 @@ func diffLines(want, got string) string {
 		}
 	}
 	return b.String()
+}
+
+// udpEcho answers every datagram on addr in ns with the same bytes and
+// sends each payload it got to the returned channel.
+func udpEcho(t *testing.T, ns netns.NsHandle, addr string) <-chan string {
+	t.Helper()
+	var pc net.PacketConn
+	err := inNetNS(int(ns), func() (err error) {
+		pc, err = net.ListenPacket("udp4", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen udp %s: %v", addr, err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	got := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			select {
+			case got <- string(buf[:n]):
+			default:
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+	return got
+}
+
+// udpSend sends payload from laddr to raddr in ns and waits briefly for
+// the echo; it reports whether one came back.
+func udpSend(t *testing.T, ns netns.NsHandle, laddr, raddr, payload string) bool {
+	t.Helper()
+	var echoed bool
+	err := inNetNS(int(ns), func() error {
+		la, err := net.ResolveUDPAddr("udp4", laddr)
+		if err != nil {
+			return err
+		}
+		ra, err := net.ResolveUDPAddr("udp4", raddr)
+		if err != nil {
+			return err
+		}
+		c, err := net.DialUDP("udp4", la, ra)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte(payload)); err != nil {
+			return err
+		}
+		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		buf := make([]byte, 1500)
+		n, err := c.Read(buf)
+		echoed = err == nil && string(buf[:n]) == payload
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("udp %s -> %s: %v", laddr, raddr, err)
+	}
+	return echoed
+}
+
+// addAddr adds a to eth0 of ns, as a hostile guest would to spoof.
+func addAddr(t *testing.T, ns netns.NsHandle, a netip.Prefix) {
+	t.Helper()
+	h := nlHandle(t, ns)
+	l, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	na := &netlink.Addr{IPNet: &net.IPNet{IP: a.Addr().AsSlice(), Mask: net.CIDRMask(a.Bits(), 32)}, Flags: unix.IFA_F_NODAD}
+	if err := h.AddrAdd(l, na); err != nil {
+		t.Fatalf("address %s: %v", a, err)
+	}
+}
+
+// expectNoReach checks that no server answers addr, however the attempt
+// fails (dropped, refused or unreachable).
+func expectNoReach(t *testing.T, from netns.NsHandle, addr string) {
+	t.Helper()
+	if line, err := dial(from, addr, 300*time.Millisecond); err == nil {
+		t.Fatalf("%s answered %q, want no connection", addr, line)
+	}
+}
+
+// routeLoopbackOut makes ns send 127.0.0.0/8 to gw instead of its own lo.
+func routeLoopbackOut(t *testing.T, ns netns.NsHandle, gw netip.Addr) {
+	t.Helper()
+	h := nlHandle(t, ns)
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetDown(lo); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range must(h.AddrList(lo, netlink.FAMILY_V4)) {
+		if err := h.AddrDel(lo, &a); err != nil {
+			t.Fatalf("lo: delete %s: %v", a.IPNet, err)
+		}
+	}
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"net/ipv4/conf/all/route_localnet", "net/ipv4/conf/eth0/route_localnet"} {
+		if err := (&Firewall{netns: int(ns)}).setSysctl(key, "1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, dst, _ := net.ParseCIDR("127.0.0.0/8")
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: dst, Gw: gw.AsSlice()}); err != nil {
+		t.Fatalf("route 127.0.0.0/8 via %s: %v", gw, err)
+	}
 }

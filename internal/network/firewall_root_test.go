@@ -3,8 +3,16 @@ package network
 import (
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"net"
+
+	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
 )
 
 // TestFirewall checks the real rules in a topology of network namespaces
@@ -16,7 +24,11 @@ func TestFirewall(t *testing.T) {
 	serve(t, tp.a, ":80", "a")
 	serve(t, tp.b, ":80", "b")
 	serve(t, tp.host, ":7000", "host")
+	serve(t, tp.out, hostPort(metadata, 80), "metadata")
+	serve(t, tp.lan, ":80", "lan")
+	outUDP := udpEcho(t, tp.out, hostPort(outside, 9999))
 	outSrv := hostPort(outside, 8080)
+	lanSrv := hostPort(lanServer, 80)
 	hostSvcTAP, hostSvcWAN := hostPort(hostA, 7000), hostPort(hostWAN, 7000)
 	hostSvc6 := hostPort(hostA6, 7000)
 
@@ -28,18 +40,39 @@ func TestFirewall(t *testing.T) {
 	rootForward := readSysctl(t, 0, "net/ipv4/ip_forward")
 	allLocalnet := readSysctl(t, tp.host, "net/ipv4/conf/all/route_localnet")
 	wanLocalnet := readSysctl(t, tp.host, "net/ipv4/conf/"+wanDev+"/route_localnet")
+	// A host that does not forward; writing ip_forward sets every device.
+	if err := NewFirewall(int(tp.host)).setSysctl("net/ipv4/ip_forward", "0"); err != nil {
+		t.Fatal(err)
+	}
+	// It forwards on its LAN side only (arriving there), not from wan0.
+	if err := NewFirewall(int(tp.host)).setSysctl(forwardingKey(lanDev), "1"); err != nil {
+		t.Fatal(err)
+	}
 
 	fw := NewFirewall(int(tp.host))
+	fw.Record = filepath.Join(t.TempDir(), "forwarding.json")
 	t.Cleanup(func() { fw.DeleteTable() })
 	for range 2 {
 		if err := fw.EnsureBase(); err != nil {
 			t.Fatalf("EnsureBase: %v", err)
 		}
 	}
-	if got := readSysctl(t, tp.host, "net/ipv4/ip_forward"); got != "1" {
-		t.Errorf("ip_forward in the namespace = %s, want 1", got)
-	}
-	base := len(newLayout().baseRules())
+	t.Run("forwarding scoped", func(t *testing.T) {
+		for key, want := range map[string]string{
+			"net/ipv4/ip_forward": "0", // never the host-wide switch
+			forwardingKey(wanDev): "1", // the default route's interface
+			forwardingKey(lanDev): "1", // another network: untouched
+		} {
+			if got := readSysctl(t, tp.host, key); got != want {
+				t.Errorf("%s = %s, want %s", key, got, want)
+			}
+		}
+		rec, err := ReadForwardingRecord(fw.Record)
+		if err != nil || len(rec.Interfaces) != 1 || rec.Interfaces[0].Name != wanDev || rec.Interfaces[0].Previous != "0" {
+			t.Errorf("record = %+v, %v; want %s, previously 0", rec, err, wanDev)
+		}
+	})
+	base := len(newLayout().baseRules([]string{wanDev}))
 	t.Run("base idempotent", func(t *testing.T) {
 		if got := countMatching(nftComments(t, tp), baseComment); got != base {
 			t.Errorf("%d base rules after two EnsureBase, want %d", got, base)
@@ -79,7 +112,7 @@ func TestFirewall(t *testing.T) {
 		expectDropped(t, tp.a, outSrv)
 		addVM(idA, tapA, guestA, true)
 		expectReach(t, tp.a, outSrv, "out")
-		if got := ruleSet(t, fw); got[ruleKey{VMID: idA, Kind: RuleVM}] != 3 || got[ruleKey{VMID: idB, Kind: RuleVM}] != 1 {
+		if got := ruleSet(t, fw); got[ruleKey{VMID: idA, Kind: RuleVM}] != 4 || got[ruleKey{VMID: idB, Kind: RuleVM}] != 2 {
 			t.Errorf("rules after re-adding: %v", got)
 		}
 	})
@@ -98,9 +131,75 @@ func TestFirewall(t *testing.T) {
 	t.Run("vm to host", func(t *testing.T) {
 		expectDropped(t, tp.a, hostSvcTAP)
 		expectDropped(t, tp.a, hostSvcWAN)
+		expectDropped(t, tp.a, hostPort(hostLAN, 7000))
 		expectDropped(t, tp.a, hostSvc6)
+		// A hostile guest routes 127.0.0.0/8 to the host (whose TAP has
+		// route_localnet on, for forwards): still nothing.
+		routeLoopbackOut(t, tp.a, hostA.Addr())
+		expectDropped(t, tp.a, "127.0.0.1:7000")
 		expectDropped(t, tp.b, hostPort(hostB, 7000))
 		expectReach(t, tp.out, hostSvcWAN, "host")
+	})
+
+	t.Run("arp", func(t *testing.T) {
+		// A guest that asks its TAP who has the host's other addresses
+		// learns nothing: the TAP answers only for its own.
+		h := nlHandle(t, tp.a)
+		eth0 := must(h.LinkByName("eth0"))
+		_, dst, _ := net.ParseCIDR(hostWAN.Addr().String() + "/32")
+		if err := h.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: dst, Scope: netlink.SCOPE_LINK}); err != nil {
+			t.Fatal(err)
+		}
+		defer h.RouteDel(&netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: dst, Scope: netlink.SCOPE_LINK})
+		dial(tp.a, hostPort(hostWAN, 7000), 2*time.Second) // makes A's kernel ask
+		for _, n := range must(h.NeighList(eth0.Attrs().Index, netlink.FAMILY_V4)) {
+			if n.IP.Equal(hostWAN.Addr().AsSlice()) && len(n.HardwareAddr) > 0 && n.State&(netlink.NUD_REACHABLE|netlink.NUD_STALE|netlink.NUD_DELAY|netlink.NUD_PROBE) != 0 {
+				t.Errorf("the TAP answered ARP for %s (%s): %v", hostWAN.Addr(), n.HardwareAddr, n)
+			}
+		}
+	})
+
+	t.Run("link-local", func(t *testing.T) {
+		expectReach(t, tp.a, outSrv, "out") // A has egress...
+		expectDropped(t, tp.a, hostPort(metadata, 80))
+		expectReach(t, tp.host, hostPort(metadata, 80), "metadata") // ...and the host reaches it
+	})
+
+	t.Run("neighbour to guest", func(t *testing.T) {
+		// The outside routes the VM subnet through the host, but only
+		// forwards open a way in.
+		expectDropped(t, tp.out, hostPort(guestA, 80))
+		expectDropped(t, tp.out, hostPort(guestB, 80))
+		expectReach(t, tp.host, hostPort(guestA, 80), "a")
+	})
+
+	t.Run("no other forwarding", func(t *testing.T) {
+		// wan0 forwards now, but only to VMs: nothing from the outside to
+		// the LAN, nor the replies to the LAN's connections out.
+		expectDropped(t, tp.out, lanSrv)
+		expectDropped(t, tp.lan, outSrv)
+		expectReach(t, tp.host, lanSrv, "lan")
+	})
+
+	t.Run("spoofing", func(t *testing.T) {
+		addVM(idB, tapB, guestB, true)
+		defer addVM(idB, tapB, guestB, false)
+		bFlow := netip.AddrPortFrom(guestB.Addr(), 5555).String()
+		if !udpSend(t, tp.b, bFlow, hostPort(outside, 9999), "from-b") {
+			t.Fatal("B's own UDP flow to the outside got no answer")
+		}
+		<-outUDP
+		// A claims B's address and port: the packet would match B's
+		// established flow, which the forward chain accepts first.
+		addAddr(t, tp.a, netip.PrefixFrom(guestB.Addr(), 32))
+		udpSend(t, tp.a, bFlow, hostPort(outside, 9999), "spoofed-by-a")
+		addAddr(t, tp.a, netip.MustParsePrefix("198.18.0.77/32"))
+		udpSend(t, tp.a, "198.18.0.77:5556", hostPort(outside, 9999), "spoofed-by-a")
+		select {
+		case got := <-outUDP:
+			t.Fatalf("the outside got %q from a spoofed source", got)
+		case <-time.After(300 * time.Millisecond):
+		}
 	})
 
 	addFwd := func(p PortForward) {
@@ -127,7 +226,9 @@ func TestFirewall(t *testing.T) {
 		expectReach(t, tp.out, hostPort(hostWAN, 8445), "b") // B has no egress, but answers
 		expectReach(t, tp.host, hostPort(hostWAN, 8445), "b")
 		expectRefused(t, tp.host, "127.0.0.1:8445")
-		expectDropped(t, tp.b, outSrv) // the forward opened nothing else
+		expectDropped(t, tp.a, hostPort(hostWAN, 8445)) // a forward is no way from A to B
+		expectDropped(t, tp.out, hostPort(guestB, 80))  // only the forwarded address gets in
+		expectDropped(t, tp.b, outSrv)                  // the forward opened nothing else
 
 		err := fw.AddForward(PortForward{VMID: idB, HostAddr: any4, HostPort: 8443, GuestIP: guestB.Addr(), GuestPort: 80})
 		if !errors.Is(err, ErrForwardInUse) {
@@ -215,5 +316,55 @@ func TestFirewall(t *testing.T) {
 			t.Errorf("ruleset left:\n%s", out)
 		}
 		expectReach(t, tp.a, hostSvcTAP, "host") // and traffic flows as before
+		if got := readSysctl(t, tp.host, forwardingKey(wanDev)); got != "0" {
+			t.Errorf("forwarding on %s after the last VM = %s, want 0 again", wanDev, got)
+		}
+		if _, err := os.Stat(fw.Record); !os.IsNotExist(err) {
+			t.Errorf("record left: %v", err)
+		}
 	})
+}
+
+// TestForwardingAlreadyOn: on a host that forwards already (a router, a
+// Docker host), smolvm changes and records nothing, adds no rule that
+// would stop the host's own forwarding, and leaves it on at the end.
+func TestForwardingAlreadyOn(t *testing.T) {
+	requireRoot(t)
+	host, _ := newNamespace(t, "host")
+	out, _ := newNamespace(t, "out")
+	hh := nlHandle(t, host)
+	link(t, hh, nlHandle(t, out), out, wanDev, []netip.Prefix{hostWAN}, []netip.Prefix{outside}, hostWAN.Addr())
+	wan := must(hh.LinkByName(wanDev))
+	if err := hh.RouteAdd(&netlink.Route{LinkIndex: wan.Attrs().Index, Gw: outside.Addr().AsSlice()}); err != nil {
+		t.Fatal(err)
+	}
+	fw := NewFirewall(int(host))
+	fw.Record = filepath.Join(t.TempDir(), "forwarding.json")
+	if err := fw.setSysctl("net/ipv4/ip_forward", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.EnsureBase(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(fw.Record); !os.IsNotExist(err) {
+		t.Errorf("a record for a host that forwarded already: %v", err)
+	}
+	l := newLayout()
+	base, err := must(fw.conn()).GetRules(l.table, l.chains[chainForward])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range base {
+		for _, e := range r.Exprs {
+			if c, ok := e.(*expr.Cmp); ok && strings.HasPrefix(string(c.Data), wanDev) {
+				t.Errorf("forward chain has a rule for %s although smolvm changed nothing there", wanDev)
+			}
+		}
+	}
+	if err := fw.DeleteTable(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readSysctl(t, host, forwardingKey(wanDev)); got != "1" {
+		t.Errorf("forwarding on %s = %s after DeleteTable, want 1 as before", wanDev, got)
+	}
 }

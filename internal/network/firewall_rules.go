@@ -21,9 +21,16 @@ import (
 // lives in a regular chain the base chain jumps to, so rewriting the base
 // never touches them:
 //
-//	input       (filter, input)        smol* in: established/related accept, else drop
-//	forward     (filter, forward)      established/related accept; smol* -> smol* drop;
-//	                                   jump vm-forward; smol* in: drop
+//	guard       (filter, prerouting,   smol* in: IPv6, broadcast, multicast, 127/8, 169.254/16,
+//	             priority raw)         0/8 drop; jump vm-guard (the guest's own source address
+//	                                   accept); else drop: a guest spoofing another source
+//	input       (filter, input)        smol* in: 169.254/16 drop, established/related accept,
+//	                                   else drop
+//	forward     (filter, forward)      in from an interface whose forwarding smolvm turned on,
+//	                                   to anything but smol*: drop; 169.254/16 from smol*
+//	                                   drop; established/related accept; smol* -> smol* drop;
+//	                                   jump vm-forward; smol* in: drop; smol* out: drop (only
+//	                                   replies and our forwards reach a guest)
 //	prerouting  (nat, dstnat)          jump vm-prerouting
 //	output      (nat, dstnat)          jump vm-output
 //	postrouting (nat, srcnat)          127.0.0.0/8 out of smol*: masquerade; jump vm-postrouting
@@ -31,11 +38,13 @@ const (
 	tableName = "smolvm"
 	tapPrefix = "smol"
 
+	chainGuard          = "guard"
 	chainInput          = "input"
 	chainForward        = "forward"
 	chainPrerouting     = "prerouting"
 	chainOutput         = "output"
 	chainPostrouting    = "postrouting"
+	chainVMGuard        = "vm-guard"
 	chainVMForward      = "vm-forward"
 	chainVMPrerouting   = "vm-prerouting"
 	chainVMOutput       = "vm-output"
@@ -55,7 +64,11 @@ const (
 // names none.
 var DefaultForwardAddr = netip.MustParseAddr("127.0.0.1")
 
-var loopbackNet = netip.MustParsePrefix("127.0.0.0/8")
+var (
+	loopbackNet  = netip.MustParsePrefix("127.0.0.0/8")
+	linkLocalNet = netip.MustParsePrefix("169.254.0.0/16") // cloud metadata lives here
+	thisNet      = netip.MustParsePrefix("0.0.0.0/8")
+)
 
 // layout is the table and its chains, as nftables objects.
 type layout struct {
@@ -73,12 +86,13 @@ func newLayout() *layout {
 		return &nftables.Chain{Name: name, Table: t, Type: typ, Hooknum: h, Priority: p, Policy: &accept}
 	}
 	l := &layout{table: t, chains: map[string]*nftables.Chain{}}
-	for _, name := range []string{chainVMForward, chainVMPrerouting, chainVMOutput, chainVMPostrouting} {
+	for _, name := range []string{chainVMGuard, chainVMForward, chainVMPrerouting, chainVMOutput, chainVMPostrouting} {
 		c := &nftables.Chain{Name: name, Table: t}
 		l.tagged = append(l.tagged, c)
 		l.chains[name] = c
 	}
 	l.base = []*nftables.Chain{
+		hook(chainGuard, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, nftables.ChainPriorityRaw),
 		hook(chainInput, nftables.ChainTypeFilter, nftables.ChainHookInput, nftables.ChainPriorityFilter),
 		hook(chainForward, nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter),
 		hook(chainPrerouting, nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest),
@@ -104,19 +118,50 @@ func (l *layout) rule(chain, comment string, exprs ...[]expr.Any) *nftables.Rule
 	}
 }
 
-// baseRules are the shared rules of the hooked chains.
-func (l *layout) baseRules() []*nftables.Rule {
+// baseRules are the shared rules of the hooked chains. enabled lists the
+// interfaces whose forwarding smolvm turned on (see EnsureBase): what
+// arrives on them is forwarded only to VMs.
+func (l *layout) baseRules(enabled []string) []*nftables.Rule {
 	c := baseComment
-	return []*nftables.Rule{
-		l.rule(chainInput, c, iifname(tapPrefix+"*"), ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept)),
-		l.rule(chainInput, c, iifname(tapPrefix+"*"), verdict(expr.VerdictDrop)),
+	tap := iifname(tapPrefix + "*")
+	drop := verdict(expr.VerdictDrop)
+	rules := []*nftables.Rule{
+		// Guests have IPv6 off, but a hostile one can turn it on: nothing
+		// of it gets past the TAP, so no IPv6 path needs its own rules.
+		l.rule(chainGuard, c, tap, nfproto(unix.NFPROTO_IPV6), drop),
+		l.rule(chainGuard, c, tap, pktTypeNot(unix.PACKET_HOST), drop),
+		l.rule(chainGuard, c, tap, fibDaddrType(unix.RTN_BROADCAST), drop),
+		l.rule(chainGuard, c, tap, fibDaddrType(unix.RTN_MULTICAST), drop),
+		l.rule(chainGuard, c, tap, ipv4(), ip4Prefix(ipv4DaddrOffset, loopbackNet, expr.CmpOpEq), drop),
+		l.rule(chainGuard, c, tap, ipv4(), ip4Prefix(ipv4DaddrOffset, linkLocalNet, expr.CmpOpEq), drop),
+		l.rule(chainGuard, c, tap, ipv4(), ip4Prefix(ipv4DaddrOffset, thisNet, expr.CmpOpEq), drop),
+		l.rule(chainGuard, c, tap, jump(chainVMGuard)),
+		// Whatever vm-guard did not accept: a source other than the VM's
+		// own address, or a smol* device no VM claimed.
+		l.rule(chainGuard, c, tap, drop),
 
+		l.rule(chainInput, c, tap, ipv4(), ip4Prefix(ipv4DaddrOffset, linkLocalNet, expr.CmpOpEq), drop),
+		l.rule(chainInput, c, tap, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept)),
+		l.rule(chainInput, c, tap, drop),
+	}
+	// Before the replies: before smolvm, an interface with forwarding off
+	// forwarded no replies either.
+	for _, dev := range enabled {
+		rules = append(rules, l.rule(chainForward, c, iifname(dev), oifname(tapPrefix+"*", expr.CmpOpNeq), drop))
+	}
+	rules = append(rules,
+		l.rule(chainForward, c, tap, ipv4(), ip4Prefix(ipv4DaddrOffset, linkLocalNet, expr.CmpOpEq), drop),
 		l.rule(chainForward, c, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept)),
-		l.rule(chainForward, c, iifname(tapPrefix+"*"), oifname(tapPrefix+"*", expr.CmpOpEq), verdict(expr.VerdictDrop)),
+		l.rule(chainForward, c, tap, oifname(tapPrefix+"*", expr.CmpOpEq), drop),
 		l.rule(chainForward, c, jump(chainVMForward)),
 		// A smol* device no VM claimed (AddVM) gets nothing through.
-		l.rule(chainForward, c, iifname(tapPrefix+"*"), verdict(expr.VerdictDrop)),
-
+		l.rule(chainForward, c, tap, drop),
+		// Into a guest only replies (above) and connections one of our
+		// forwards DNATed (vm-forward): a neighbour with a route to the VM
+		// subnet reaches nothing else.
+		l.rule(chainForward, c, oifname(tapPrefix+"*", expr.CmpOpEq), drop),
+	)
+	return append(rules,
 		l.rule(chainPrerouting, c, jump(chainVMPrerouting)),
 		l.rule(chainOutput, c, jump(chainVMOutput)),
 
@@ -124,7 +169,7 @@ func (l *layout) baseRules() []*nftables.Rule {
 		// that source; the guest could not answer it.
 		l.rule(chainPostrouting, c, ipv4(), oifname(tapPrefix+"*", expr.CmpOpEq), ip4Prefix(ipv4SaddrOffset, loopbackNet, expr.CmpOpEq), masq()),
 		l.rule(chainPostrouting, c, jump(chainVMPostrouting)),
-	}
+	)
 }
 
 // vmComment and forwardComment are the tags rules carry in their comment.
@@ -137,11 +182,14 @@ func forwardComment(id string, host netip.AddrPort) string {
 // vmRules are the rules of one VM, all tagged vm:<id>.
 func (l *layout) vmRules(r VMRules) []*nftables.Rule {
 	c := vmComment(r.ID)
+	// Only the VM's own address gets in at all (the guard chain drops the
+	// rest): no spoofing another VM, the host or the outside.
+	guard := l.rule(chainVMGuard, c, iifname(r.TAP), ipv4(), ip4Addr(ipv4SaddrOffset, r.GuestIP, expr.CmpOpEq), verdict(expr.VerdictAccept))
 	if !r.Egress {
-		return []*nftables.Rule{l.rule(chainVMForward, c, iifname(r.TAP), verdict(expr.VerdictDrop))}
+		return []*nftables.Rule{guard, l.rule(chainVMForward, c, iifname(r.TAP), verdict(expr.VerdictDrop))}
 	}
 	return []*nftables.Rule{
-		// Only the VM's own address gets out: no spoofing past the NAT.
+		guard,
 		l.rule(chainVMForward, c, iifname(r.TAP), ipv4(), ip4Addr(ipv4SaddrOffset, r.GuestIP, expr.CmpOpEq), verdict(expr.VerdictAccept)),
 		l.rule(chainVMForward, c, iifname(r.TAP), verdict(expr.VerdictDrop)),
 		l.rule(chainVMPostrouting, c, ipv4(), iifname(r.TAP), oifname(tapPrefix+"*", expr.CmpOpNeq), masq()),
@@ -230,10 +278,21 @@ func oifname(name string, op expr.CmpOp) []expr.Any {
 	}
 }
 
-func ipv4() []expr.Any {
+func ipv4() []expr.Any { return nfproto(unix.NFPROTO_IPV4) }
+
+func nfproto(p byte) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p}},
+	}
+}
+
+// pktTypeNot matches frames whose link-layer destination is not of type
+// t (PACKET_HOST: addressed to this host's MAC).
+func pktTypeNot(t byte) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyPKTTYPE, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{t}},
 	}
 }
 
@@ -277,10 +336,12 @@ func ctState(bits uint32) []expr.Any { return ctBits(expr.CtKeySTATE, bits) }
 
 func ctStatusDNAT() []expr.Any { return ctBits(expr.CtKeySTATUS, ctStatusDNATFlagBit) }
 
-func fibDaddrLocal() []expr.Any {
+func fibDaddrLocal() []expr.Any { return fibDaddrType(unix.RTN_LOCAL) }
+
+func fibDaddrType(t uint32) []expr.Any {
 	return []expr.Any{
 		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(t)},
 	}
 }
 

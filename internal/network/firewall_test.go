@@ -98,8 +98,8 @@ func TestRulesTagged(t *testing.T) {
 			}
 		}
 	}
-	check("egress", TaggedRule{VMID: "a", Kind: RuleVM}, 3, chained(l.vmRules(VMRules{ID: "a", TAP: "smol1", GuestIP: guest, Egress: true})))
-	check("no egress", TaggedRule{VMID: "a", Kind: RuleVM}, 1, chained(l.vmRules(VMRules{ID: "a", TAP: "smol1", GuestIP: guest})))
+	check("egress", TaggedRule{VMID: "a", Kind: RuleVM}, 4, chained(l.vmRules(VMRules{ID: "a", TAP: "smol1", GuestIP: guest, Egress: true})))
+	check("no egress", TaggedRule{VMID: "a", Kind: RuleVM}, 2, chained(l.vmRules(VMRules{ID: "a", TAP: "smol1", GuestIP: guest})))
 	for _, host := range []string{"0.0.0.0", "127.0.0.1", "10.1.2.3"} {
 		addr := netip.MustParseAddr(host)
 		p := PortForward{VMID: "a", HostAddr: addr, HostPort: 8080, GuestIP: guest, GuestPort: 80}
@@ -109,7 +109,7 @@ func TestRulesTagged(t *testing.T) {
 		}
 		check("forward "+host, TaggedRule{VMID: "a", Kind: RuleForward, HostAddr: addr, HostPort: 8080}, n, chained(l.forwardRules(p)))
 	}
-	for _, r := range chained(l.baseRules()) {
+	for _, r := range chained(l.baseRules([]string{"eth0"})) {
 		if r.comment != baseComment || isTagged(l, r.chain) {
 			t.Errorf("base rule in %s: %q", r.chain, r.comment)
 		}

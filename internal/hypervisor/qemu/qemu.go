@@ -129,10 +129,14 @@ func (q *QEMU) args(spec launchSpec) []string {
 	case spec.Net.TAP != "":
 		args = append(args, "-netdev", "tap,id=net0,ifname="+optValue(spec.Net.TAP)+",script=no,downscript=no")
 	default:
-		netdev := "user,id=net0"
-		if spec.Net.Restrict {
-			netdev += ",restrict=on"
-		}
+		// Always restricted, whatever spec.Net.Restrict says: slirp maps
+		// 10.0.2.2 (and every other address of its network it does not
+		// serve itself) to the host's 127.0.0.1, so an unrestricted guest
+		// reaches every loopback service of the host, other VMs' forwards
+		// included. libslirp can turn that off (disable_host_loopback), but
+		// QEMU 7.2's -netdev user has no option for it. restrict=on keeps
+		// hostfwd (host to guest) working and gives the guest no egress.
+		netdev := "user,id=net0,restrict=on"
 		for _, f := range spec.Net.Forwards {
 			netdev += fmt.Sprintf(",hostfwd=tcp:%s:%d-:%d", f.HostAddr, f.HostPort, f.GuestPort)
 		}

@@ -22,7 +22,7 @@ func TestArgsGolden(t *testing.T) {
 	tap.ControlSocket = "/qmp.sock"
 	tap.Mounts = []hypervisor.Mount{{Tag: "smol0", HostPath: "/srv/data", ReadOnly: true}, {Tag: "smol1", HostPath: "/srv/w"}}
 	user := spec
-	user.Net = hypervisor.NetSpec{Restrict: true, Forwards: []hypervisor.Forward{{HostAddr: "127.0.0.1", HostPort: 2222, GuestPort: 22}}}
+	user.Net = hypervisor.NetSpec{Forwards: []hypervisor.Forward{{HostAddr: "127.0.0.1", HostPort: 2222, GuestPort: 22}}}
 	tests := []struct {
 		name string
 		q    QEMU
