@@ -197,13 +197,13 @@ func (v *VM) conn(ctx context.Context) (*guest.Client, error) {
 	state := v.info.State
 	v.mu.Unlock()
 	if state == StatePaused {
-		return nil, fmt.Errorf("%w: it is paused; Resume it first", ErrNotRunning)
+		return nil, fmt.Errorf("%w: it is paused; resume it first (smolvm resume %s)", ErrNotRunning, v.id)
 	}
 	if c != nil {
 		return c, nil
 	}
 	if state != StateRunning {
-		return nil, fmt.Errorf("%w (state %s): start it first", ErrNotRunning, state)
+		return nil, fmt.Errorf("%w (state %s): start it first (smolvm start %s)", ErrNotRunning, state, v.id)
 	}
 	hostKey, key, err := v.loadKeys()
 	if err != nil {
@@ -279,8 +279,12 @@ func (v *VM) dropClient() {
 }
 
 // Stop shuts the guest down cleanly, or kills it after timeout (0 means
-// DefaultStopTimeout). Stopping a stopped VM is a no-op.
+// DefaultStopTimeout; negative is invalid). Stopping a stopped VM is a
+// no-op.
 func (v *VM) Stop(ctx context.Context, timeout time.Duration) error {
+	if timeout < 0 {
+		return opError("stop", v.id, &ValidationError{Field: "stop timeout", Value: timeout, Reason: "must not be negative; 0 means the default, " + DefaultStopTimeout.String()})
+	}
 	unlock, err := v.lock(ctx)
 	if err != nil {
 		return opError("stop", v.id, err)

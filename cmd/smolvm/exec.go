@@ -41,7 +41,7 @@ func newExecCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	fs := cmd.Flags()
-	fs.DurationVar(&o.timeout, "timeout", 0, "kill the command after this long (exit code 124)")
+	fs.Var(secondsFlag(&o.timeout), "timeout", timeoutHelp)
 	fs.BoolVarP(&o.stdin, "interactive", "i", false, "pass standard input to the command")
 	fs.StringArrayVarP(&o.env, "env", "e", nil, "set an environment variable for this command, NAME=VALUE (repeatable)")
 	return cmd

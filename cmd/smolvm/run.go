@@ -22,6 +22,8 @@ func cmdStreams(cmd *cobra.Command) streams {
 	return streams{in: cmd.InOrStdin(), out: cmd.OutOrStdout(), err: cmd.ErrOrStderr()}
 }
 
+const timeoutHelp = "kill the command after this long, exit code 124: seconds, or a duration such as 1.5s or 2m (0 = no limit)"
+
 // execResult is the --json output of run and exec.
 type execResult struct {
 	ID       string `json:"id"`
@@ -60,7 +62,7 @@ func newRunCmd(g *globalOptions) *cobra.Command {
 	// Flags end at the command: `smolvm run ls -la` runs `ls -la`.
 	cmd.Flags().SetInterspersed(false)
 	o.vm.register(cmd)
-	cmd.Flags().DurationVar(&o.timeout, "timeout", 0, "kill the command after this long (exit code 124)")
+	cmd.Flags().Var(secondsFlag(&o.timeout), "timeout", timeoutHelp)
 	cmd.Flags().BoolVarP(&o.stdin, "interactive", "i", false, "pass standard input to the command")
 	return cmd
 }
