@@ -172,18 +172,20 @@ func (c VMConfig) validate(host hostLimits) error {
 	switch {
 	case c.VCPUs < 0:
 		bad("vcpus", c.VCPUs, fmt.Sprintf("must not be negative; 0 means the default, %d", DefaultVCPUs))
+	case host.cpus > 0 && host.cpus < MaxVCPUs && c.VCPUs > host.cpus:
+		bad("vcpus", c.VCPUs, fmt.Sprintf("this host has %d CPUs; use at most %d", host.cpus, host.cpus))
 	case c.VCPUs > MaxVCPUs:
 		bad("vcpus", c.VCPUs, fmt.Sprintf("must be between 1 and %d", MaxVCPUs))
-	case host.cpus > 0 && c.VCPUs > host.cpus:
-		bad("vcpus", c.VCPUs, fmt.Sprintf("this host has %d CPUs; use at most %d", host.cpus, host.cpus))
 	}
 	switch {
 	case c.MemoryMiB < 0:
 		bad("memory", fmt.Sprintf("%d MiB", c.MemoryMiB), fmt.Sprintf("must not be negative; 0 means the default, %d MiB", DefaultMemoryMiB))
-	case c.MemoryMiB < MinMemoryMiB || c.MemoryMiB > MaxMemoryMiB:
-		bad("memory", fmt.Sprintf("%d MiB", c.MemoryMiB), fmt.Sprintf("must be between %d and %d MiB", MinMemoryMiB, MaxMemoryMiB))
-	case host.memoryMiB > 0 && c.MemoryMiB > host.memoryMiB:
+	case c.MemoryMiB < MinMemoryMiB:
+		bad("memory", fmt.Sprintf("%d MiB", c.MemoryMiB), fmt.Sprintf("must be at least %d MiB", MinMemoryMiB))
+	case host.memoryMiB > 0 && host.memoryMiB < MaxMemoryMiB && c.MemoryMiB > host.memoryMiB:
 		bad("memory", fmt.Sprintf("%d MiB", c.MemoryMiB), fmt.Sprintf("this host has %d MiB of RAM; use at most that", host.memoryMiB))
+	case c.MemoryMiB > MaxMemoryMiB:
+		bad("memory", fmt.Sprintf("%d MiB", c.MemoryMiB), fmt.Sprintf("must be between %d and %d MiB", MinMemoryMiB, MaxMemoryMiB))
 	}
 	if err := checkDisk(c.DiskMiB, host); err != nil {
 		errs = append(errs, err)
@@ -233,10 +235,12 @@ func checkDisk(mib int, host hostLimits) error {
 	switch {
 	case mib < 0:
 		return bad(fmt.Sprintf("must not be negative; 0 means the default, %d MiB or the image's size if bigger", DefaultDiskMiB))
-	case mib < MinDiskMiB || mib > MaxDiskMiB:
-		return bad(fmt.Sprintf("must be between %d and %d MiB", MinDiskMiB, MaxDiskMiB))
-	case host.freeMiB >= 0 && int64(mib) > host.freeMiB:
+	case mib < MinDiskMiB:
+		return bad(fmt.Sprintf("must be at least %d MiB", MinDiskMiB))
+	case host.freeMiB >= 0 && host.freeMiB < MaxDiskMiB && int64(mib) > host.freeMiB:
 		return bad(fmt.Sprintf("only %d MiB are free on the filesystem of %s, and the VM must be able to fill its disk; free some space or ask for less", host.freeMiB, host.dir))
+	case mib > MaxDiskMiB:
+		return bad(fmt.Sprintf("must be between %d and %d MiB", MinDiskMiB, MaxDiskMiB))
 	}
 	return nil
 }

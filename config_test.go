@@ -26,12 +26,13 @@ func TestValidateLimits(t *testing.T) {
 		{"at the host's limits", VMConfig{VCPUs: 2, MemoryMiB: 4096, DiskMiB: 10000}, ""},
 		{"negative cpus", VMConfig{VCPUs: -1}, "invalid vcpus -1: must not be negative; 0 means the default, 1"},
 		{"cpus above the host's", VMConfig{VCPUs: 3}, "invalid vcpus 3: this host has 2 CPUs"},
-		{"cpus above the maximum", VMConfig{VCPUs: 65}, "must be between 1 and 64"},
+		{"cpus far above the host's", VMConfig{VCPUs: 65}, "this host has 2 CPUs"},
 		{"negative memory", VMConfig{MemoryMiB: -512}, "invalid memory -512 MiB: must not be negative; 0 means the default, 512 MiB"},
-		{"tiny memory", VMConfig{MemoryMiB: 16}, "must be between 128 and"},
+		{"tiny memory", VMConfig{MemoryMiB: 16}, "must be at least 128 MiB"},
+		{"memory far above the host's RAM", VMConfig{MemoryMiB: 1 << 30}, "this host has 4096 MiB of RAM"},
 		{"memory above the host's RAM", VMConfig{MemoryMiB: 4097}, "invalid memory 4097 MiB: this host has 4096 MiB of RAM"},
 		{"negative disk", VMConfig{DiskMiB: -1}, "invalid disk -1 MiB: must not be negative; 0 means the default"},
-		{"tiny disk", VMConfig{DiskMiB: 8}, "must be between 64 and"},
+		{"tiny disk", VMConfig{DiskMiB: 8}, "must be at least 64 MiB"},
 		{"disk above free space", VMConfig{DiskMiB: 10001}, "invalid disk 10001 MiB: only 10000 MiB are free on the filesystem of /state"},
 		{"negative boot timeout", VMConfig{BootTimeout: -time.Second}, "invalid boot timeout -1s: must not be negative; 0 means the default, 1m0s"},
 		{"bad env name", VMConfig{Env: map[string]string{"1X": "a"}}, `invalid env name "1X"`},
@@ -50,6 +51,9 @@ func TestValidateLimits(t *testing.T) {
 				t.Fatalf("got %v, want a *ValidationError mentioning %q", err, tt.want)
 			}
 		})
+	}
+	if err := (VMConfig{VCPUs: 65}).validate(hostLimits{cpus: 128, freeMiB: -1}); err == nil || !strings.Contains(err.Error(), "must be between 1 and 64") {
+		t.Errorf("65 vCPUs on a big host: %v", err)
 	}
 	// Unknown host facts are not checked.
 	if err := (VMConfig{VCPUs: 64, MemoryMiB: MaxMemoryMiB, DiskMiB: MaxDiskMiB}).validate(hostLimits{freeMiB: -1}); err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"path/filepath"
@@ -56,12 +57,12 @@ func parseSeconds(s string) (time.Duration, error) {
 	if err != nil {
 		f, ferr := strconv.ParseFloat(s, 64)
 		if ferr != nil || math.IsNaN(f) || math.IsInf(f, 0) || math.Abs(f) > math.MaxInt64/float64(time.Second) {
-			return 0, fmt.Errorf("%q: want seconds (5) or a duration (1.5s, 2m)", s)
+			return 0, errors.New("want seconds (5) or a duration (1.5s, 2m)")
 		}
 		d = time.Duration(f * float64(time.Second))
 	}
 	if d < 0 {
-		return 0, fmt.Errorf("%q: must not be negative", s)
+		return 0, errors.New("must not be negative")
 	}
 	return d, nil
 }
