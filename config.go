@@ -197,7 +197,7 @@ func (c VMConfig) validate(host hostLimits) error {
 		bad("image", fmt.Sprintf("%q", c.Image), "give either an image or kernel and rootfs paths, not both")
 	}
 	if (c.KernelPath == "") != (c.RootfsPath == "") {
-		bad("kernel/rootfs", fmt.Sprintf("%q/%q", c.KernelPath, c.RootfsPath), "give both KernelPath and RootfsPath, or neither for the default image")
+		bad("kernel/rootfs", fmt.Sprintf("%q/%q", c.KernelPath, c.RootfsPath), "give both a kernel and a root filesystem, or neither for the default image")
 	}
 	for field, p := range map[string]string{"kernel path": c.KernelPath, "rootfs path": c.RootfsPath, "initrd path": c.InitrdPath} {
 		if p == "" {

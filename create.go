@@ -241,7 +241,7 @@ func resolveBoot(ctx context.Context, s settings, cfg VMConfig) (kernel, initrd,
 			img.Kernel, img.Initrd, err = b.Boot(ctx)
 		}
 		if errors.Is(err, image.ErrNotFound) {
-			err = &ValidationError{Field: "image", Value: fmt.Sprintf("%q", cfg.Image), Reason: "no such image; build it first"}
+			err = &ValidationError{Field: "image", Value: fmt.Sprintf("%q", cfg.Image), Reason: "no such image; build it first (smolvm image build -t " + cfg.Image + ") or pick one of smolvm image list"}
 		}
 	} else {
 		img, err = b.Default(ctx)

@@ -105,7 +105,7 @@ func (v *VM) start(ctx context.Context) (err error) {
 			return fmt.Errorf("stored host address: %w", err)
 		}
 		if !network.TAPExists(net.TAP) && network.AddrInUse(host.Masked()) {
-			return fmt.Errorf("address %s of this VM is in use on the host by another interface (a VM of another smolvm state directory?): stop that, or create this VM again to get a free address, or set SMOLVM_SUBNET", net.HostIP)
+			return fmt.Errorf("address %s of this VM is in use on the host by another interface (a VM of another smolvm state directory?): stop that, or create this VM again to get a free address, or set SMOLVM_SUBNET; smolvm doctor lists what smolvm left behind and smolvm doctor --fix removes it", net.HostIP)
 		}
 		if err := network.CreateTAP(network.TAP{Name: net.TAP, Host: host, Alias: network.AliasPrefix + v.paths.dir}); err != nil {
 			return err

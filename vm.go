@@ -181,7 +181,7 @@ func (v *VM) Refresh(ctx context.Context) error {
 func (v *VM) load(ctx context.Context) error {
 	row, err := v.st.GetVM(ctx, v.id)
 	if errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("%w", ErrNotFound)
+		return fmt.Errorf("%w: no VM with this id in %s (smolvm list shows them)", ErrNotFound, v.s.home)
 	}
 	if err != nil {
 		return err
