@@ -288,7 +288,7 @@ func TestJSONErrors(t *testing.T) {
 		{[]string{"exec", "x", "-e", "1A=x", "--", "true"}, "invalid"},
 		{[]string{"exec", "x", "-e", "A-B=x", "--", "true"}, "invalid"},
 		{[]string{"env", "set", "x", "A-B=x"}, "invalid"},
-		{[]string{"env", "unset", "x", "A-B"}, "not_found"}, // the SDK checks names, once it has the VM
+		{[]string{"env", "unset", "x", "A-B"}, "invalid"},
 		{[]string{"port", "close", "x", "80:"}, "invalid"},
 	}
 	for _, tt := range tests {
