@@ -52,14 +52,10 @@ func WithStdin(r io.Reader) RunOption { return func(o *ExecOptions) { o.Stdin = 
 
 // ExecOptions configures a streaming command.
 type ExecOptions struct {
-	Stdin  io.Reader
-	Stdout io.Writer
-	Stderr io.Writer
-	// Env sets variables for this command only (names as ValidateEnvName
-	// allows).
-	Env map[string]string
-	// Timeout kills the command after this long; 0 = no limit, negative
-	// is invalid.
+	Stdin   io.Reader
+	Stdout  io.Writer
+	Stderr  io.Writer
+	Env     map[string]string
 	Timeout time.Duration
 	// TTY runs the command on a pseudo-terminal (stdout and stderr merge).
 	TTY bool
@@ -81,7 +77,9 @@ func (v *VM) Run(ctx context.Context, cmd string, opts ...RunOption) (*CommandRe
 }
 
 // Exec runs cmd streaming its input and output, and returns its exit code.
-// A negative Timeout or a bad name in Env is an error matching ErrInvalid.
+// o.Env sets variables for this command only; o.Timeout kills it after
+// that long (0 = no limit). A negative Timeout or an Env name that
+// ValidateEnvName refuses is an error matching ErrInvalid.
 func (v *VM) Exec(ctx context.Context, cmd string, o ExecOptions) (int, error) {
 	if o.Timeout < 0 {
 		return -1, opError("run", v.id, &ValidationError{Field: "timeout", Value: o.Timeout, Reason: "must not be negative; 0 means no limit"})

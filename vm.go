@@ -72,17 +72,17 @@ type VMInfo struct {
 type runtimeRecord struct {
 	// Instance is a random token made at create that, with the id, names
 	// the VM's host-global resources (see hostName).
-	Instance string      `json:"instance"`
-	Network  NetworkInfo `json:"network"`
-	Kernel   string      `json:"kernel"`
-	Initrd   string      `json:"initrd"`
+	Instance  string      `json:"instance"`
+	Network   NetworkInfo `json:"network"`
+	Kernel    string      `json:"kernel"`
+	Initrd    string      `json:"initrd"`
+	BootArgs  string      `json:"boot_args"`
+	Backend   string      `json:"backend,omitempty"`
+	StartedAt time.Time   `json:"started_at,omitzero"`
+	Error     string      `json:"error,omitempty"`
 	// EnvAt is where the initramfs's last archive, the copy of
-	// VMConfig.Env, begins (see env.go).
-	EnvAt     int64     `json:"env_at,omitempty"`
-	BootArgs  string    `json:"boot_args"`
-	Backend   string    `json:"backend,omitempty"`
-	StartedAt time.Time `json:"started_at,omitzero"`
-	Error     string    `json:"error,omitempty"`
+	// VMConfig.Env, begins (see env.go); 0 for VMs made before it had one.
+	EnvAt int64 `json:"env_at,omitempty"`
 }
 
 // VM is a handle on one VM. Its methods are safe for concurrent use. A
