@@ -3,11 +3,17 @@ package smolvm
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Defaults applied to zero fields of VMConfig.
@@ -33,12 +39,16 @@ type VMConfig struct {
 	// ID names the VM: 1-63 letters, digits, '-', '_' or '.', starting with
 	// a letter or digit. Empty = a random "vm-xxxxxxxx".
 	ID string `json:"id"`
-	// VCPUs is the number of virtual CPUs (default 1).
+	// VCPUs is the number of virtual CPUs: 0 = the default, 1; at most
+	// the host's CPUs. Negative is invalid.
 	VCPUs int `json:"vcpus"`
-	// MemoryMiB is the guest memory (default 512).
+	// MemoryMiB is the guest memory: 0 = the default, 512; at most the
+	// host's RAM. Negative is invalid.
 	MemoryMiB int `json:"memory_mib"`
-	// DiskMiB is the size of the VM's own root disk (default 512, or the
-	// image's size if bigger); the guest filesystem is grown or shrunk to it.
+	// DiskMiB is the size of the VM's own root disk: 0 = the default, 512
+	// or the image's size if bigger; at most the free space where the
+	// state directory is (see Validate). The guest filesystem is grown or
+	// shrunk to it. Negative is invalid.
 	DiskMiB int `json:"disk_mib"`
 	// Image names a built image to boot (see package image). Empty, with
 	// KernelPath and RootfsPath empty too, means the default image.
@@ -51,8 +61,12 @@ type VMConfig struct {
 	InitrdPath string `json:"initrd_path,omitempty"`
 	// BootArgs is the kernel command line; empty = image.SSHBootArgs.
 	BootArgs string `json:"boot_args,omitempty"`
-	// Env is set in the guest at every start, on top of variables set
-	// with SetEnv since.
+	// Env is the VM's persistent environment: variables every command and
+	// login shell in the guest sees. Set at create, it is changed by
+	// VM.SetEnv and VM.UnsetEnv from then on (VMInfo.Config.Env shows the
+	// current set) and written into the guest at every start, so what was
+	// set or unset stays so across restarts. Names as ValidateEnvName
+	// allows.
 	Env map[string]string `json:"env,omitempty"`
 	// Mounts share host folders into the guest (virtio-9p). They need a
 	// guest kernel with 9p; smolvm picks one from /boot when the default
@@ -63,7 +77,8 @@ type VMConfig struct {
 	NoEgress bool `json:"no_egress,omitempty"`
 	// RetainDiskOnDelete keeps the VM's disk file when it is deleted.
 	RetainDiskOnDelete bool `json:"retain_disk_on_delete,omitempty"`
-	// BootTimeout bounds Start (default 60s); ctx can bound it further.
+	// BootTimeout bounds Start: 0 = the default, 60s; ctx can bound it
+	// further. Negative is invalid.
 	BootTimeout time.Duration `json:"boot_timeout,omitempty"`
 }
 
@@ -97,9 +112,55 @@ func (c VMConfig) withDefaults() VMConfig {
 	return c
 }
 
-// Validate checks c (after defaults) without creating anything. Each
-// problem is a *ValidationError; all of them are returned, joined.
-func (c VMConfig) Validate() error {
+// Validate checks c (after defaults) without creating anything: the
+// limits above, and this host's, so that nothing is made that could not
+// run. Memory may not exceed the host's RAM, vCPUs its CPUs, and the disk
+// the free space of the filesystem that holds the state directory (opts
+// name it, as for NewFromConfig; default DefaultHome): disks are sparse
+// and several VMs may together promise more than is free, but one VM
+// that could not fill its own disk is refused. Each problem is a
+// *ValidationError; all of them are returned, joined.
+func (c VMConfig) Validate(opts ...Option) error {
+	return c.validate(probeHost(newSettings(opts).home))
+}
+
+// hostLimits are what this host can give a VM; zero fields are unknown
+// and not checked.
+type hostLimits struct {
+	cpus      int
+	memoryMiB int
+	dir       string // the state directory, for messages
+	freeMiB   int64  // free space on dir's filesystem; -1 = unknown
+}
+
+// probeHost reads the host's CPUs, RAM and the free space under home.
+func probeHost(home string) hostLimits {
+	h := hostLimits{cpus: runtime.NumCPU(), dir: home, freeMiB: -1}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemTotal:" {
+				if kib, err := strconv.Atoi(f[1]); err == nil {
+					h.memoryMiB = kib >> 10
+				}
+			}
+		}
+	}
+	// The state directory may not exist yet: its nearest existing parent
+	// is on the filesystem it will be made on.
+	for dir := filepath.Clean(home); ; dir = filepath.Dir(dir) {
+		var fs unix.Statfs_t
+		if err := unix.Statfs(dir, &fs); err == nil {
+			h.freeMiB = int64(fs.Bavail) * fs.Bsize >> 20
+			break
+		}
+		if dir == filepath.Dir(dir) {
+			break
+		}
+	}
+	return h
+}
+
+func (c VMConfig) validate(host hostLimits) error {
 	c = c.withDefaults()
 	var errs []error
 	bad := func(field string, v any, reason string) {
@@ -108,23 +169,35 @@ func (c VMConfig) Validate() error {
 	if c.ID != "" && !idPattern.MatchString(c.ID) {
 		bad("id", fmt.Sprintf("%q", c.ID), "use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
 	}
-	if c.VCPUs < 1 || c.VCPUs > MaxVCPUs {
+	switch {
+	case c.VCPUs < 0:
+		bad("vcpus", c.VCPUs, fmt.Sprintf("must not be negative; 0 means the default, %d", DefaultVCPUs))
+	case host.cpus > 0 && host.cpus < MaxVCPUs && c.VCPUs > host.cpus:
+		bad("vcpus", c.VCPUs, fmt.Sprintf("this host has %d CPUs; use at most %d", host.cpus, host.cpus))
+	case c.VCPUs > MaxVCPUs:
 		bad("vcpus", c.VCPUs, fmt.Sprintf("must be between 1 and %d", MaxVCPUs))
 	}
-	if c.MemoryMiB < MinMemoryMiB || c.MemoryMiB > MaxMemoryMiB {
+	switch {
+	case c.MemoryMiB < 0:
+		bad("memory", fmt.Sprintf("%d MiB", c.MemoryMiB), fmt.Sprintf("must not be negative; 0 means the default, %d MiB", DefaultMemoryMiB))
+	case c.MemoryMiB < MinMemoryMiB:
+		bad("memory", fmt.Sprintf("%d MiB", c.MemoryMiB), fmt.Sprintf("must be at least %d MiB", MinMemoryMiB))
+	case host.memoryMiB > 0 && host.memoryMiB < MaxMemoryMiB && c.MemoryMiB > host.memoryMiB:
+		bad("memory", fmt.Sprintf("%d MiB", c.MemoryMiB), fmt.Sprintf("this host has %d MiB of RAM; use at most that", host.memoryMiB))
+	case c.MemoryMiB > MaxMemoryMiB:
 		bad("memory", fmt.Sprintf("%d MiB", c.MemoryMiB), fmt.Sprintf("must be between %d and %d MiB", MinMemoryMiB, MaxMemoryMiB))
 	}
-	if c.DiskMiB < MinDiskMiB || c.DiskMiB > MaxDiskMiB {
-		bad("disk", fmt.Sprintf("%d MiB", c.DiskMiB), fmt.Sprintf("must be between %d and %d MiB", MinDiskMiB, MaxDiskMiB))
+	if err := checkDisk(c.DiskMiB, host); err != nil {
+		errs = append(errs, err)
 	}
 	if c.BootTimeout < 0 {
-		bad("boot timeout", c.BootTimeout, "must be positive")
+		bad("boot timeout", c.BootTimeout, fmt.Sprintf("must not be negative; 0 means the default, %s", DefaultBootTimeout))
 	}
 	if c.Image != "" && (c.KernelPath != "" || c.RootfsPath != "") {
 		bad("image", fmt.Sprintf("%q", c.Image), "give either an image or kernel and rootfs paths, not both")
 	}
 	if (c.KernelPath == "") != (c.RootfsPath == "") {
-		bad("kernel/rootfs", fmt.Sprintf("%q/%q", c.KernelPath, c.RootfsPath), "give both KernelPath and RootfsPath, or neither for the default image")
+		bad("kernel/rootfs", fmt.Sprintf("%q/%q", c.KernelPath, c.RootfsPath), "give both a kernel and a root filesystem, or neither for the default image")
 	}
 	for field, p := range map[string]string{"kernel path": c.KernelPath, "rootfs path": c.RootfsPath, "initrd path": c.InitrdPath} {
 		if p == "" {
@@ -136,10 +209,8 @@ func (c VMConfig) Validate() error {
 			bad(field, fmt.Sprintf("%q", p), "not a regular file")
 		}
 	}
-	for k := range c.Env {
-		if !envPattern.MatchString(k) {
-			bad("env name", fmt.Sprintf("%q", k), "use letters, digits and '_', not starting with a digit")
-		}
+	if err := ValidateEnv(c.Env); err != nil {
+		errs = append(errs, err)
 	}
 	for _, m := range c.Mounts {
 		if fi, err := os.Stat(m.HostPath); err != nil || !fi.IsDir() || !filepath.IsAbs(m.HostPath) {
@@ -151,6 +222,45 @@ func (c VMConfig) Validate() error {
 	}
 	if strings.ContainsAny(c.BootArgs, "\n\x00") {
 		bad("boot args", fmt.Sprintf("%q", c.BootArgs), "must be one line")
+	}
+	return errors.Join(errs...)
+}
+
+// checkDisk checks a disk size against the limits and the free space of
+// the state directory's filesystem (see Validate for the rule).
+func checkDisk(mib int, host hostLimits) error {
+	bad := func(reason string) error {
+		return &ValidationError{Field: "disk", Value: fmt.Sprintf("%d MiB", mib), Reason: reason}
+	}
+	switch {
+	case mib < 0:
+		return bad(fmt.Sprintf("must not be negative; 0 means the default, %d MiB or the image's size if bigger", DefaultDiskMiB))
+	case mib < MinDiskMiB:
+		return bad(fmt.Sprintf("must be at least %d MiB", MinDiskMiB))
+	case host.freeMiB >= 0 && host.freeMiB < MaxDiskMiB && int64(mib) > host.freeMiB:
+		return bad(fmt.Sprintf("only %d MiB are free on the filesystem of %s, and the VM must be able to fill its disk; free some space or ask for less", host.freeMiB, host.dir))
+	case mib > MaxDiskMiB:
+		return bad(fmt.Sprintf("must be between %d and %d MiB", MinDiskMiB, MaxDiskMiB))
+	}
+	return nil
+}
+
+// ValidateEnvName checks that name can be an environment variable in the
+// guest: letters, digits and '_', not starting with a digit. VMConfig.Env,
+// ExecOptions.Env, SetEnv and UnsetEnv are all checked with it; the error
+// is a *ValidationError.
+func ValidateEnvName(name string) error {
+	if !envPattern.MatchString(name) {
+		return &ValidationError{Field: "env name", Value: fmt.Sprintf("%q", name), Reason: "use letters, digits and '_', not starting with a digit"}
+	}
+	return nil
+}
+
+// ValidateEnv checks every name in env with ValidateEnvName.
+func ValidateEnv(env map[string]string) error {
+	var errs []error
+	for _, k := range slices.Sorted(maps.Keys(env)) {
+		errs = append(errs, ValidateEnvName(k))
 	}
 	return errors.Join(errs...)
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -51,7 +52,8 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	}
 	diskDefaulted := cfg.DiskMiB == 0
 	cfg = cfg.withDefaults()
-	if err := cfg.Validate(); err != nil {
+	host := probeHost(s.home)
+	if err := cfg.validate(host); err != nil {
 		return nil, opError("create", cfg.ID, err)
 	}
 	mode, err := resolveNetwork(s.network)
@@ -75,7 +77,10 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	}
 	if fi, err := os.Stat(rootfs); err == nil && diskDefaulted {
 		// An image built bigger than the default keeps its size.
-		cfg.DiskMiB = max(cfg.DiskMiB, int(fi.Size()>>20))
+		cfg.DiskMiB = max(cfg.DiskMiB, int((fi.Size()+1<<20-1)>>20))
+		if err := checkDisk(cfg.DiskMiB, host); err != nil {
+			return nil, opError("create", cfg.ID, err)
+		}
 	}
 
 	st, err := openStore(ctx, s)
@@ -113,7 +118,7 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 			os.RemoveAll(v.paths.dir)
 		}
 		if errors.Is(err, store.ErrExists) {
-			return nil, fmt.Errorf("%w: pick another id, or reconnect with FromID", ErrAlreadyExists)
+			return nil, fmt.Errorf("%w: pick another id, or use the existing VM (smolvm info %s)", ErrAlreadyExists, cfg.ID)
 		}
 		return nil, err
 	}
@@ -158,7 +163,7 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	if err := disk.Resize(ctx, v.paths.disk(), cfg.DiskMiB); err != nil {
 		return nil, err
 	}
-	if err := v.writeKeys(initrd, cfg.Env); err != nil {
+	if rt.EnvAt, err = v.writeKeys(initrd, cfg.Env); err != nil {
 		return nil, err
 	}
 	if err := v.update(ctx, func(_ *store.VM, r *runtimeRecord) error { *r = rt; return nil }); err != nil {
@@ -185,16 +190,17 @@ func removeDebris(p paths) error {
 	return nil
 }
 
-// writeKeys makes the VM's SSH keys and its own initramfs, which carries
-// the guest's host key, the key the host logs in with, and the env.
-func (v *VM) writeKeys(baseInitrd string, env map[string]string) error {
+// writeKeys makes the VM's SSH keys and its own initramfs: the base, an
+// archive with the guest's host key and the key the host logs in with,
+// and last one with the env, which begins at envAt (see env.go).
+func (v *VM) writeKeys(baseInitrd string, env map[string]string) (envAt int64, err error) {
 	hostSigner, hostPEM, err := guest.GenerateKey()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	clientSigner, clientPEM, err := guest.GenerateKey()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	authKey := ssh.MarshalAuthorizedKey(clientSigner.PublicKey())
 	files := map[string][]byte{
@@ -205,18 +211,27 @@ func (v *VM) writeKeys(baseInitrd string, env map[string]string) error {
 	}
 	for path, data := range files {
 		if err := os.WriteFile(path, data, 0o600); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	envJSON, err := json.Marshal(env)
-	if err != nil {
-		return err
-	}
-	return initramfs.Append(baseInitrd, v.paths.initrd(), []initramfs.File{
+	if err := initramfs.Append(baseInitrd, v.paths.initrd(), []initramfs.File{
 		{Name: initramfs.HostKeyFile, Mode: 0o600, Data: hostPEM},
 		{Name: initramfs.AuthorizedKeysFile, Mode: 0o600, Data: authKey},
-		{Name: initramfs.EnvFile, Mode: 0o600, Data: envJSON},
-	})
+	}); err != nil {
+		return 0, err
+	}
+	f, err := os.OpenFile(v.paths.initrd(), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	if envAt, err = f.Seek(0, io.SeekEnd); err != nil {
+		return 0, err
+	}
+	if err := initramfs.Write(f, []initramfs.File{envFile(env)}); err != nil {
+		return 0, err
+	}
+	return envAt, f.Close()
 }
 
 // resolveBoot finds the kernel, agent initramfs, root filesystem and boot
@@ -259,7 +274,7 @@ func resolveBoot(ctx context.Context, s settings, cfg VMConfig) (kernel, initrd,
 			img.Kernel, img.Initrd, err = b.Boot(ctx)
 		}
 		if errors.Is(err, image.ErrNotFound) {
-			err = &ValidationError{Field: "image", Value: fmt.Sprintf("%q", cfg.Image), Reason: "no such image; build it first"}
+			err = &ValidationError{Field: "image", Value: fmt.Sprintf("%q", cfg.Image), Reason: "no such image; build it first (smolvm image build -t " + cfg.Image + ") or pick one of smolvm image list"}
 		}
 	} else {
 		img, err = b.Default(ctx)

@@ -77,7 +77,16 @@ func (v *VM) Run(ctx context.Context, cmd string, opts ...RunOption) (*CommandRe
 }
 
 // Exec runs cmd streaming its input and output, and returns its exit code.
+// o.Env sets variables for this command only; o.Timeout kills it after
+// that long (0 = no limit). A negative Timeout or an Env name that
+// ValidateEnvName refuses is an error matching ErrInvalid.
 func (v *VM) Exec(ctx context.Context, cmd string, o ExecOptions) (int, error) {
+	if o.Timeout < 0 {
+		return -1, opError("run", v.id, &ValidationError{Field: "timeout", Value: o.Timeout, Reason: "must not be negative; 0 means no limit"})
+	}
+	if err := ValidateEnv(o.Env); err != nil {
+		return -1, opError("run", v.id, err)
+	}
 	if o.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, o.Timeout)
@@ -126,40 +135,4 @@ func (v *VM) CanRunCommands(ctx context.Context) bool {
 	defer cancel()
 	res, err := v.Run(ctx, "true")
 	return err == nil && res.OK()
-}
-
-// SetEnv sets persistent environment variables in the running guest; every
-// later command sees them, also after a restart.
-func (v *VM) SetEnv(ctx context.Context, vars map[string]string) (map[string]string, error) {
-	for k := range vars {
-		if !envPattern.MatchString(k) {
-			return nil, opError("setenv", v.id, &ValidationError{Field: "env name", Value: k, Reason: "use letters, digits and '_', not starting with a digit"})
-		}
-	}
-	c, err := v.conn(ctx)
-	if err != nil {
-		return nil, opError("setenv", v.id, err)
-	}
-	env, err := c.SetEnv(ctx, vars)
-	return env, opError("setenv", v.id, err)
-}
-
-// UnsetEnv removes persistent environment variables from the guest.
-func (v *VM) UnsetEnv(ctx context.Context, keys ...string) (map[string]string, error) {
-	c, err := v.conn(ctx)
-	if err != nil {
-		return nil, opError("unsetenv", v.id, err)
-	}
-	env, err := c.UnsetEnv(ctx, keys...)
-	return env, opError("unsetenv", v.id, err)
-}
-
-// Env returns the guest's persistent environment variables.
-func (v *VM) Env(ctx context.Context) (map[string]string, error) {
-	c, err := v.conn(ctx)
-	if err != nil {
-		return nil, opError("env", v.id, err)
-	}
-	env, err := c.Env(ctx)
-	return env, opError("env", v.id, err)
 }

@@ -116,7 +116,7 @@ func (v *VM) start(ctx context.Context) (err error) {
 			return fmt.Errorf("stored host address: %w", err)
 		}
 		if !network.TAPExists(net.TAP) && network.AddrInUse(host.Masked()) {
-			return fmt.Errorf("address %s of this VM is in use on the host by another interface (a VM of another smolvm state directory?): stop that, or create this VM again to get a free address, or set SMOLVM_SUBNET", net.HostIP)
+			return fmt.Errorf("address %s of this VM is in use on the host by another interface (a VM of another smolvm state directory?): stop that, or create this VM again to get a free address, or set SMOLVM_SUBNET; smolvm doctor lists what smolvm left behind and smolvm doctor --fix removes it", net.HostIP)
 		}
 		if err := network.CreateTAP(network.TAP{Name: net.TAP, Host: host, Alias: network.AliasPrefix + v.paths.dir}); err != nil {
 			return err
@@ -282,13 +282,13 @@ func (v *VM) conn(ctx context.Context) (*guest.Client, error) {
 	state := v.info.State
 	v.mu.Unlock()
 	if state == StatePaused {
-		return nil, fmt.Errorf("%w: it is paused; Resume it first", ErrNotRunning)
+		return nil, fmt.Errorf("%w: it is paused; resume it first (smolvm resume %s)", ErrNotRunning, v.id)
 	}
 	if c != nil {
 		return c, nil
 	}
 	if state != StateRunning {
-		return nil, fmt.Errorf("%w (state %s): start it first", ErrNotRunning, state)
+		return nil, fmt.Errorf("%w (state %s): start it first (smolvm start %s)", ErrNotRunning, state, v.id)
 	}
 	hostKey, key, err := v.loadKeys()
 	if err != nil {
@@ -369,8 +369,12 @@ func (v *VM) dropClient() {
 }
 
 // Stop shuts the guest down cleanly, or kills it after timeout (0 means
-// DefaultStopTimeout). Stopping a stopped VM is a no-op.
+// DefaultStopTimeout; negative is invalid). Stopping a stopped VM is a
+// no-op.
 func (v *VM) Stop(ctx context.Context, timeout time.Duration) error {
+	if timeout < 0 {
+		return opError("stop", v.id, &ValidationError{Field: "stop timeout", Value: timeout, Reason: "must not be negative; 0 means the default, " + DefaultStopTimeout.String()})
+	}
 	unlock, err := v.lock(ctx)
 	if err != nil {
 		return opError("stop", v.id, err)

@@ -72,19 +72,22 @@ func withConfig(f func(*VMConfig)) Option {
 // WithID names the VM.
 func WithID(id string) Option { return withConfig(func(c *VMConfig) { c.ID = id }) }
 
-// WithCPUs sets the number of vCPUs.
+// WithCPUs sets the number of vCPUs (VMConfig.VCPUs: 0 = default, at most
+// the host's CPUs).
 func WithCPUs(n int) Option { return withConfig(func(c *VMConfig) { c.VCPUs = n }) }
 
-// WithMemory sets guest memory in MiB.
+// WithMemory sets guest memory in MiB (VMConfig.MemoryMiB: 0 = default,
+// at most the host's RAM).
 func WithMemory(mib int) Option { return withConfig(func(c *VMConfig) { c.MemoryMiB = mib }) }
 
-// WithDisk sets the root disk size in MiB.
+// WithDisk sets the root disk size in MiB (VMConfig.DiskMiB: 0 = default,
+// at most the free space of the state directory's filesystem).
 func WithDisk(mib int) Option { return withConfig(func(c *VMConfig) { c.DiskMiB = mib }) }
 
 // WithImage boots a built image by name.
 func WithImage(name string) Option { return withConfig(func(c *VMConfig) { c.Image = name }) }
 
-// WithEnv adds environment variables set in the guest at start.
+// WithEnv adds to VMConfig.Env, the VM's persistent environment.
 func WithEnv(env map[string]string) Option {
 	return withConfig(func(c *VMConfig) {
 		if c.Env == nil {
@@ -94,7 +97,7 @@ func WithEnv(env map[string]string) Option {
 	})
 }
 
-// WithBootTimeout bounds Start.
+// WithBootTimeout bounds Start (VMConfig.BootTimeout: 0 = default).
 func WithBootTimeout(d time.Duration) Option {
 	return withConfig(func(c *VMConfig) { c.BootTimeout = d })
 }

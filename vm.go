@@ -85,6 +85,9 @@ type runtimeRecord struct {
 	// beside the PID in the row, so a reused PID is never taken for it.
 	ProcStart uint64 `json:"proc_start,omitempty"`
 	Error     string `json:"error,omitempty"`
+	// EnvAt is where the initramfs's last archive, the copy of
+	// VMConfig.Env, begins (see env.go); 0 for VMs made before it had one.
+	EnvAt int64 `json:"env_at,omitempty"`
 }
 
 // VM is a handle on one VM. Its methods are safe for concurrent use. A
@@ -183,7 +186,7 @@ func (v *VM) Refresh(ctx context.Context) error {
 func (v *VM) load(ctx context.Context) error {
 	row, err := v.st.GetVM(ctx, v.id)
 	if errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("%w", ErrNotFound)
+		return fmt.Errorf("%w: no VM with this id in %s (smolvm list shows them)", ErrNotFound, v.s.home)
 	}
 	if err != nil {
 		return err

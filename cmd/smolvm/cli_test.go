@@ -3,13 +3,18 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -48,6 +53,9 @@ func TestParseEnv(t *testing.T) {
 		{[]string{"A=1", "A=2"}, map[string]string{"A": "2"}, false},
 		{[]string{"NOVALUE"}, nil, true},
 		{[]string{"=v"}, nil, true},
+		{[]string{"1A=v"}, nil, true},
+		{[]string{"A-B=v"}, nil, true},
+		{[]string{"A B=v"}, nil, true},
 	}
 	for _, tt := range tests {
 		got, err := parseEnv(tt.in)
@@ -70,14 +78,21 @@ func TestVMFlags(t *testing.T) {
 		want    smolvm.VMConfig
 		wantErr bool
 	}{
-		{nil, smolvm.VMConfig{VCPUs: 1, MemoryMiB: 512, DiskMiB: 512, BootTimeout: 60 * time.Second}, false},
+		// No flags leave every size to the SDK, as a library user's zero
+		// VMConfig does: an image bigger than the default disk keeps its size.
+		{nil, smolvm.VMConfig{}, false},
 		{
 			[]string{"--cpus", "2", "--memory=1024", "--disk", "2048", "-e", "A=1", "--env", "B=a,b", "--image", "dev", "--boot-timeout", "90s"},
 			smolvm.VMConfig{VCPUs: 2, MemoryMiB: 1024, DiskMiB: 2048, Image: "dev", BootTimeout: 90 * time.Second, Env: map[string]string{"A": "1", "B": "a,b"}},
 			false,
 		},
+		{[]string{"--boot-timeout", "30"}, smolvm.VMConfig{BootTimeout: 30 * time.Second}, false},
+		// Negative sizes pass through: VMConfig.Validate refuses them.
+		{[]string{"--memory", "-1", "--cpus", "-2", "--disk", "-3"}, smolvm.VMConfig{VCPUs: -2, MemoryMiB: -1, DiskMiB: -3}, false},
 		{[]string{"--env", "oops"}, smolvm.VMConfig{}, true},
+		{[]string{"--env", "1A=x"}, smolvm.VMConfig{}, true},
 		{[]string{"--memory", "lots"}, smolvm.VMConfig{}, true},
+		{[]string{"--boot-timeout", "-5s"}, smolvm.VMConfig{}, true},
 	}
 	for _, tt := range tests {
 		var f vmFlags
@@ -113,6 +128,10 @@ func TestCommandArgs(t *testing.T) {
 		{newRunCmd(g), []string{"-i", "cat", "--memory", "1"}, []string{"cat", "--memory", "1"}, "interactive", "true"},
 		{newExecCmd(g), []string{"web", "--timeout", "2s", "-e", "A=1", "--", "ls", "-la"}, []string{"web", "ls", "-la"}, "timeout", "2s"},
 		{newStopCmd(g), []string{"web", "--timeout", "10s"}, []string{"web"}, "timeout", "10s"},
+		{newStopCmd(g), []string{"web", "--timeout", "10"}, []string{"web"}, "timeout", "10s"},
+		{newExecCmd(g), []string{"web", "--timeout", "1", "--", "ls"}, []string{"web", "ls"}, "timeout", "1s"},
+		{newExecCmd(g), []string{"web", "--timeout", "1.5s", "--", "ls"}, []string{"web", "ls"}, "timeout", "1.5s"},
+		{newRunCmd(g), []string{"--timeout", "2m", "ls"}, []string{"ls"}, "timeout", "2m0s"},
 	}
 	for _, tt := range tests {
 		if err := tt.cmd.ParseFlags(tt.args); err != nil {
@@ -252,6 +271,25 @@ func TestJSONErrors(t *testing.T) {
 		{[]string{"bogus"}, "invalid"},
 		{[]string{"--network", "wifi", "list"}, "invalid"},
 		{[]string{"ssh", "x"}, "invalid"}, // interactive shell has no JSON
+		// Bad sizes and timeouts are refused before anything is made.
+		{[]string{"create", "--memory", "-1"}, "invalid"},
+		{[]string{"create", "--cpus", "-1"}, "invalid"},
+		{[]string{"create", "--disk", "-1"}, "invalid"},
+		{[]string{"create", "--cpus", "100000"}, "invalid"},
+		{[]string{"create", "--memory", "100000000"}, "invalid"},
+		{[]string{"create", "--disk", "100000000"}, "invalid"},
+		{[]string{"create", "--boot-timeout", "-1"}, "invalid"},
+		{[]string{"create", "--boot-timeout", "soon"}, "invalid"},
+		{[]string{"run", "--memory", "-1", "--", "true"}, "invalid"},
+		{[]string{"run", "--timeout", "-1", "--", "true"}, "invalid"},
+		{[]string{"stop", "x", "--timeout", "-1"}, "invalid"},
+		{[]string{"exec", "x", "--timeout", "-1", "--", "true"}, "invalid"},
+		{[]string{"exec", "x", "--timeout", "1x", "--", "true"}, "invalid"},
+		{[]string{"exec", "x", "-e", "1A=x", "--", "true"}, "invalid"},
+		{[]string{"exec", "x", "-e", "A-B=x", "--", "true"}, "invalid"},
+		{[]string{"env", "set", "x", "A-B=x"}, "invalid"},
+		{[]string{"env", "unset", "x", "A-B"}, "invalid"},
+		{[]string{"port", "close", "x", "80:"}, "invalid"},
 	}
 	for _, tt := range tests {
 		args := append([]string{"--json", "--home", home}, tt.args...)
@@ -267,6 +305,9 @@ func TestJSONErrors(t *testing.T) {
 		if msg, _ := got["error"].(string); msg == "" || got["kind"] != tt.kind || len(got) != 2 {
 			t.Errorf("%q: got %v, want {error: ..., kind: %q}", tt.args, got, tt.kind)
 		}
+	}
+	if ents, _ := os.ReadDir(filepath.Join(home, "vms")); len(ents) != 0 {
+		t.Errorf("bad input left VM directories: %v", ents)
 	}
 }
 
@@ -328,4 +369,85 @@ func TestCompletion(t *testing.T) {
 			t.Errorf("completion %s: code %d, %d bytes, stderr %q", shell, code, len(stdout), stderr)
 		}
 	}
+}
+
+func TestParseSeconds(t *testing.T) {
+	tests := []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"0", 0, true},
+		{"1", time.Second, true},
+		{"30", 30 * time.Second, true},
+		{"1.5", 1500 * time.Millisecond, true},
+		{"1.5s", 1500 * time.Millisecond, true},
+		{"2m", 2 * time.Minute, true},
+		{"100ms", 100 * time.Millisecond, true},
+		{"-1", 0, false},
+		{"-1s", 0, false},
+		{"", 0, false},
+		{"soon", 0, false},
+		{"1x", 0, false},
+		{"NaN", 0, false},
+		{"Inf", 0, false},
+		{"1e300", 0, false},
+	}
+	for _, tt := range tests {
+		got, err := parseSeconds(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("parseSeconds(%q) = %v, %v; want %v, ok %v", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
+// TestTimeoutHelp checks that every timeout flag says what a plain number
+// means and what 0 does.
+func TestTimeoutHelp(t *testing.T) {
+	g := &globalOptions{}
+	for _, c := range []struct {
+		cmd  *cobra.Command
+		flag string
+	}{{newExecCmd(g), "timeout"}, {newRunCmd(g), "timeout"}, {newStopCmd(g), "timeout"}, {newRunCmd(g), "boot-timeout"}, {newCreateCmd(g), "boot-timeout"}} {
+		f := c.cmd.Flags().Lookup(c.flag)
+		if f == nil || !strings.Contains(f.Usage, "seconds, or a duration such as 1.5s or 2m") || !strings.Contains(f.Usage, "0 = ") {
+			t.Errorf("%s --%s: usage %q", c.cmd.Name(), c.flag, f.Usage)
+		}
+	}
+}
+
+func TestEncodeOutput(t *testing.T) {
+	random := make([]byte, 256)
+	rand.Read(random)
+	for _, b := range [][]byte{nil, []byte("text\n"), []byte("héllo ✓"), random, {0xff}, {'a', 0}} {
+		r := newExecResult("x", 0, b, b)
+		var buf bytes.Buffer
+		if err := writeJSON(&buf, r); err != nil {
+			t.Fatal(err)
+		}
+		var back execResult
+		if err := json.Unmarshal(buf.Bytes(), &back); err != nil {
+			t.Fatal(err)
+		}
+		for _, got := range []struct {
+			text *string
+			b64  string
+		}{{back.Stdout, back.StdoutB64}, {back.Stderr, back.StderrB64}} {
+			dec, err := decodeOutput(got.text, got.b64)
+			if err != nil || !bytes.Equal(dec, b) {
+				t.Errorf("%q: round trip through JSON gave %q, %v\n%s", b, dec, err, buf.String())
+			}
+			if (got.text == nil) == utf8.Valid(b) {
+				t.Errorf("%q: text %v, b64 %q; want text exactly for valid UTF-8", b, got.text, got.b64)
+			}
+		}
+	}
+}
+
+// decodeOutput is encodeOutput's inverse, as a JSON reader does it.
+func decodeOutput(text *string, b64 string) ([]byte, error) {
+	if text != nil {
+		return []byte(*text), nil
+	}
+	return base64.StdEncoding.DecodeString(b64)
 }

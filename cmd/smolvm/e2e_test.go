@@ -109,7 +109,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatalf("run --json: %v\nstdout: %s\nstderr: %s", err, r.stdout, r.stderr)
 		}
 		ids = append(ids, got.ID)
-		if r.code != 3 || got.ExitCode != 3 || got.Stdout != "out\n" || got.Stderr != "err\n" || got.ID == "" {
+		if r.code != 3 || got.ExitCode != 3 || got.Stdout == nil || *got.Stdout != "out\n" || got.Stderr == nil || *got.Stderr != "err\n" || got.ID == "" {
 			t.Errorf("run --json: exit %d, %+v; want exit 3, stdout out, stderr err", r.code, got)
 		}
 		var vms []smolvm.VMInfo

@@ -16,7 +16,9 @@ func newEnvCmd(g *globalOptions) *cobra.Command {
 		Use:   "env",
 		Short: "Manage a running VM's persistent environment variables",
 		Long: "Set, unset and list environment variables that every later command in a\n" +
-			"running VM sees, also after it restarts.",
+			"running VM sees, also after it restarts. Variables given at create (-e)\n" +
+			"are the same set: once changed or unset here they stay so across restarts\n" +
+			"(smolvm info shows the stored set as config.env).",
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 	}
@@ -56,6 +58,11 @@ func newEnvUnsetCmd(g *globalOptions) *cobra.Command {
 		ValidArgsFunction: completeIDs(g, 1),
 		SilenceUsage:      true,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			for _, name := range args[1:] {
+				if err := smolvm.ValidateEnvName(name); err != nil {
+					return err
+				}
+			}
 			return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
 				env, err := vm.UnsetEnv(cmd.Context(), args[1:]...)
 				if err != nil {

@@ -31,7 +31,7 @@ func newExecCmd(g *globalOptions) *cobra.Command {
 		Use:   "exec ID [flags] -- CMD [ARGS...]",
 		Short: "Run a command in a running VM",
 		Long: "Run a command in a running VM, streaming its output; smolvm exits with the\n" +
-			"command's exit code (124 on --timeout). Arguments are quoted as for run.",
+			"command's exit code (124 on --timeout). Arguments are quoted as for run." + jsonOutputHelp,
 		Example:           "  smolvm exec web -- ls -la /\n  smolvm exec -i web -- sh -c 'cat > /tmp/f' < file",
 		ValidArgsFunction: completeIDs(g, 1),
 		SilenceUsage:      true,
@@ -41,7 +41,7 @@ func newExecCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	fs := cmd.Flags()
-	fs.DurationVar(&o.timeout, "timeout", 0, "kill the command after this long (exit code 124)")
+	fs.Var(secondsFlag(&o.timeout), "timeout", timeoutHelp)
 	fs.BoolVarP(&o.stdin, "interactive", "i", false, "pass standard input to the command")
 	fs.StringArrayVarP(&o.env, "env", "e", nil, "set an environment variable for this command, NAME=VALUE (repeatable)")
 	return cmd
@@ -70,7 +70,7 @@ func runExec(ctx context.Context, g *globalOptions, o execOptions, id, command s
 		return err
 	}
 	if g.json {
-		if err := writeJSON(s.out, execResult{ID: id, ExitCode: code, Stdout: stdout.String(), Stderr: stderr.String()}); err != nil {
+		if err := writeJSON(s.out, newExecResult(id, code, stdout.Bytes(), stderr.Bytes())); err != nil {
 			return err
 		}
 	}

@@ -1,7 +1,11 @@
 package main
 
 import (
+	"errors"
+	"fmt"
+	"math"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -28,15 +32,58 @@ type vmFlags struct {
 
 func (f *vmFlags) register(cmd *cobra.Command) {
 	fs := cmd.Flags()
-	fs.IntVar(&f.cpus, "cpus", smolvm.DefaultVCPUs, "number of vCPUs")
-	fs.IntVar(&f.memory, "memory", smolvm.DefaultMemoryMiB, "guest memory in MiB")
-	fs.IntVar(&f.disk, "disk", smolvm.DefaultDiskMiB, "root disk size in MiB")
+	// Zero leaves each setting to the SDK, which picks the default (and
+	// for the disk, the image's size when that is bigger).
+	fs.IntVar(&f.cpus, "cpus", 0, fmt.Sprintf("number of vCPUs, at most the host's CPUs (0 = default, %d)", smolvm.DefaultVCPUs))
+	fs.IntVar(&f.memory, "memory", 0, fmt.Sprintf("guest memory in MiB, at most the host's RAM (0 = default, %d)", smolvm.DefaultMemoryMiB))
+	fs.IntVar(&f.disk, "disk", 0, fmt.Sprintf("root disk size in MiB, at most the free space of the state directory's filesystem (0 = default: %d, or the image's size if bigger)", smolvm.DefaultDiskMiB))
 	fs.StringArrayVarP(&f.env, "env", "e", nil, "set an environment variable in the guest, NAME=VALUE (repeatable)")
 	fs.StringVar(&f.image, "image", "", "boot a built image by name (default: the Alpine image)")
-	fs.DurationVar(&f.bootTimeout, "boot-timeout", smolvm.DefaultBootTimeout, "give up booting after this long")
+	fs.Var(secondsFlag(&f.bootTimeout), "boot-timeout", fmt.Sprintf("give up booting after this long: seconds, or a duration such as 1.5s or 2m (0 = default, %s)", smolvm.DefaultBootTimeout))
 	fs.StringArrayVar(&f.mounts, "mount", nil, "share a host folder, HOST[:GUEST][:rw] (read-only unless :rw; GUEST defaults to /mnt/NAME; repeatable)")
 	fs.BoolVar(&f.noEgress, "no-egress", false, "cut the VM off from the host's networks (exposed ports still work)")
 }
+
+// seconds is a duration flag that also takes a plain number as seconds,
+// so `--timeout 5` means five seconds, as the help of every timeout says.
+type seconds struct{ d *time.Duration }
+
+func secondsFlag(d *time.Duration) seconds { return seconds{d} }
+
+// parseSeconds reads a plain number as seconds ("5", "1.5") or a Go
+// duration ("1.5s", "2m", "100ms"); negative durations are refused.
+func parseSeconds(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		f, ferr := strconv.ParseFloat(s, 64)
+		if ferr != nil || math.IsNaN(f) || math.IsInf(f, 0) || math.Abs(f) > math.MaxInt64/float64(time.Second) {
+			return 0, errors.New("want seconds (5) or a duration (1.5s, 2m)")
+		}
+		d = time.Duration(f * float64(time.Second))
+	}
+	if d < 0 {
+		return 0, errors.New("must not be negative")
+	}
+	return d, nil
+}
+
+func (s seconds) Set(v string) error {
+	d, err := parseSeconds(v)
+	if err != nil {
+		return err
+	}
+	*s.d = d
+	return nil
+}
+
+func (s seconds) String() string {
+	if s.d == nil || *s.d == 0 {
+		return "0" // pflag shows no "(default ...)" for "0"
+	}
+	return s.d.String()
+}
+
+func (s seconds) Type() string { return "seconds" }
 
 // parseMount reads HOST[:GUEST][:rw|ro].
 func parseMount(s string) (smolvm.Mount, error) {
@@ -89,7 +136,7 @@ func (f *vmFlags) config() (smolvm.VMConfig, error) {
 }
 
 // parseEnv parses NAME=VALUE pairs; the value may hold '=' and be empty.
-// It returns nil for no pairs.
+// Names are checked as the SDK checks them. It returns nil for no pairs.
 func parseEnv(pairs []string) (map[string]string, error) {
 	if len(pairs) == 0 {
 		return nil, nil
@@ -99,6 +146,9 @@ func parseEnv(pairs []string) (map[string]string, error) {
 		k, v, ok := strings.Cut(p, "=")
 		if !ok || k == "" {
 			return nil, usagef("environment variable %q: want NAME=VALUE", p)
+		}
+		if err := smolvm.ValidateEnvName(k); err != nil {
+			return nil, err
 		}
 		env[k] = v
 	}

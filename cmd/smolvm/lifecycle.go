@@ -121,7 +121,7 @@ func newStopCmd(g *globalOptions) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().DurationVar(&o.timeout, "timeout", smolvm.DefaultStopTimeout, "kill the VM if it has not shut down after this long")
+	cmd.Flags().Var(secondsFlag(&o.timeout), "timeout", fmt.Sprintf("kill the VM if it has not shut down after this long: seconds, or a duration such as 1.5s or 2m (0 = default, %s)", smolvm.DefaultStopTimeout))
 	return cmd
 }
 

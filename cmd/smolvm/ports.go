@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/netip"
@@ -20,11 +21,15 @@ type portSpec struct {
 	guestPort int
 }
 
-// parsePort reads [ADDR:][HOSTPORT:]GUESTPORT. A missing host port means
-// "pick a free one"; a missing address means 127.0.0.1.
+const portSpecHelp = "want [ADDR:][HOSTPORT:]GUESTPORT, such as 8080, 9000:80 or 0.0.0.0:9000:80"
+
+// parsePort reads [ADDR:][HOSTPORT:]GUESTPORT, the spec create -p and
+// port expose take, and port close takes back as port expose printed it
+// (String). A missing host port means "pick a free one"; a missing
+// address means 127.0.0.1.
 func parsePort(s string) (portSpec, error) {
 	parts := strings.Split(s, ":")
-	bad := usagef("port %q: want [ADDR:][HOSTPORT:]GUESTPORT, such as 8080, 9000:80 or 0.0.0.0:9000:80", s)
+	bad := usagef("port %q: %s", s, portSpecHelp)
 	if len(parts) > 3 {
 		return portSpec{}, bad
 	}
@@ -54,6 +59,58 @@ func parsePort(s string) (portSpec, error) {
 	return p, nil
 }
 
+// String is the whole spec, ADDR:HOSTPORT:GUESTPORT, as parsePort reads it.
+func (p portSpec) String() string {
+	return fmt.Sprintf("%s:%d:%d", p.addr, p.hostPort, p.guestPort)
+}
+
+func specOf(f smolvm.PortForward) portSpec {
+	return portSpec{addr: f.HostAddr, hostPort: f.HostPort, guestPort: f.GuestPort}
+}
+
+// parseClosePort reads what port close takes: a spec as port expose took
+// or printed it, or a forward's host side alone as port list shows it
+// (ADDR:HOSTPORT; guestPort is then 0).
+func parseClosePort(s string) (portSpec, error) {
+	if addr, port, ok := strings.Cut(s, ":"); ok && !strings.Contains(port, ":") {
+		if _, err := netip.ParseAddr(addr); err == nil {
+			n, err := strconv.Atoi(port)
+			if err != nil || n < 1 || n > 65535 {
+				return portSpec{}, usagef("port %q: host port %q: want 1-65535", s, port)
+			}
+			return portSpec{addr: addr, hostPort: n}, nil
+		}
+	}
+	return parsePort(s)
+}
+
+// closePort removes the one forward p matches: by its host side, and by
+// its guest port when p has one; a spec without a host port (as in
+// `port expose web 80`) matches the forward to that guest port.
+func closePort(ctx context.Context, vm *smolvm.VM, p portSpec) (portSpec, error) {
+	fs, err := vm.Forwards(ctx)
+	if err != nil {
+		return p, err
+	}
+	var match []portSpec
+	for _, f := range fs {
+		if f.HostAddr == p.addr && (p.hostPort == 0 || f.HostPort == p.hostPort) && (p.guestPort == 0 || f.GuestPort == p.guestPort) {
+			match = append(match, specOf(f))
+		}
+	}
+	switch len(match) {
+	case 0:
+		return p, fmt.Errorf("vm %q: %w: no port forward matches %s (see smolvm port list %s)", vm.ID(), smolvm.ErrNotFound, p, vm.ID())
+	case 1:
+		return match[0], vm.Unexpose(ctx, match[0].addr, match[0].hostPort)
+	}
+	names := make([]string, len(match))
+	for i, m := range match {
+		names[i] = m.String()
+	}
+	return p, usagef("port %s matches %d forwards (%s): name the host port too", p, len(match), strings.Join(names, ", "))
+}
+
 func newPortCmd(g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:          "port",
@@ -65,8 +122,11 @@ func newPortCmd(g *globalOptions) *cobra.Command {
 		&cobra.Command{
 			Use:   "expose ID [ADDR:][HOSTPORT:]GUESTPORT",
 			Short: "Forward a host port (127.0.0.1 unless ADDR says otherwise; free one if omitted) to a guest port",
+			Long: "Forward a host port to a guest port. It prints the forward as\n" +
+				"ADDR:HOSTPORT:GUESTPORT, which port close takes back.",
 			Example: "  smolvm port expose web 80          # a free 127.0.0.1 port to guest port 80\n" +
-				"  smolvm port expose web 0.0.0.0:8080:80",
+				"  smolvm port expose web 0.0.0.0:8080:80\n" +
+				"  smolvm port close web \"$(smolvm port expose web 80)\"",
 			Args:              cobra.ExactArgs(2),
 			ValidArgsFunction: completeIDs(g, 1),
 			SilenceUsage:      true,
@@ -81,32 +141,34 @@ func newPortCmd(g *globalOptions) *cobra.Command {
 						return err
 					}
 					return g.output(cmd.OutOrStdout(), f, func(w io.Writer) error {
-						_, err := fmt.Fprintf(w, "%s:%d -> %d\n", f.HostAddr, f.HostPort, f.GuestPort)
+						_, err := fmt.Fprintln(w, specOf(f))
 						return err
 					})
 				})
 			},
 		},
 		&cobra.Command{
-			Use:               "close ID [ADDR:]HOSTPORT",
-			Short:             "Remove a port forward",
+			Use:   "close ID [ADDR:][HOSTPORT:]GUESTPORT | ADDR:HOSTPORT",
+			Short: "Remove a port forward",
+			Long: "Remove a port forward, named by the spec port expose took or printed\n" +
+				"([ADDR:][HOSTPORT:]GUESTPORT; without HOSTPORT, the forward to that guest\n" +
+				"port) or by its host side as port list shows it (ADDR:HOSTPORT). ADDR\n" +
+				"defaults to 127.0.0.1. In --json mode it prints the closed forward's spec.",
+			Example:           "  smolvm port close web 127.0.0.1:8080:80\n  smolvm port close web 127.0.0.1:8080",
 			Args:              cobra.ExactArgs(2),
 			ValidArgsFunction: completeIDs(g, 1),
 			SilenceUsage:      true,
 			RunE: func(cmd *cobra.Command, args []string) error {
-				addr, port := "127.0.0.1", args[1]
-				if i := strings.LastIndex(port, ":"); i >= 0 {
-					addr, port = port[:i], port[i+1:]
-				}
-				n, err := strconv.Atoi(port)
+				p, err := parseClosePort(args[1])
 				if err != nil {
-					return usagef("host port %q: want [ADDR:]HOSTPORT", args[1])
+					return err
 				}
 				return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
-					if err := vm.Unexpose(cmd.Context(), addr, n); err != nil {
+					closed, err := closePort(cmd.Context(), vm, p)
+					if err != nil {
 						return err
 					}
-					return g.output(cmd.OutOrStdout(), map[string]any{"closed": fmt.Sprintf("%s:%d", addr, n)}, func(io.Writer) error { return nil })
+					return g.output(cmd.OutOrStdout(), map[string]any{"closed": closed.String()}, func(io.Writer) error { return nil })
 				})
 			},
 		},

@@ -29,6 +29,44 @@ func TestParsePort(t *testing.T) {
 	}
 }
 
+// TestPortSpecRoundTrip checks that what port expose prints is read back
+// by parsePort and port close as the same forward.
+func TestPortSpecRoundTrip(t *testing.T) {
+	for _, p := range []portSpec{{"127.0.0.1", 34567, 80}, {"0.0.0.0", 1, 65535}, {"10.1.2.3", 8080, 8080}} {
+		s := specOf(smolvm.PortForward{HostAddr: p.addr, HostPort: p.hostPort, GuestPort: p.guestPort}).String()
+		for name, parse := range map[string]func(string) (portSpec, error){"parsePort": parsePort, "parseClosePort": parseClosePort} {
+			if got, err := parse(s); err != nil || got != p {
+				t.Errorf("%s(%q) = %+v, %v; want %+v", name, s, got, err, p)
+			}
+		}
+	}
+}
+
+func TestParseClosePort(t *testing.T) {
+	tests := []struct {
+		in   string
+		want portSpec
+		ok   bool
+	}{
+		{"127.0.0.1:8080:80", portSpec{"127.0.0.1", 8080, 80}, true},
+		{"8080:80", portSpec{"127.0.0.1", 8080, 80}, true},
+		{"80", portSpec{"127.0.0.1", 0, 80}, true}, // the forward to guest port 80
+		{"127.0.0.1:8080", portSpec{"127.0.0.1", 8080, 0}, true},
+		{"0.0.0.0:8080", portSpec{"0.0.0.0", 8080, 0}, true},
+		{"127.0.0.1:0", portSpec{}, false},
+		{"127.0.0.1:x", portSpec{}, false},
+		{"localhost:8080", portSpec{}, false},
+		{"80:", portSpec{}, false},
+		{"", portSpec{}, false},
+	}
+	for _, tt := range tests {
+		got, err := parseClosePort(tt.in)
+		if (err == nil) != tt.ok || (tt.ok && got != tt.want) {
+			t.Errorf("%q: got %+v, %v", tt.in, got, err)
+		}
+	}
+}
+
 func TestParseMount(t *testing.T) {
 	tests := []struct {
 		in   string

@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"io"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -22,12 +24,38 @@ func cmdStreams(cmd *cobra.Command) streams {
 	return streams{in: cmd.InOrStdin(), out: cmd.OutOrStdout(), err: cmd.ErrOrStderr()}
 }
 
-// execResult is the --json output of run and exec.
+const timeoutHelp = "kill the command after this long, exit code 124: seconds, or a duration such as 1.5s or 2m (0 = no limit)"
+
+// execResult is the --json output of run and exec. JSON strings hold
+// only text, so output that is not valid UTF-8 comes base64-encoded in
+// stdout_b64 or stderr_b64 instead of stdout or stderr, byte for byte.
 type execResult struct {
-	ID       string `json:"id"`
-	ExitCode int    `json:"exit_code"`
-	Stdout   string `json:"stdout"`
-	Stderr   string `json:"stderr"`
+	ID        string  `json:"id"`
+	ExitCode  int     `json:"exit_code"`
+	Stdout    *string `json:"stdout,omitempty"`
+	Stderr    *string `json:"stderr,omitempty"`
+	StdoutB64 string  `json:"stdout_b64,omitempty"`
+	StderrB64 string  `json:"stderr_b64,omitempty"`
+}
+
+const jsonOutputHelp = "\n\nWith --json, stdout and stderr are printed as JSON strings when they are\n" +
+	"valid UTF-8; other output comes base64-encoded, exactly as the command\n" +
+	"wrote it, in stdout_b64 or stderr_b64 instead."
+
+func newExecResult(id string, code int, stdout, stderr []byte) execResult {
+	r := execResult{ID: id, ExitCode: code}
+	r.Stdout, r.StdoutB64 = encodeOutput(stdout)
+	r.Stderr, r.StderrB64 = encodeOutput(stderr)
+	return r
+}
+
+// encodeOutput returns b as text when it is valid UTF-8, else as base64.
+func encodeOutput(b []byte) (text *string, b64 string) {
+	if utf8.Valid(b) {
+		s := string(b)
+		return &s, ""
+	}
+	return nil, base64.StdEncoding.EncodeToString(b)
 }
 
 type runOptions struct {
@@ -44,7 +72,7 @@ func newRunCmd(g *globalOptions) *cobra.Command {
 		Long: "Create a VM, start it, run a command in it and delete it again, also on\n" +
 			"Ctrl-C. smolvm exits with the command's exit code (124 on --timeout).\n\n" +
 			"Several arguments are quoted for the guest's shell one by one; a single\n" +
-			"argument is a shell command line as it is.",
+			"argument is a shell command line as it is." + jsonOutputHelp,
 		Example: "  smolvm run -- uname -a\n" +
 			"  smolvm run -- sh -c 'echo $HOME'\n" +
 			"  smolvm run -- 'cat /etc/os-release | head -1'\n" +
@@ -60,7 +88,7 @@ func newRunCmd(g *globalOptions) *cobra.Command {
 	// Flags end at the command: `smolvm run ls -la` runs `ls -la`.
 	cmd.Flags().SetInterspersed(false)
 	o.vm.register(cmd)
-	cmd.Flags().DurationVar(&o.timeout, "timeout", 0, "kill the command after this long (exit code 124)")
+	cmd.Flags().Var(secondsFlag(&o.timeout), "timeout", timeoutHelp)
 	cmd.Flags().BoolVarP(&o.stdin, "interactive", "i", false, "pass standard input to the command")
 	return cmd
 }
@@ -90,7 +118,7 @@ func runEphemeral(ctx context.Context, g *globalOptions, o runOptions, command s
 		return err
 	}
 	if g.json {
-		if err := writeJSON(s.out, execResult{ID: vm.ID(), ExitCode: code, Stdout: stdout.String(), Stderr: stderr.String()}); err != nil {
+		if err := writeJSON(s.out, newExecResult(vm.ID(), code, stdout.Bytes(), stderr.Bytes())); err != nil {
 			return err
 		}
 	}

@@ -129,7 +129,7 @@ func (q *QEMU) args(spec launchSpec) []string {
 	case spec.Net.TAP != "":
 		args = append(args, "-netdev", "tap,id=net0,ifname="+optValue(spec.Net.TAP)+",script=no,downscript=no")
 	default:
-		// Always restricted, whatever spec.Net.Restrict says: slirp maps
+		// Always restricted: slirp maps
 		// 10.0.2.2 (and every other address of its network it does not
 		// serve itself) to the host's 127.0.0.1, so an unrestricted guest
 		// reaches every loopback service of the host, other VMs' forwards
