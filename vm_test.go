@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/smolvm/smolvm"
+	"github.com/smolvm/smolvm/internal/hypervisor"
 	"github.com/smolvm/smolvm/image"
 	"github.com/smolvm/smolvm/internal/network"
 )
@@ -543,7 +544,7 @@ func TestConcurrentStartSameVM(t *testing.T) {
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	n := 0
 	for _, p := range procs {
-		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), "guest=smolvm-"+vm.ID()+"\x00") {
+		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), "\x00"+hypervisor.NameArg(vm.Info().Process)+"\x00") {
 			n++
 		}
 	}
