@@ -117,4 +117,3 @@ func TestConcurrentStartDelete(t *testing.T) {
 		}
 	}
 }
-

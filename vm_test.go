@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/smolvm/smolvm"
-	"github.com/smolvm/smolvm/internal/hypervisor"
 	"github.com/smolvm/smolvm/image"
+	"github.com/smolvm/smolvm/internal/hypervisor"
 	"github.com/smolvm/smolvm/internal/network"
 )
 
