@@ -71,7 +71,7 @@ func Download(ctx context.Context, c *sftp.Client, src, dst string, log *slog.Lo
 	if !fi.IsDir() && !fi.Mode().IsRegular() {
 		return fmt.Errorf("%s in the guest is a %s, not a file or directory", src, kind(fi.Mode()))
 	}
-	dir, name, err := hostLanding(dst, path.Base(path.Clean(src)), fi.IsDir())
+	dir, name, err := hostLanding(dst, path.Base(src), fi.IsDir())
 	if err != nil {
 		return err
 	}

@@ -449,6 +449,8 @@ func TestDownloadDestination(t *testing.T) {
 		{name: "file into a missing directory/", src: "/f.log", dst: "missing/", wantErr: true},
 		{name: "tree into a directory", src: "/t", dst: "dir", want: "dir/t/a"},
 		{name: "tree into .", src: "/t", dst: ".", want: "t/a"},
+		{name: "tree/ into a directory", src: "/t/", dst: "dir", want: "dir/t/a"},
+		{name: "tree/. into a directory", src: "/t/.", dst: "dir", want: "dir/a"},
 		{name: "tree to a new name", src: "/t", dst: "new", want: "new/a"},
 		{name: "tree to a new name/", src: "/t", dst: "new/", want: "new/a"},
 		{name: "tree onto a file", src: "/t", dst: "file", wantErr: true},

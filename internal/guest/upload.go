@@ -38,7 +38,7 @@ func Upload(ctx context.Context, c *sftp.Client, src, dst string, log *slog.Logg
 	if err != nil {
 		return err
 	}
-	target, merge, err := guestLanding(c, dst, filepath.Base(filepath.Clean(src)), fi.IsDir())
+	target, merge, err := guestLanding(c, dst, filepath.Base(src), fi.IsDir())
 	if err != nil {
 		return err
 	}
