@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,7 +19,8 @@ import (
 
 func TestFileTransfer(t *testing.T) {
 	ctx := testContext(t, 4*time.Minute)
-	vm := newVM(t, ctx, smolvm.VMConfig{DiskMiB: 1024})
+	// User-mode networking: these tests are about SFTP, not the firewall.
+	vm := newVM(t, ctx, smolvm.VMConfig{DiskMiB: 1024}, smolvm.WithNetwork(smolvm.NetworkUser))
 	startVM(t, ctx, vm)
 	dir := t.TempDir()
 
@@ -205,6 +207,27 @@ func testDownloadHostileGuest(t *testing.T, ctx context.Context, vm *smolvm.VM) 
 	for _, name := range []string{"esc/pwned", "up/pwned", "pw"} {
 		if b, err := os.ReadFile(filepath.Join(copied, name)); err != nil || string(b) != "pwned\n" {
 			t.Errorf("%s: %q (%v), want the guest's new file in the copy", name, b, err)
+		}
+	}
+
+	// A sparse file of 15 TiB costs the guest nothing; the host must not
+	// try to fill its disk with it.
+	const huge = 15 << 40
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(back, &st); err != nil || st.Bavail*uint64(st.Bsize) >= huge {
+		t.Logf("huge file not tried: the host has room for it (%v)", err)
+	} else {
+		guest("truncate -s 16492674416640 /hostile/huge") // 15 TiB
+		if err := vm.Download(ctx, "/hostile/huge", back); err == nil {
+			t.Error("a 15 TiB file was downloaded")
+		} else {
+			t.Logf("huge file: %v", err)
+		}
+		if _, err := os.Lstat(filepath.Join(back, "huge")); err == nil {
+			t.Error("the refused huge file was left on the host")
+		}
+		if ents, _ := os.ReadDir(back); len(ents) != 1 {
+			t.Errorf("the refused download left %v behind", ents)
 		}
 	}
 	if b, err := os.ReadFile("/etc/passwd"); err != nil || !bytes.Equal(b, passwd) {

@@ -41,7 +41,7 @@ func TestCpREADME(t *testing.T) {
 		}
 	}
 
-	c.ok("create", "--name", "web")
+	c.ok("--network", "user", "create", "--name", "web") // about files, not the firewall
 	c.ok("exec", "web", "--", "sh", "-c", "echo started > /var/log/app.log")
 	cp("./app", "web:/opt/app")
 	cp("web:/var/log/app.log", ".")
