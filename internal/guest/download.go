@@ -38,12 +38,12 @@ func (e *DestinationError) Error() string { return e.Path + ": " + e.Reason }
 // endless chain of directories.
 const maxDepth = 256
 
-// HostMode is the mode a downloaded file or directory gets on the host:
+// hostMode is the mode a downloaded file or directory gets on the host:
 // the guest's permission bits without setuid, setgid and sticky, and
 // without group and other write (what cp gives under umask 022). Modes
 // come from the guest, and a guest must not hand the host a setuid file or
 // one other local users may change.
-func HostMode(m fs.FileMode) fs.FileMode { return m.Perm() &^ 0o022 }
+func hostMode(m fs.FileMode) fs.FileMode { return m.Perm() &^ 0o022 }
 
 // Download copies the guest file or directory src to dst on the host over
 // c, as `cp -r` does: if dst is an existing directory, src lands inside it
@@ -57,7 +57,7 @@ func HostMode(m fs.FileMode) fs.FileMode { return m.Perm() &^ 0o022 }
 // only if it is a real directory. A new tree is built under a temporary
 // name and renamed into place, so a failed copy leaves nothing behind.
 // Symlinks are copied as symlinks with their targets verbatim; modes are
-// masked by HostMode; devices, FIFOs and sockets are skipped with a
+// masked by hostMode; devices, FIFOs and sockets are skipped with a
 // warning on log. A regular file is copied up to the size the guest
 // reported, and refused if the host's file system has less room free.
 func Download(ctx context.Context, c *sftp.Client, src, dst string, log *slog.Logger) error {
@@ -93,10 +93,10 @@ func hostLanding(dst, base string, isDir bool) (dir, name string, err error) {
 	st, err := os.Stat(dst)
 	switch {
 	case err == nil && st.IsDir():
-		if !isDir && !ValidName(base) {
+		if !isDir && !validName(base) {
 			return "", "", &DestinationError{dst, "is a directory; name the file to copy to"}
 		}
-		if !ValidName(base) {
+		if !validName(base) {
 			return dst, ".", nil
 		}
 		return dst, base, nil
@@ -118,9 +118,9 @@ func hostLanding(dst, base string, isDir bool) (dir, name string, err error) {
 	return dir, name, nil
 }
 
-// ValidName reports whether name is one path component: not empty, not
+// validName reports whether name is one path component: not empty, not
 // "." or "..", no "/" and no NUL.
-func ValidName(name string) bool {
+func validName(name string) bool {
 	return name != "" && name != "." && name != ".." && !strings.ContainsAny(name, "/\x00")
 }
 
@@ -176,7 +176,7 @@ func (d *downloader) fill(ctx context.Context, dir *os.Root, hostDir, src string
 			return err
 		}
 		name := e.Name()
-		if !ValidName(name) {
+		if !validName(name) {
 			return fmt.Errorf("%w: %s lists the name %q", ErrUnsafe, src, name)
 		}
 		if seen[name] {
@@ -251,7 +251,7 @@ func (d *downloader) newDir(ctx context.Context, parent *os.Root, hp, name, gp s
 	if err := d.fill(ctx, sub, hp, gp, depth); err != nil {
 		return err
 	}
-	return sub.Chmod(".", HostMode(e.Mode()))
+	return sub.Chmod(".", hostMode(e.Mode()))
 }
 
 // openDir opens name in parent as a root of its own, provided it is still
@@ -303,7 +303,7 @@ func (d *downloader) file(ctx context.Context, dir *os.Root, hostDir, name, gp s
 		if err != nil && !errors.Is(err, errCapped) {
 			return fmt.Errorf("download %s: %w", gp, err)
 		}
-		return out.Chmod(HostMode(e.Mode()))
+		return out.Chmod(hostMode(e.Mode()))
 	}()
 	if cerr := out.Close(); err == nil {
 		err = cerr
