@@ -248,6 +248,13 @@ func TestDownloadHostileListing(t *testing.T) {
 			order: []string{"/t", "/t/canary"},
 		},
 		{
+			name: "absolute name",
+			ents: map[string]fakeEntry{
+				"/t": dirEntry("t", 0o755), "/t/canary": fileEntry(cfile, 0o644, "pwned\n"),
+			},
+			order: []string{"/t", "/t/canary"},
+		},
+		{
 			name: "link to an outside directory, then a directory beneath it",
 			ents: map[string]fakeEntry{
 				"/t": dirEntry("t", 0o755), "/t/esc": linkEntry("esc", cdir),
@@ -300,6 +307,11 @@ func TestDownloadHostileListing(t *testing.T) {
 			ents, _ := os.ReadDir(dst)
 			if tt.wantErr != nil && len(ents) != 0 {
 				t.Errorf("a failed download left %v behind", ents)
+			}
+			if tt.wantErr == nil {
+				if b, err := os.ReadFile(filepath.Join(dst, "copy", "canary")); err != nil || string(b) != "pwned\n" {
+					t.Errorf("copy/canary: %q, %v; want the entry inside the copy", b, err)
+				}
 			}
 		})
 	}
