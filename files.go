@@ -27,14 +27,16 @@ func (v *VM) Upload(ctx context.Context, local, guestPath string) error {
 
 // Download copies a guest file or directory tree to local, as `cp -r`
 // does: if local is an existing directory, the copy lands inside it under
-// its own name; otherwise it becomes local. The guest is not trusted:
-// nothing it sends (names, symlinks, modes, sizes) makes Download write,
-// chmod or follow anything outside the copy. Files are written atomically
-// (temporary file, then rename) and a new tree appears only once complete.
-// Symlinks are copied as symlinks and never followed; modes lose setuid,
-// setgid, sticky and group/other write; devices, FIFOs and sockets are
-// skipped with a warning; a file larger than the host's free space is
-// refused.
+// its own name; otherwise it becomes local. local itself is resolved as
+// given; the guest is not trusted with anything beneath it: nothing it
+// sends (names, symlinks, modes, sizes) makes Download write, chmod or
+// follow anything outside the copy. Each file is written atomically
+// (temporary file, then rename), and a new tree appears only once
+// complete; a tree merged into an existing directory may be left
+// partly copied by a failure. Symlinks are copied as symlinks and never
+// followed; modes lose setuid, setgid, sticky and group/other write;
+// devices, FIFOs and sockets are skipped with a warning; a file larger
+// than the host's free space is refused.
 func (v *VM) Download(ctx context.Context, guestPath, local string) error {
 	return opError("download", v.id, v.withSFTP(ctx, func(c *sftp.Client) error {
 		return destinationError(guest.Download(ctx, c, guestPath, local, v.log()))
