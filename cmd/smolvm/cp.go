@@ -15,8 +15,12 @@ func newCpCmd(g *globalOptions) *cobra.Command {
 		Use:   "cp SRC DST",
 		Short: "Copy files and directories between the host and a VM",
 		Long: "Copy a file or directory tree into a VM (cp LOCAL ID:PATH) or out of it\n" +
-			"(cp ID:PATH LOCAL), over SFTP on the VM's SSH connection. Modes are kept and\n" +
-			"missing parent directories are created.",
+			"(cp ID:PATH LOCAL), over SFTP on the VM's SSH connection, as cp -r does: if DST\n" +
+			"is an existing directory, SRC lands inside it under its own name (SRC/. copies\n" +
+			"its contents); otherwise SRC becomes DST, and missing parent directories are\n" +
+			"made. Symlinks are copied as symlinks, never followed. Out of a VM, files lose\n" +
+			"setuid, setgid, sticky and group/other write bits, devices and FIFOs are\n" +
+			"skipped with a warning, and nothing the guest sends can write outside DST.",
 		Example:      "  smolvm cp ./app web:/opt/app\n  smolvm cp web:/var/log/app.log .",
 		Args:         cobra.ExactArgs(2),
 		SilenceUsage: true,
