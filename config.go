@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
@@ -142,12 +141,7 @@ func (c VMConfig) Validate() error {
 		}
 	}
 	for _, m := range c.Mounts {
-		if fi, err := os.Stat(m.HostPath); err != nil || !fi.IsDir() || !filepath.IsAbs(m.HostPath) {
-			bad("mount host path", fmt.Sprintf("%q", m.HostPath), "must be an absolute path of an existing directory")
-		}
-		if !filepath.IsAbs(m.GuestPath) || strings.ContainsAny(m.GuestPath, " \t\n:,") || filepath.Clean(m.GuestPath) == "/" {
-			bad("mount guest path", fmt.Sprintf("%q", m.GuestPath), "must be an absolute path other than /, without spaces, ':' or ','")
-		}
+		errs = append(errs, m.validate()...)
 	}
 	if strings.ContainsAny(c.BootArgs, "\n\x00") {
 		bad("boot args", fmt.Sprintf("%q", c.BootArgs), "must be one line")

@@ -92,9 +92,7 @@ func (v *VM) start(ctx context.Context) (err error) {
 		Cmdline: rt.BootArgs + " " + guestCmdline(v.id, net, info.Config.Mounts),
 		Net:     hypervisor.NetSpec{TAP: net.TAP, MAC: network.MAC(v.id), Restrict: info.Config.NoEgress},
 	}
-	for i, m := range info.Config.Mounts {
-		spec.Mounts = append(spec.Mounts, hypervisor.Mount{Tag: mountTag(i), HostPath: m.HostPath, ReadOnly: !m.Writable})
-	}
+	spec.Mounts = hypervisorMounts(info.Config.Mounts)
 	forwards, err := v.Forwards(ctx)
 	if err != nil {
 		return err

@@ -120,13 +120,22 @@ func (q *QEMU) Args(spec hypervisor.Spec) []string {
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 		"-kernel", spec.Kernel,
 		"-append", cmdline,
-		"-chardev", "file,id=console,path=" + spec.ConsoleLog,
+		"-chardev", "file,id=console,path=" + optValue(spec.ConsoleLog),
 		"-serial", "chardev:console",
 		"-drive", "id=root,file=" + spec.Disk + ",format=raw,if=none,discard=unmap",
 		"-device", "virtio-blk-" + dev + ",drive=root",
 	}
 	for i, m := range spec.Mounts {
-		fsdev := fmt.Sprintf("local,id=fs%d,path=%s,security_model=none", i, m.HostPath)
+		// Mapped: the guest's owners, modes, device nodes and symlinks are
+		// metadata QEMU keeps beside plain host files (at fmode 0600, dmode
+		// 0700, owned by QEMU's user). With "none" or "passthrough" they
+		// are real, and a guest root could leave a setuid-root program or
+		// a /dev/mem node for a host user to run or open.
+		model := "mapped-xattr"
+		if m.MappedFile {
+			model = "mapped-file"
+		}
+		fsdev := fmt.Sprintf("local,id=fs%d,path=%s,security_model=%s", i, optValue(m.HostPath), model)
 		if m.ReadOnly {
 			fsdev += ",readonly=on"
 		}
@@ -161,6 +170,10 @@ func (q *QEMU) Args(spec hypervisor.Spec) []string {
 	)
 	return args
 }
+
+// optValue escapes v for a QEMU option list, where ',' separates options
+// and ",," is a literal comma: a path with a comma must not add options.
+func optValue(v string) string { return strings.ReplaceAll(v, ",", ",,") }
 
 // AccelEnv overrides the accelerator choice: "kvm", "tcg" or "auto".
 const AccelEnv = "SMOLVM_ACCEL"
