@@ -14,6 +14,7 @@ import (
 	"github.com/smolvm/smolvm/internal/guest"
 	"github.com/smolvm/smolvm/internal/initramfs"
 	"github.com/smolvm/smolvm/internal/network"
+	"github.com/smolvm/smolvm/internal/statedir"
 	"github.com/smolvm/smolvm/internal/store"
 	"golang.org/x/crypto/ssh"
 )
@@ -104,7 +105,7 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 
 	// A directory without a row is debris of a crashed earlier create.
 	os.RemoveAll(v.paths.dir)
-	if err := os.MkdirAll(v.paths.dir, 0o700); err != nil {
+	if err := statedir.MkdirAll(s.home, v.paths.dir); err != nil {
 		return nil, err
 	}
 	undo.push("data dir", func() error { return os.RemoveAll(v.paths.dir) })

@@ -124,7 +124,9 @@ func (v *VM) start(ctx context.Context) (err error) {
 			spec.Net.Forwards = append(spec.Net.Forwards, hypervisor.Forward{HostAddr: f.HostAddr, HostPort: f.HostPort, GuestPort: f.GuestPort})
 		}
 	}
-	os.Remove(v.paths.console())
+	if err := newConsoleLog(v.paths.console()); err != nil {
+		return err
+	}
 	os.Remove(v.paths.pidFile())
 	os.Remove(v.paths.qmp())
 	pid, err := backend.Start(bootCtx, spec)
