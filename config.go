@@ -60,8 +60,16 @@ type VMConfig struct {
 	// NoEgress cuts the VM off from the host's networks; exposed ports
 	// still reach it.
 	NoEgress bool `json:"no_egress,omitempty"`
-	// RetainDiskOnDelete keeps the VM's disk file when it is deleted.
+	// RetainDiskOnDelete keeps the VM's disk file when it is deleted, at
+	// DataDir/disk.ext4, until a create with ReuseDisk and the same ID
+	// boots it again or RemoveKeptDisk removes it. Until then a create
+	// with that ID fails with ErrAlreadyExists.
 	RetainDiskOnDelete bool `json:"retain_disk_on_delete,omitempty"`
+	// ReuseDisk boots the disk a deleted VM with this ID kept (see
+	// RetainDiskOnDelete) instead of a copy of the image; the image still
+	// gives the kernel and boot args. DiskMiB 0 keeps the disk's size. A
+	// reused disk is kept again on delete: RetainDiskOnDelete is implied.
+	ReuseDisk bool `json:"reuse_disk,omitempty"`
 	// BootTimeout bounds Start (default 60s); ctx can bound it further.
 	BootTimeout time.Duration `json:"boot_timeout,omitempty"`
 }
@@ -115,6 +123,9 @@ func (c VMConfig) Validate() error {
 	}
 	if c.DiskMiB < MinDiskMiB || c.DiskMiB > MaxDiskMiB {
 		bad("disk", fmt.Sprintf("%d MiB", c.DiskMiB), fmt.Sprintf("must be between %d and %d MiB", MinDiskMiB, MaxDiskMiB))
+	}
+	if c.ReuseDisk && c.ID == "" {
+		bad("reuse disk", true, "needs the ID of the deleted VM whose disk was kept")
 	}
 	if c.BootTimeout < 0 {
 		bad("boot timeout", c.BootTimeout, "must be positive")

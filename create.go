@@ -49,6 +49,9 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 		s.config(&cfg)
 	}
 	diskDefaulted := cfg.DiskMiB == 0
+	if cfg.ReuseDisk {
+		cfg.RetainDiskOnDelete = true
+	}
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, opError("create", cfg.ID, err)
@@ -75,6 +78,9 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	if fi, err := os.Stat(rootfs); err == nil && diskDefaulted {
 		// An image built bigger than the default keeps its size.
 		cfg.DiskMiB = max(cfg.DiskMiB, int(fi.Size()>>20))
+	}
+	if fi, err := os.Stat(newPaths(s.home, cfg.ID).disk()); err == nil && diskDefaulted && cfg.ReuseDisk {
+		cfg.DiskMiB = int(fi.Size() >> 20) // a kept disk keeps its size
 	}
 
 	st, err := openStore(ctx, s)
@@ -103,12 +109,9 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	}
 	undo.push("state row", func() error { return st.DeleteVM(context.WithoutCancel(ctx), cfg.ID) })
 
-	// A directory without a row is debris of a crashed earlier create.
-	os.RemoveAll(v.paths.dir)
-	if err := statedir.MkdirAll(s.home, v.paths.dir); err != nil {
+	if err := v.claimDir(ctx, cfg.ReuseDisk, &undo); err != nil {
 		return nil, err
 	}
-	undo.push("data dir", func() error { return os.RemoveAll(v.paths.dir) })
 
 	rt := runtimeRecord{Instance: newInstance(), Kernel: kernel, BootArgs: bootArgs, Initrd: v.paths.initrd(), Backend: backend.Name()}
 	if mode == NetworkTAP {
@@ -136,9 +139,11 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 		}
 	}
 
-	v.log().Debug("create: disk", "from", rootfs, "mib", cfg.DiskMiB)
-	if err := disk.Clone(rootfs, v.paths.disk()); err != nil {
-		return nil, err
+	if !cfg.ReuseDisk {
+		v.log().Debug("create: disk", "from", rootfs, "mib", cfg.DiskMiB)
+		if err := disk.Clone(rootfs, v.paths.disk()); err != nil {
+			return nil, err
+		}
 	}
 	if err := disk.Resize(ctx, v.paths.disk(), cfg.DiskMiB); err != nil {
 		return nil, err
@@ -151,6 +156,35 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	}
 	v.log().Info("created", "network", mode, "ip", rt.Network.GuestIP)
 	return v, nil
+}
+
+// claimDir makes the VM's directory, whose id the caller has just taken
+// in the database. A disk kept from a deleted VM of this id is never
+// removed here: reuse says boot it, else the create fails. Anything else
+// there is debris of a crashed earlier create.
+func (v *VM) claimDir(ctx context.Context, reuse bool, undo *undoStack) error {
+	unlock, err := lockKept(ctx, v.s.home)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	kept := keptDisk(v.paths.dir)
+	switch {
+	case kept && !reuse:
+		return errKeptDisk(v.id, v.paths)
+	case !kept && reuse:
+		return &ValidationError{Field: "reuse disk", Value: v.paths.disk(),
+			Reason: "no disk kept from a deleted VM with this id (RetainDiskOnDelete keeps one)"}
+	case kept:
+		undo.push("data dir", func() error { return removeAllButDisk(v.paths) })
+		return nil
+	}
+	os.RemoveAll(v.paths.dir)
+	if err := statedir.MkdirAll(v.s.home, v.paths.dir); err != nil {
+		return err
+	}
+	undo.push("data dir", func() error { return os.RemoveAll(v.paths.dir) })
+	return nil
 }
 
 // writeKeys makes the VM's SSH keys and its own initramfs, which carries

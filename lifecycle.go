@@ -390,11 +390,8 @@ func (v *VM) delete(ctx context.Context) error {
 	}
 	v.releaseRunResources()
 	if info.Config.RetainDiskOnDelete {
-		ents, _ := os.ReadDir(v.paths.dir)
-		for _, e := range ents {
-			if p := v.paths.dir + "/" + e.Name(); p != v.paths.disk() {
-				os.RemoveAll(p)
-			}
+		if err := removeAllButDisk(v.paths); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
 		}
 	} else if err := os.RemoveAll(v.paths.dir); err != nil {
 		return err
