@@ -18,10 +18,20 @@ import (
 // its id fails until the user picks one.
 
 // keptDisk reports whether dir holds a disk kept on purpose: the disk and
-// nothing else (a crashed create leaves keys or an initramfs beside it).
+// nothing else (a crashed create leaves keys or an initramfs beside it)
+// but maybe the VM lock file a stale handle made.
 func keptDisk(dir string) bool {
 	files, _ := os.ReadDir(dir)
-	return len(files) == 1 && files[0].Name() == "disk.ext4" && files[0].Type().IsRegular()
+	disk := false
+	for _, f := range files {
+		switch {
+		case f.Name() == "disk.ext4" && f.Type().IsRegular():
+			disk = true
+		case f.Name() != ".lock":
+			return false
+		}
+	}
+	return disk
 }
 
 // removeAllButDisk empties dir except for its disk.

@@ -43,6 +43,11 @@ func (v *VM) Start(ctx context.Context) error {
 // lock serializes lifecycle changes of this VM across processes: two
 // starts at once must not boot two QEMUs on one disk.
 func (v *VM) lock(ctx context.Context) (func(), error) {
+	// Not for a VM that is gone: the lock file would land in the directory
+	// of a disk it kept (kept.go ignores it there, all the same).
+	if err := v.exists(ctx); err != nil {
+		return nil, err
+	}
 	unlock, err := flock.Lock(ctx, filepath.Join(v.paths.dir, ".lock"), 0o600)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%w (its directory %s is gone)", ErrNotFound, v.paths.dir)
@@ -191,6 +196,11 @@ func (v *VM) waitReady(ctx context.Context, pid int, name string, timeout time.D
 
 // conn returns the SSH connection to the guest, dialing if needed.
 func (v *VM) conn(ctx context.Context) (*guest.Client, error) {
+	// One indexed read, so a handle whose VM was deleted elsewhere fails
+	// with ErrNotFound instead of using a connection to what is gone.
+	if err := v.exists(ctx); err != nil {
+		return nil, err
+	}
 	v.mu.Lock()
 	c := v.client
 	addr := v.info.Network.SSHAddr
@@ -347,10 +357,12 @@ func (v *VM) releaseRunResources() {
 
 // Delete removes the VM: its process, TAP device, state row and IP lease,
 // and its data directory, except the disk when RetainDiskOnDelete is set.
-// The handle is closed; deleting again through it is a no-op.
+// The handle is closed; deleting again through it is a no-op, while its
+// other methods, and all methods of other handles on the VM, fail with
+// ErrNotFound.
 func (v *VM) Delete(ctx context.Context) error {
 	v.mu.Lock()
-	deleted := v.deleted
+	deleted := v.deletedHere
 	v.mu.Unlock()
 	if deleted {
 		return nil
@@ -365,8 +377,9 @@ func (v *VM) Delete(ctx context.Context) error {
 		err = lerr
 	}
 	if err == nil {
+		v.markDeleted()
 		v.mu.Lock()
-		v.deleted = true
+		v.deletedHere = true
 		v.mu.Unlock()
 		v.Close()
 	}
