@@ -129,7 +129,7 @@ func (v *VM) start(ctx context.Context) (err error) {
 			spec.Net.Forwards = append(spec.Net.Forwards, hypervisor.Forward{HostAddr: f.HostAddr, HostPort: f.HostPort, GuestPort: f.GuestPort})
 		}
 	}
-	if err := newConsoleLog(v.paths.console()); err != nil {
+	if err := newConsoleLog(v.paths); err != nil {
 		return err
 	}
 	os.Remove(v.paths.pidFile())
@@ -149,6 +149,9 @@ func (v *VM) start(ctx context.Context) (err error) {
 	v.log().Debug("start: process up", "pid", pid, "after", time.Since(began))
 
 	if err := v.waitReady(bootCtx, pid, name, timeout); err != nil {
+		return err
+	}
+	if err := v.boundConsole(bootCtx); err != nil {
 		return err
 	}
 	v.log().Info("started", "pid", pid, "ip", net.GuestIP, "boot", time.Since(began).Round(time.Millisecond))
@@ -314,6 +317,10 @@ func (v *VM) stop(ctx context.Context, timeout time.Duration) error {
 		}
 	}
 	if hypervisor.Alive(info.PID, info.Process) {
+		// Keep the guest's last words: the console ring goes with QEMU.
+		if err := v.syncConsole(ctx); err != nil {
+			v.log().Warn("stop: save console", "err", err)
+		}
 		graceful, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		if c, err := v.conn(graceful); err == nil {

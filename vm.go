@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -339,18 +338,6 @@ func newInstance() string {
 	return hex.EncodeToString(b)
 }
 
-// consoleTail returns the end of the console log, for error messages.
-func (v *VM) consoleTail() string {
-	b, err := os.ReadFile(v.paths.console())
-	if err != nil || len(b) == 0 {
-		return "(console log empty)"
-	}
-	if len(b) > 2048 {
-		b = b[len(b)-2048:]
-	}
-	return "console log tail:\n" + string(b)
-}
-
 // paths owns the on-disk layout of the state directory.
 type paths struct {
 	home, dir string
@@ -362,6 +349,7 @@ func newPaths(home, id string) paths {
 
 func (p paths) disk() string           { return filepath.Join(p.dir, "disk.ext4") }
 func (p paths) console() string        { return filepath.Join(p.dir, "console.log") }
+func (p paths) consoleOld() string     { return filepath.Join(p.dir, "console.log.1") }
 func (p paths) initrd() string         { return filepath.Join(p.dir, "initrd.cpio") }
 func (p paths) pidFile() string        { return filepath.Join(p.dir, "vm.pid") }
 func (p paths) qmp() string            { return filepath.Join(p.dir, "qmp.sock") }

@@ -120,8 +120,8 @@ func (q *QEMU) Args(spec hypervisor.Spec) []string {
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 		"-kernel", spec.Kernel,
 		"-append", cmdline,
-		"-chardev", "file,id=console,path=" + optValue(spec.ConsoleLog),
-		"-serial", "chardev:console",
+		"-chardev", "file,id=" + ConsoleChardev + ",path=" + optValue(spec.ConsoleLog),
+		"-serial", "chardev:" + ConsoleChardev,
 		"-drive", "id=root,file=" + spec.Disk + ",format=raw,if=none,discard=unmap",
 		"-device", "virtio-blk-" + dev + ",drive=root",
 	}
