@@ -151,3 +151,34 @@ func TestMountValidation(t *testing.T) {
 		t.Errorf("a good mount: %v", err)
 	}
 }
+
+// TestMountWithoutXattrs shares a folder on a filesystem without user
+// xattrs (ramfs): the guest's metadata then lives in files in the share,
+// and still nothing the guest makes is setuid on the host.
+func TestMountWithoutXattrs(t *testing.T) {
+	requireVM(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a ramfs")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "ramfs", "ramfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a ramfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	ctx := testContext(t, 3*time.Minute)
+	vm := newVM(t, ctx, smolvm.VMConfig{Mounts: []smolvm.Mount{{HostPath: dir, GuestPath: "/mnt/out", Writable: true}}})
+	startVM(t, ctx, vm)
+	res := run(t, ctx, vm, "cd /mnt/out && echo hi > f && chmod 4755 f && mknod mem c 1 1 && stat -c '%a %F' f mem && cat f")
+	if res.Stdout != "4755 regular file\n644 character special file\nhi\n" {
+		t.Errorf("guest: %+v", res)
+	}
+	for _, name := range []string{"f", "mem"} {
+		fi, err := os.Lstat(filepath.Join(dir, name))
+		if err != nil || !fi.Mode().IsRegular() || fi.Mode()&(fs.ModeSetuid|fs.ModeSetgid) != 0 {
+			t.Errorf("host sees %s as %v (%v), want a plain regular file", name, fi.Mode(), err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".virtfs_metadata")); err != nil {
+		t.Errorf("no mapped-file metadata in the share: %v", err)
+	}
+}
