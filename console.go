@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
+	"time"
 
 	"github.com/smolvm/smolvm/internal/flock"
 	"github.com/smolvm/smolvm/internal/hypervisor"
@@ -16,12 +18,13 @@ import (
 
 // The serial console is bounded so that a guest writing to it without end
 // costs the host neither disk nor memory without end. While the VM boots
-// (kernel and agent only: nothing of the guest's own runs before the agent
-// is ready) QEMU writes the console to console.log, so a boot that fails
-// leaves its messages there. Once the guest is ready, the console moves to
-// a ring buffer in QEMU (QMP chardev-change); whoever reads the log
-// (smolvm logs, Stop) first moves what the ring holds into console.log,
-// which is rotated to console.log.1 when it would pass ConsoleLogMax.
+// QEMU writes the console to console.log, so a boot that fails leaves its
+// messages there. Once the guest is ready, or earlier if the boot log
+// passes ConsoleLogMax (the kernel and agent write little, but the agent
+// runs the image's shell once as it gets ready), the console moves to a
+// ring buffer in QEMU (QMP chardev-change); whoever reads the log (smolvm
+// logs, Stop) first moves what the ring holds into console.log, which is
+// rotated to console.log.1 when it would pass ConsoleLogMax.
 const (
 	// ConsoleLogMax bounds each of the two console log files.
 	ConsoleLogMax = 1 << 20
@@ -40,6 +43,43 @@ func newConsoleLog(p paths) error {
 		return err
 	}
 	return f.Close()
+}
+
+// consoleGuard moves a booting VM's console to the ring, once.
+type consoleGuard struct {
+	v    *VM
+	once sync.Once
+	err  error
+}
+
+// guardConsole watches the boot log until ctx ends and moves the console
+// to the ring as soon as the log passes ConsoleLogMax.
+func (v *VM) guardConsole(ctx context.Context) *consoleGuard {
+	g := &consoleGuard{v: v}
+	go func() {
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if fi, err := os.Stat(v.paths.console()); err == nil && fi.Size() > ConsoleLogMax {
+				if err := g.bound(ctx); err != nil {
+					v.log().Warn("console: early move to the ring", "err", err)
+				}
+				return
+			}
+		}
+	}()
+	return g
+}
+
+// bound moves the console to the ring unless that was done already.
+func (g *consoleGuard) bound(ctx context.Context) error {
+	g.once.Do(func() { g.err = g.v.boundConsole(ctx) })
+	return g.err
 }
 
 // boundConsole moves the booted guest's console into QEMU's ring buffer.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -100,4 +101,57 @@ func (b *tailBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return string(b.buf)
+}
+
+// TestConsoleBoundedDuringBoot boots an image whose shell floods the
+// console from the moment the agent becomes ready (the agent runs it once
+// then), before the host has moved the console to the ring: the boot log
+// stays bounded too. (Here the host wins that race by far; consoleGuard
+// bounds the log should it not.)
+func TestConsoleBoundedDuringBoot(t *testing.T) {
+	requireVM(t)
+	ctx := testContext(t, 3*time.Minute)
+	img, err := smolvm.DefaultImage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfs := filepath.Join(t.TempDir(), "hostile.ext4")
+	if out, err := exec.Command("cp", "--sparse=always", img.Rootfs, rootfs).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	script := filepath.Join(t.TempDir(), "sh")
+	os.WriteFile(script, []byte("#!/bin/busybox sh\n"+
+		"/bin/busybox sh -c 'while :; do /bin/busybox yes the image floods the console; done > /dev/console' </dev/null >/dev/null 2>&1 &\n"+
+		"exec /bin/busybox sh \"$@\"\n"), 0o755)
+	for _, req := range []string{"rm /bin/sh", "write " + script + " /bin/sh", "sif /bin/sh mode 0100755"} {
+		if out, err := exec.Command("debugfs", "-w", "-R", req, rootfs).CombinedOutput(); err != nil {
+			t.Fatalf("debugfs %s: %v %s", req, err, out)
+		}
+	}
+	vm := newVM(t, ctx, smolvm.VMConfig{KernelPath: img.Kernel, InitrdPath: img.Initrd, RootfsPath: rootfs, BootArgs: img.BootArgs})
+	startVM(t, ctx, vm)
+	time.Sleep(3 * time.Second) // the flood goes on
+	fi, err := os.Stat(vm.Info().ConsoleLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("console.log after boot and 3 s of flooding: %d KiB", fi.Size()>>10)
+	if fi.Size() > smolvm.ConsoleLogMax+512<<10 {
+		t.Errorf("console.log is %d bytes after the boot, over the cap of %d", fi.Size(), smolvm.ConsoleLogMax)
+	}
+	files, err := vm.ConsoleLogs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flooded := false
+	for _, f := range files {
+		if fi, err := os.Stat(f); err == nil && fi.Size() > smolvm.ConsoleLogMax {
+			t.Errorf("%s is %d bytes, over the cap", f, fi.Size())
+		}
+		b, _ := os.ReadFile(f)
+		flooded = flooded || bytes.Contains(b, []byte("the image floods the console"))
+	}
+	if !flooded {
+		t.Error("the image's shell did not flood the console: the test proves nothing")
+	}
 }

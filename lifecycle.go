@@ -139,6 +139,7 @@ func (v *VM) start(ctx context.Context) (err error) {
 		return err
 	}
 	undo.push("vm process", func() error { return hypervisor.Kill(context.Background(), pid, name) })
+	console := v.guardConsole(bootCtx)
 	if err := v.update(ctx, func(row *store.VM, r *runtimeRecord) error {
 		row.State, row.PID = string(StateRunning), pid
 		r.Network, r.Backend, r.StartedAt, r.Error = net, backend.Name(), time.Now().UTC(), ""
@@ -151,7 +152,7 @@ func (v *VM) start(ctx context.Context) (err error) {
 	if err := v.waitReady(bootCtx, pid, name, timeout); err != nil {
 		return err
 	}
-	if err := v.boundConsole(bootCtx); err != nil {
+	if err := console.bound(bootCtx); err != nil {
 		return err
 	}
 	v.log().Info("started", "pid", pid, "ip", net.GuestIP, "boot", time.Since(began).Round(time.Millisecond))
