@@ -75,8 +75,16 @@ type VMConfig struct {
 	// NoEgress cuts the VM off from the host's networks; exposed ports
 	// still reach it.
 	NoEgress bool `json:"no_egress,omitempty"`
-	// RetainDiskOnDelete keeps the VM's disk file when it is deleted.
+	// RetainDiskOnDelete keeps the VM's disk file when it is deleted, at
+	// DataDir/disk.ext4, until a create with ReuseDisk and the same ID
+	// boots it again or RemoveKeptDisk removes it. Until then a create
+	// with that ID fails with ErrAlreadyExists.
 	RetainDiskOnDelete bool `json:"retain_disk_on_delete,omitempty"`
+	// ReuseDisk boots the disk a deleted VM with this ID kept (see
+	// RetainDiskOnDelete) instead of a copy of the image; the image still
+	// gives the kernel and boot args. DiskMiB 0 keeps the disk's size. A
+	// reused disk is kept again on delete: RetainDiskOnDelete is implied.
+	ReuseDisk bool `json:"reuse_disk,omitempty"`
 	// BootTimeout bounds Start: 0 = the default, 60s; ctx can bound it
 	// further. Negative is invalid.
 	BootTimeout time.Duration `json:"boot_timeout,omitempty"`
@@ -190,6 +198,9 @@ func (c VMConfig) validate(host hostLimits) error {
 	if err := checkDisk(c.DiskMiB, host); err != nil {
 		errs = append(errs, err)
 	}
+	if c.ReuseDisk && c.ID == "" {
+		bad("reuse disk", true, "needs the ID of the deleted VM whose disk was kept")
+	}
 	if c.BootTimeout < 0 {
 		bad("boot timeout", c.BootTimeout, fmt.Sprintf("must not be negative; 0 means the default, %s", DefaultBootTimeout))
 	}
@@ -213,12 +224,7 @@ func (c VMConfig) validate(host hostLimits) error {
 		errs = append(errs, err)
 	}
 	for _, m := range c.Mounts {
-		if fi, err := os.Stat(m.HostPath); err != nil || !fi.IsDir() || !filepath.IsAbs(m.HostPath) {
-			bad("mount host path", fmt.Sprintf("%q", m.HostPath), "must be an absolute path of an existing directory")
-		}
-		if !filepath.IsAbs(m.GuestPath) || strings.ContainsAny(m.GuestPath, " \t\n:,") || filepath.Clean(m.GuestPath) == "/" {
-			bad("mount guest path", fmt.Sprintf("%q", m.GuestPath), "must be an absolute path other than /, without spaces, ':' or ','")
-		}
+		errs = append(errs, m.validate()...)
 	}
 	if strings.ContainsAny(c.BootArgs, "\n\x00") {
 		bad("boot args", fmt.Sprintf("%q", c.BootArgs), "must be one line")

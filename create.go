@@ -17,6 +17,7 @@ import (
 	"github.com/smolvm/smolvm/internal/guest"
 	"github.com/smolvm/smolvm/internal/initramfs"
 	"github.com/smolvm/smolvm/internal/network"
+	"github.com/smolvm/smolvm/internal/statedir"
 	"github.com/smolvm/smolvm/internal/store"
 	"golang.org/x/crypto/ssh"
 )
@@ -51,6 +52,9 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 		s.config(&cfg)
 	}
 	diskDefaulted := cfg.DiskMiB == 0
+	if cfg.ReuseDisk {
+		cfg.RetainDiskOnDelete = true
+	}
 	cfg = cfg.withDefaults()
 	host := probeHost(s.home)
 	if err := cfg.validate(host); err != nil {
@@ -82,6 +86,9 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 			return nil, opError("create", cfg.ID, err)
 		}
 	}
+	if fi, err := os.Stat(newPaths(s.home, cfg.ID).disk()); err == nil && diskDefaulted && cfg.ReuseDisk {
+		cfg.DiskMiB = int(fi.Size() >> 20) // a kept disk keeps its size
+	}
 
 	st, err := openStore(ctx, s)
 	if err != nil {
@@ -105,10 +112,10 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	// is complete: a row that is incomplete while nobody holds the lock is
 	// then surely a create that was killed (reconcile removes it).
 	_, statErr := os.Stat(v.paths.dir)
-	if err := os.MkdirAll(v.paths.dir, 0o700); err != nil {
+	if err := statedir.MkdirAll(v.s.home, v.paths.dir); err != nil {
 		return nil, err
 	}
-	unlock, err := flock.Lock(ctx, v.paths.lock(), 0o600)
+	unlock, err := flock.Lock(ctx, v.paths.lock(), statedir.FileMode)
 	if err != nil {
 		return nil, err
 	}
@@ -124,11 +131,9 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	}
 	undo.push("state row", func() error { return st.DeleteVM(context.WithoutCancel(ctx), cfg.ID) })
 
-	// A directory without a row is debris of a crashed earlier create.
-	if err := removeDebris(v.paths); err != nil {
+	if err := v.claimDir(ctx, cfg.ReuseDisk, &undo); err != nil {
 		return nil, err
 	}
-	undo.push("data dir", func() error { return os.RemoveAll(v.paths.dir) })
 
 	rt := runtimeRecord{Instance: newInstance(), Kernel: kernel, BootArgs: bootArgs, Initrd: v.paths.initrd(), Backend: backend.Name()}
 	if mode == NetworkTAP {
@@ -156,9 +161,11 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 		}
 	}
 
-	v.log().Debug("create: disk", "from", rootfs, "mib", cfg.DiskMiB)
-	if err := disk.Clone(rootfs, v.paths.disk()); err != nil {
-		return nil, err
+	if !cfg.ReuseDisk {
+		v.log().Debug("create: disk", "from", rootfs, "mib", cfg.DiskMiB)
+		if err := disk.Clone(rootfs, v.paths.disk()); err != nil {
+			return nil, err
+		}
 	}
 	if err := disk.Resize(ctx, v.paths.disk(), cfg.DiskMiB); err != nil {
 		return nil, err
@@ -171,6 +178,35 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	}
 	v.log().Info("created", "network", mode, "ip", rt.Network.GuestIP)
 	return v, nil
+}
+
+// claimDir makes the VM's directory, whose id the caller has just taken
+// in the database. A disk kept from a deleted VM of this id is never
+// removed here: reuse says boot it, else the create fails. Anything else
+// there is debris of a crashed earlier create.
+func (v *VM) claimDir(ctx context.Context, reuse bool, undo *undoStack) error {
+	unlock, err := lockKept(ctx, v.s.home)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	kept := keptDisk(v.paths.dir)
+	switch {
+	case kept && !reuse:
+		return errKeptDisk(v.id, v.paths)
+	case !kept && reuse:
+		return &ValidationError{Field: "reuse disk", Value: v.paths.disk(),
+			Reason: "no disk kept from a deleted VM with this id (RetainDiskOnDelete keeps one)"}
+	case kept:
+		undo.push("data dir", func() error { return removeAllButDisk(v.paths) })
+		return nil
+	}
+	// The caller made the directory and holds its lock: keep that.
+	if err := removeDebris(v.paths); err != nil {
+		return err
+	}
+	undo.push("data dir", func() error { return os.RemoveAll(v.paths.dir) })
+	return nil
 }
 
 // removeDebris empties a VM directory that has no row, but for the lock

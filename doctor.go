@@ -14,6 +14,7 @@ import (
 	"github.com/smolvm/smolvm/internal/hypervisor/qemu"
 	"github.com/smolvm/smolvm/internal/initramfs"
 	"github.com/smolvm/smolvm/internal/network"
+	"github.com/smolvm/smolvm/internal/statedir"
 )
 
 // Check is one finding of Doctor: what was looked at, whether this host
@@ -204,8 +205,8 @@ func checkForwarding() Check {
 
 func checkStateDir(home string) Check {
 	c := Check{Name: "state dir", Fix: "pass --home (or set SMOLVM_HOME) to a writable directory"}
-	if err := os.MkdirAll(home, 0o755); err != nil {
-		c.Detail = fmt.Sprintf("cannot create %s: %v", home, err)
+	if err := statedir.Ensure(home); err != nil {
+		c.Detail = err.Error()
 		return c
 	}
 	f, err := os.CreateTemp(home, ".doctor-")

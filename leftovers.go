@@ -101,8 +101,8 @@ func FindLeftovers(ctx context.Context, opts ...Option) ([]Leftover, error) {
 			continue
 		}
 		dir := filepath.Join(vmsDir, e.Name())
-		if files, _ := os.ReadDir(dir); len(files) == 1 && files[0].Name() == "disk.ext4" {
-			continue // a disk kept on purpose by RetainDiskOnDelete
+		if keptDisk(dir) {
+			continue // a disk kept on purpose by RetainDiskOnDelete (see kept.go)
 		}
 		out = append(out, Leftover{Kind: "dir", Name: dir, Detail: "VM directory without a VM"})
 	}

@@ -45,6 +45,11 @@ func (v *VM) Start(ctx context.Context) error {
 // lock serializes lifecycle changes of this VM across processes: two
 // starts at once must not boot two QEMUs on one disk.
 func (v *VM) lock(ctx context.Context) (func(), error) {
+	// Not for a VM that is gone: the lock file would land in the directory
+	// of a disk it kept (kept.go ignores it there, all the same).
+	if err := v.exists(ctx); err != nil {
+		return nil, err
+	}
 	unlock, err := flock.Lock(ctx, v.paths.lock(), 0o600)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%w (its directory %s is gone)", ErrNotFound, v.paths.dir)
@@ -103,9 +108,7 @@ func (v *VM) start(ctx context.Context) (err error) {
 		Cmdline: rt.BootArgs + " " + guestCmdline(v.id, net, info.Config.Mounts),
 		Net:     hypervisor.NetSpec{TAP: net.TAP, MAC: network.MAC(v.id)},
 	}
-	for i, m := range info.Config.Mounts {
-		spec.Mounts = append(spec.Mounts, hypervisor.Mount{Tag: mountTag(i), HostPath: m.HostPath, ReadOnly: !m.Writable})
-	}
+	spec.Mounts = hypervisorMounts(info.Config.Mounts)
 	forwards, err := v.Forwards(ctx)
 	if err != nil {
 		return err
@@ -149,10 +152,14 @@ func (v *VM) start(ctx context.Context) (err error) {
 	// Should this process die from here on, the next look at the VM
 	// (reconcile, delete, doctor) finds the QEMU by its name.
 	undo.push("vm process", func() error { return hypervisor.KillByName(context.Background(), hypervisor.Process{}, name) })
+	if err := newConsoleLog(v.paths); err != nil {
+		return err
+	}
 	proc, err := backend.Start(bootCtx, spec)
 	if err != nil {
 		return err
 	}
+	console := v.guardConsole(bootCtx)
 	if err := v.update(ctx, func(row *store.VM, r *runtimeRecord) error {
 		row.State, row.PID, r.ProcStart = string(StateRunning), proc.PID, proc.Start
 		r.Network, r.Backend, r.StartedAt, r.Error = net, backend.Name(), time.Now().UTC(), ""
@@ -163,6 +170,9 @@ func (v *VM) start(ctx context.Context) (err error) {
 	v.log().Debug("start: process up", "pid", proc.PID, "after", time.Since(began))
 
 	if err := v.waitReady(bootCtx, proc, name, timeout); err != nil {
+		return err
+	}
+	if err := console.bound(bootCtx); err != nil {
 		return err
 	}
 	v.log().Info("started", "pid", proc.PID, "ip", net.GuestIP, "boot", time.Since(began).Round(time.Millisecond))
@@ -275,6 +285,11 @@ func (v *VM) waitReady(ctx context.Context, proc hypervisor.Process, name string
 
 // conn returns the SSH connection to the guest, dialing if needed.
 func (v *VM) conn(ctx context.Context) (*guest.Client, error) {
+	// One indexed read, so a handle whose VM was deleted elsewhere fails
+	// with ErrNotFound instead of using a connection to what is gone.
+	if err := v.exists(ctx); err != nil {
+		return nil, err
+	}
 	v.mu.Lock()
 	c := v.client
 	addr := v.info.Network.SSHAddr
@@ -398,6 +413,10 @@ func (v *VM) stop(ctx context.Context, timeout time.Duration) error {
 		}
 	}
 	if proc := v.process(); hypervisor.Alive(proc, info.Process) {
+		// Keep the guest's last words: the console ring goes with QEMU.
+		if err := v.syncConsole(ctx); err != nil {
+			v.log().Warn("stop: save console", "err", err)
+		}
 		graceful, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
 		if c, err := v.conn(graceful); err == nil {
@@ -441,10 +460,12 @@ func (v *VM) releaseRunResources() {
 
 // Delete removes the VM: its process, TAP device, state row and IP lease,
 // and its data directory, except the disk when RetainDiskOnDelete is set.
-// The handle is closed; deleting again through it is a no-op.
+// The handle is closed; deleting again through it is a no-op, while its
+// other methods, and all methods of other handles on the VM, fail with
+// ErrNotFound.
 func (v *VM) Delete(ctx context.Context) error {
 	v.mu.Lock()
-	deleted := v.deleted
+	deleted := v.deletedHere
 	v.mu.Unlock()
 	if deleted {
 		return nil
@@ -459,8 +480,9 @@ func (v *VM) Delete(ctx context.Context) error {
 		err = lerr
 	}
 	if err == nil {
+		v.markDeleted()
 		v.mu.Lock()
-		v.deleted = true
+		v.deletedHere = true
 		v.mu.Unlock()
 		v.Close()
 	}
@@ -485,11 +507,8 @@ func (v *VM) delete(ctx context.Context) error {
 	}
 	v.releaseRunResources()
 	if info.Config.RetainDiskOnDelete {
-		ents, _ := os.ReadDir(v.paths.dir)
-		for _, e := range ents {
-			if p := v.paths.dir + "/" + e.Name(); p != v.paths.disk() {
-				os.RemoveAll(p)
-			}
+		if err := removeAllButDisk(v.paths); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
 		}
 	} else if err := os.RemoveAll(v.paths.dir); err != nil {
 		return err

@@ -2,7 +2,9 @@ package smolvm_test
 
 import (
 	"errors"
+	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -33,20 +35,150 @@ func TestMounts(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(rw, "sub", "r.txt")); err != nil || string(b) != "result\n" {
 		t.Fatalf("writable mount on the host: %q %v", b, err)
 	}
+
+	t.Run("guest root plants nothing the host honours", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("needs root: runs the planted files as user nobody")
+		}
+		setpriv, err := exec.LookPath("setpriv")
+		if err != nil {
+			t.Skip("setpriv (util-linux) is not installed")
+		}
+		// A host program the guest can copy: Alpine's own binaries need
+		// musl, which the host lacks.
+		idBin, err := os.ReadFile("/usr/bin/id")
+		if err != nil {
+			t.Skip("no /usr/bin/id on the host")
+		}
+		os.WriteFile(filepath.Join(rw, "id.src"), idBin, 0o644)
+		// Let nobody reach the share, as it could reach any shared folder.
+		for d := rw; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+			os.Chmod(d, 0o755)
+		}
+		res := run(t, ctx, vm, `cd /mnt/out || exit 1
+			cp id.src suid; chown 0:0 suid; chmod 4755 suid
+			cp id.src sgid; chown 0:0 sgid; chmod 2755 sgid
+			mknod mem c 1 1
+			mkfifo fifo
+			ln -s /etc/shadow link
+			ln suid hard
+			stat -c '%a %u %F' suid sgid mem fifo
+			readlink link`)
+		// The guest still sees what it made: the metadata is mapped, not lost.
+		if want := "4755 0 regular file\n2755 0 regular file\n644 0 character special file\n644 0 fifo\n/etc/shadow\n"; res.Stdout != want {
+			t.Errorf("guest view: %+v, want %q", res, want)
+		}
+		for _, name := range []string{"suid", "sgid", "mem", "fifo", "link", "hard"} {
+			fi, err := os.Lstat(filepath.Join(rw, name))
+			if err != nil {
+				t.Errorf("host: %v", err)
+				continue
+			}
+			if fi.Mode()&(fs.ModeSetuid|fs.ModeSetgid) != 0 || !fi.Mode().IsRegular() {
+				t.Errorf("host sees %s as %v, want a plain regular file", name, fi.Mode())
+			}
+		}
+		for _, name := range []string{"suid", "sgid", "hard"} {
+			out, err := exec.CommandContext(ctx, setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+				filepath.Join(rw, name), "-u").CombinedOutput()
+			if err == nil && strings.TrimSpace(string(out)) != "65534" {
+				t.Errorf("nobody ran the guest's %s and got euid %q", name, out)
+			}
+			out, err = exec.CommandContext(ctx, setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+				filepath.Join(rw, name), "-g").CombinedOutput()
+			if err == nil && strings.TrimSpace(string(out)) != "65534" {
+				t.Errorf("nobody ran the guest's %s and got egid %q", name, out)
+			}
+		}
+	})
+}
+
+func TestParseMount(t *testing.T) {
+	wd, _ := os.Getwd()
+	tests := []struct {
+		in   string
+		want smolvm.Mount
+		ok   bool
+	}{
+		{"/srv/data", smolvm.Mount{HostPath: "/srv/data", GuestPath: "/mnt/data"}, true},
+		{"/srv/data:rw", smolvm.Mount{HostPath: "/srv/data", GuestPath: "/mnt/data", Writable: true}, true},
+		{"/srv/data:/data:ro", smolvm.Mount{HostPath: "/srv/data", GuestPath: "/data"}, true},
+		{"/srv/data:/data:rw", smolvm.Mount{HostPath: "/srv/data", GuestPath: "/data", Writable: true}, true},
+		{"sub:/x", smolvm.Mount{HostPath: filepath.Join(wd, "sub"), GuestPath: "/x"}, true},
+		{".:/x", smolvm.Mount{HostPath: wd, GuestPath: "/x"}, true},
+		{"", smolvm.Mount{}, false},
+		{":rw", smolvm.Mount{}, false},
+		{":/data", smolvm.Mount{}, false},
+		{":/data:rw", smolvm.Mount{}, false},
+		{"/a:/b:/c", smolvm.Mount{}, false},
+	}
+	for _, tt := range tests {
+		got, err := smolvm.ParseMount(tt.in)
+		var ve *smolvm.ValidationError
+		switch {
+		case tt.ok && (err != nil || got != tt.want):
+			t.Errorf("%q: got %+v, %v; want %+v", tt.in, got, err, tt.want)
+		case !tt.ok && (!errors.As(err, &ve) || !errors.Is(err, smolvm.ErrInvalid)):
+			t.Errorf("%q: got %+v, %v; want a ValidationError", tt.in, got, err)
+		}
+	}
 }
 
 func TestMountValidation(t *testing.T) {
-	ctx := testContext(t, time.Minute)
-	home := t.TempDir()
-	for _, m := range []smolvm.Mount{
-		{HostPath: "/no/such/dir", GuestPath: "/data"},
-		{HostPath: home, GuestPath: "relative"},
-		{HostPath: home, GuestPath: "/with space"},
-		{HostPath: home, GuestPath: "/"},
-	} {
-		_, err := smolvm.NewFromConfig(ctx, smolvm.VMConfig{Mounts: []smolvm.Mount{m}}, smolvm.WithHome(home))
-		if !errors.Is(err, smolvm.ErrInvalid) {
-			t.Errorf("mount %+v: %v, want ErrInvalid", m, err)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	os.WriteFile(file, nil, 0o600)
+	tests := []struct {
+		m      smolvm.Mount
+		reason string
+	}{
+		{smolvm.Mount{HostPath: "", GuestPath: "/data"}, "empty"},
+		{smolvm.Mount{HostPath: "rel", GuestPath: "/data"}, "absolute"},
+		{smolvm.Mount{HostPath: "/no/such/dir", GuestPath: "/data"}, "does not exist"},
+		{smolvm.Mount{HostPath: file, GuestPath: "/data"}, "not a directory"},
+		{smolvm.Mount{HostPath: dir, GuestPath: "relative"}, "absolute"},
+		{smolvm.Mount{HostPath: dir, GuestPath: "/with space"}, "without spaces"},
+		{smolvm.Mount{HostPath: dir, GuestPath: "/"}, "other than /"},
+	}
+	for _, tt := range tests {
+		err := smolvm.VMConfig{Mounts: []smolvm.Mount{tt.m}}.Validate()
+		var ve *smolvm.ValidationError
+		if !errors.As(err, &ve) || !errors.Is(err, smolvm.ErrInvalid) || !strings.Contains(err.Error(), tt.reason) {
+			t.Errorf("mount %+v: %v, want a ValidationError saying %q", tt.m, err, tt.reason)
 		}
+	}
+	if err := (smolvm.VMConfig{Mounts: []smolvm.Mount{{HostPath: dir, GuestPath: "/data"}}}).Validate(); err != nil {
+		t.Errorf("a good mount: %v", err)
+	}
+}
+
+// TestMountWithoutXattrs shares a folder on a filesystem without user
+// xattrs (ramfs): the guest's metadata then lives in files in the share,
+// and still nothing the guest makes is setuid on the host.
+func TestMountWithoutXattrs(t *testing.T) {
+	requireVM(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a ramfs")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "ramfs", "ramfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a ramfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	ctx := testContext(t, 3*time.Minute)
+	vm := newVM(t, ctx, smolvm.VMConfig{Mounts: []smolvm.Mount{{HostPath: dir, GuestPath: "/mnt/out", Writable: true}}})
+	startVM(t, ctx, vm)
+	res := run(t, ctx, vm, "cd /mnt/out && echo hi > f && chmod 4755 f && mknod mem c 1 1 && stat -c '%a %F' f mem && cat f")
+	if res.Stdout != "4755 regular file\n644 character special file\nhi\n" {
+		t.Errorf("guest: %+v", res)
+	}
+	for _, name := range []string{"f", "mem"} {
+		fi, err := os.Lstat(filepath.Join(dir, name))
+		if err != nil || !fi.Mode().IsRegular() || fi.Mode()&(fs.ModeSetuid|fs.ModeSetgid) != 0 {
+			t.Errorf("host sees %s as %v (%v), want a plain regular file", name, fi.Mode(), err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".virtfs_metadata")); err != nil {
+		t.Errorf("no mapped-file metadata in the share: %v", err)
 	}
 }

@@ -92,6 +92,9 @@ func (v *VM) Unexpose(ctx context.Context, hostAddr string, hostPort int) error 
 	if hostAddr == "" {
 		hostAddr = "127.0.0.1"
 	}
+	if err := v.exists(ctx); err != nil {
+		return opError("unexpose", v.id, err)
+	}
 	err := v.st.RemoveForward(ctx, v.id, hostAddr, hostPort)
 	if errors.Is(err, store.ErrNotFound) {
 		return opError("unexpose", v.id, fmt.Errorf("%w: no forward of %s:%d", ErrNotFound, hostAddr, hostPort))
@@ -110,6 +113,9 @@ func (v *VM) Unexpose(ctx context.Context, hostAddr string, hostPort int) error 
 
 // Forwards lists the VM's port forwards.
 func (v *VM) Forwards(ctx context.Context) ([]PortForward, error) {
+	if err := v.exists(ctx); err != nil {
+		return nil, opError("forwards", v.id, err)
+	}
 	rows, err := v.st.Forwards(ctx, v.id)
 	if err != nil {
 		return nil, opError("forwards", v.id, err)

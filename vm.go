@@ -34,6 +34,9 @@ const (
 	StatePaused  VMState = "paused"
 	StateStopped VMState = "stopped"
 	StateError   VMState = "error" // its process died without Stop, or a start failed
+	// StateDeleted is what a handle reports once its VM was deleted,
+	// through it or elsewhere; every method then fails with ErrNotFound.
+	StateDeleted VMState = "deleted"
 )
 
 // NetworkInfo says how a VM is reached.
@@ -105,8 +108,9 @@ type VM struct {
 	rt     runtimeRecord
 	client *guest.Client
 
-	closeOnce sync.Once
-	deleted   bool // set by Delete; guarded by mu
+	closeOnce   sync.Once
+	deleted     bool // the VM is gone (see row); guarded by mu
+	deletedHere bool // by this handle's Delete; guarded by mu
 }
 
 // ID returns the VM's id.
@@ -123,8 +127,21 @@ func (v *VM) Info() VMInfo {
 	return v.info
 }
 
-// Status returns the VM's state as of the last look; see Refresh.
-func (v *VM) Status() VMState { return v.Info().State }
+// Status returns the VM's state as of the last look (see Refresh), except
+// that a VM recorded as running or paused whose process is gone is looked
+// up again: a VM deleted or killed elsewhere never reads as running.
+func (v *VM) Status() VMState {
+	info := v.Info()
+	if (info.State != StateRunning && info.State != StatePaused) || hypervisor.Alive(v.process(), info.Process) {
+		return info.State
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := v.Refresh(ctx); err != nil && !errors.Is(err, ErrNotFound) {
+		return StateError // its process is gone and the state cannot be read
+	}
+	return v.Info().State
+}
 
 // IP returns the address at which the host reaches the guest: its own
 // address with TAP networking, 127.0.0.1 with user-mode networking (where
@@ -184,16 +201,61 @@ func (v *VM) Refresh(ctx context.Context) error {
 
 // load reads the row into the handle.
 func (v *VM) load(ctx context.Context) error {
-	row, err := v.st.GetVM(ctx, v.id)
-	if errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("%w: no VM with this id in %s (smolvm list shows them)", ErrNotFound, v.s.home)
-	}
+	row, err := v.row(ctx)
 	if err != nil {
 		return err
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.setFromRow(row)
+}
+
+// exists fails with ErrNotFound once the handle's VM is gone.
+func (v *VM) exists(ctx context.Context) error {
+	_, err := v.row(ctx)
+	return err
+}
+
+// row reads the handle's VM from the database. The VM is gone when it
+// was deleted through this handle, when its row is missing, or when the
+// row is that of a new VM made with the same id since (another instance:
+// its keys, disk and process are not this handle's). A gone VM stays gone
+// for the handle, which then drops its connection.
+func (v *VM) row(ctx context.Context) (store.VM, error) {
+	v.mu.Lock()
+	deleted, inst := v.deleted, v.rt.Instance
+	v.mu.Unlock()
+	if deleted {
+		return store.VM{}, errDeleted
+	}
+	row, err := v.st.GetVM(ctx, v.id)
+	if errors.Is(err, store.ErrNotFound) && inst == "" { // never seen: FromID of a wrong id
+		return row, fmt.Errorf("%w: no VM with this id in %s (smolvm list shows them)", ErrNotFound, v.s.home)
+	}
+	if errors.Is(err, store.ErrNotFound) {
+		v.markDeleted()
+		return row, errDeleted
+	}
+	if err != nil {
+		return row, err
+	}
+	var rt runtimeRecord
+	if json.Unmarshal(row.Runtime, &rt) == nil && inst != "" && rt.Instance != inst {
+		v.markDeleted()
+		return row, errDeleted
+	}
+	return row, nil
+}
+
+var errDeleted = fmt.Errorf("%w: the VM was deleted", ErrNotFound)
+
+// markDeleted records that the VM is gone.
+func (v *VM) markDeleted() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.deleted = true
+	v.dropClient()
+	v.info.State, v.info.PID = StateDeleted, 0
 }
 
 func (v *VM) setFromRow(row store.VM) error {
@@ -217,10 +279,17 @@ func (v *VM) setFromRow(row store.VM) error {
 
 // update changes the row in one transaction and refreshes the handle.
 func (v *VM) update(ctx context.Context, fn func(row *store.VM, rt *runtimeRecord) error) error {
+	if err := v.exists(ctx); err != nil {
+		return err
+	}
+	inst := v.runtime().Instance
 	row, err := v.st.UpdateVM(ctx, v.id, func(row *store.VM) error {
 		var rt runtimeRecord
 		if err := json.Unmarshal(row.Runtime, &rt); err != nil {
 			return err
+		}
+		if inst != "" && rt.Instance != inst {
+			return errDeleted // the id now names another VM
 		}
 		if err := fn(row, &rt); err != nil {
 			return err
@@ -229,8 +298,9 @@ func (v *VM) update(ctx context.Context, fn func(row *store.VM, rt *runtimeRecor
 		row.Runtime = b
 		return err
 	})
-	if errors.Is(err, store.ErrNotFound) {
-		return ErrNotFound
+	if errors.Is(err, store.ErrNotFound) || errors.Is(err, errDeleted) {
+		v.markDeleted()
+		return errDeleted
 	}
 	if err != nil {
 		return err
@@ -316,18 +386,6 @@ func newInstance() string {
 	return hex.EncodeToString(b)
 }
 
-// consoleTail returns the end of the console log, for error messages.
-func (v *VM) consoleTail() string {
-	b, err := os.ReadFile(v.paths.console())
-	if err != nil || len(b) == 0 {
-		return "(console log empty)"
-	}
-	if len(b) > 2048 {
-		b = b[len(b)-2048:]
-	}
-	return "console log tail:\n" + string(b)
-}
-
 // paths owns the on-disk layout of the state directory.
 type paths struct {
 	home, dir string
@@ -339,6 +397,7 @@ func newPaths(home, id string) paths {
 
 func (p paths) disk() string           { return filepath.Join(p.dir, "disk.ext4") }
 func (p paths) console() string        { return filepath.Join(p.dir, "console.log") }
+func (p paths) consoleOld() string     { return filepath.Join(p.dir, "console.log.1") }
 func (p paths) initrd() string         { return filepath.Join(p.dir, "initrd.cpio") }
 func (p paths) processLog() string     { return filepath.Join(p.dir, "qemu.log") }
 func (p paths) lock() string           { return filepath.Join(p.dir, ".lock") }

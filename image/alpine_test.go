@@ -63,6 +63,36 @@ func TestAlpineFromMirror(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(b.CacheDir, "downloads", AlpineFile)); err != nil {
 		t.Errorf("download not cached: %v", err)
 	}
+
+	// The same password in another build: fresh salts, so other hashes,
+	// and nothing derived from it in either manifest.
+	other := mustBuild(t, b, "alp2", BuildOptions{From: "alpine", Password: "pw one", SizeMiB: 96})
+	if hash2 := strings.TrimSpace(catFile(t, other.Rootfs, RootPasswordFile)); hash2 == hash || bcrypt.CompareHashAndPassword([]byte(hash2), []byte("pw one")) != nil {
+		t.Errorf("bcrypt hashes of two builds: %q and %q, want different hashes of the password", hash, hash2)
+	}
+	if shadow2 := rootShadowHash(t, other.Rootfs); shadow2 == shadowHash || shadow2[:19] == shadowHash[:19] {
+		t.Errorf("shadow hashes of two builds share a salt: %q and %q", shadowHash, shadow2)
+	}
+	otherPassword := mustBuild(t, b, "alp3", BuildOptions{From: "alpine", Password: "something else", SizeMiB: 96})
+	if otherPassword.Fingerprint != other.Fingerprint {
+		t.Error("the fingerprint in the manifest depends on which password was given")
+	}
+	for _, name := range []string{"alp", "alp2"} {
+		manifest, _ := os.ReadFile(filepath.Join(b.CacheDir, "images", name, "image.json"))
+		if strings.Contains(string(manifest), "$2") || strings.Contains(string(manifest), "$6$") {
+			t.Errorf("manifest of %s holds a password hash:\n%s", name, manifest)
+		}
+	}
+}
+
+func rootShadowHash(t *testing.T, rootfs string) string {
+	for _, l := range strings.Split(catFile(t, rootfs, "/etc/shadow"), "\n") {
+		if f := strings.Split(l, ":"); f[0] == "root" && len(f) > 1 && len(f[1]) > 19 {
+			return f[1]
+		}
+	}
+	t.Fatal("no root hash in /etc/shadow")
+	return ""
 }
 
 // TestCacheHitAndRebuild checks that equal inputs return the cached image
@@ -98,10 +128,16 @@ func TestCacheHitAndRebuild(t *testing.T) {
 		if img.Created.Equal(prev.Created) {
 			t.Errorf("%s changed but the image was not rebuilt", change.name)
 		}
-		if change.name != "forced" && img.Fingerprint == prev.Fingerprint {
+		// Which password it is leaves no trace in the manifest.
+		if change.name != "forced" && change.name != "other password" && img.Fingerprint == prev.Fingerprint {
 			t.Errorf("%s changed but the fingerprint did not", change.name)
 		}
 		prev = img
+	}
+	// The same password again is a cache hit, found through the image's
+	// own (randomly salted) hash.
+	if img := mustBuild(t, b, "c", change(prev)); !img.Created.Equal(prev.Created) {
+		t.Error("the same password rebuilt the image")
 	}
 	// A new agent rebuilds too.
 	agent2 := filepath.Join(t.TempDir(), "agent")

@@ -14,6 +14,8 @@ import (
 	"sort"
 
 	"github.com/smolvm/smolvm/internal/initramfs"
+
+	"github.com/smolvm/smolvm/internal/statedir"
 )
 
 // KernelEnv names the environment variable that picks the guest kernel.
@@ -93,7 +95,7 @@ func (b *Builder) boot(ctx context.Context, agent agentBinary) (kernel, initrd s
 	if err != nil {
 		return "", "", err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := b.mkdir(dir); err != nil {
 		return "", "", err
 	}
 	tmp, err := os.CreateTemp(dir, ".initrd-")
@@ -106,7 +108,7 @@ func (b *Builder) boot(ctx context.Context, agent agentBinary) (kernel, initrd s
 		err = cerr
 	}
 	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o644)
+		err = os.Chmod(tmp.Name(), statedir.FileMode)
 	}
 	if err != nil {
 		return "", "", fmt.Errorf("initramfs: %w", err)

@@ -1,18 +1,21 @@
 package image
 
 import (
+	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/smolvm/smolvm/internal/statedir"
 )
 
 // BuildOptions say what to build an image from and how.
@@ -143,7 +146,10 @@ func (b *Builder) build(ctx context.Context, name string, opts BuildOptions) (*I
 	agent := a.version()
 	common := func(inputs map[string]string) string {
 		inputs["size"] = fmt.Sprint(opts.SizeMiB)
-		inputs["password"] = secretDigest(opts.Password)
+		// Whether there is a password, not which: the manifest is no
+		// place for anything a password can be guessed from. A changed
+		// password is caught by passwordMatches.
+		inputs["password"] = fmt.Sprint(opts.Password != "")
 		inputs["keys"] = strings.Join(opts.AuthorizedKeys, "\n")
 		inputs["agent"] = agent
 		inputs["format"] = formatVersion
@@ -155,7 +161,7 @@ func (b *Builder) build(ctx context.Context, name string, opts BuildOptions) (*I
 		// else changed.
 		if o, ok := src.(*ociSource); ok && !opts.Force {
 			if img, ierr := b.Get(name); ierr == nil {
-				if cached, ok := o.offlineInputs(img); ok && common(cached) == img.Fingerprint {
+				if cached, ok := o.offlineInputs(img); ok && common(cached) == img.Fingerprint && b.passwordMatches(ctx, img, opts.Password) {
 					rep.step("warning: %v; using the image built %s", err, img.Created.Format(time.DateTime))
 					img.Kernel, img.KernelRelease, img.KernelFormat, img.Initrd = k.Path, k.Release, k.Format, initrd
 					return img, nil
@@ -166,7 +172,8 @@ func (b *Builder) build(ctx context.Context, name string, opts BuildOptions) (*I
 	}
 	fp := common(inputs)
 
-	img, err := b.cached(ctx, name, fp, opts.Force, func(dir string) (*Image, error) {
+	match := func(img *Image) bool { return b.passwordMatches(ctx, img, opts.Password) }
+	img, err := b.cached(ctx, name, fp, opts.Force, match, func(dir string) (*Image, error) {
 		rep.step("building image %q from %s", name, desc)
 		img := &Image{Source: desc, Password: opts.Password != "", Agent: agent}
 		root := filepath.Join(dir, "root")
@@ -200,11 +207,10 @@ func (b *Builder) build(ctx context.Context, name string, opts BuildOptions) (*I
 			return nil, err
 		}
 		img.SizeMiB, img.UsedMiB = size, int(u.blocks*blockSize>>20)
-		if opts.Password != "" {
-			// The image holds password hashes: only its owner reads it.
-			if err := os.Chmod(img.Rootfs, 0o600); err != nil {
-				return nil, err
-			}
+		// mke2fs made it 0644 less the umask; it may hold password hashes,
+		// and like all state it is its owner's alone.
+		if err := os.Chmod(img.Rootfs, statedir.FileMode); err != nil {
+			return nil, err
 		}
 		img.DiskBytes = diskBytes(img.Rootfs)
 		img.BootArgs = SSHBootArgs
@@ -220,14 +226,19 @@ func (b *Builder) build(ctx context.Context, name string, opts BuildOptions) (*I
 	return img, nil
 }
 
-// secretDigest stands for a password in the fingerprint, which is stored
-// in the manifest: a salted hash, never the password.
-func secretDigest(p string) string {
-	if p == "" {
-		return ""
+// passwordMatches reports whether root of the built image img logs in
+// with password, judged by the bcrypt hash inside its root filesystem
+// (each build salts its hashes afresh, so nothing else can tell).
+func (b *Builder) passwordMatches(ctx context.Context, img *Image, password string) bool {
+	if password == "" || !img.Password {
+		return password == "" && !img.Password
 	}
-	sum := sha256.Sum256([]byte("smolvm image password\x00" + p))
-	return hex.EncodeToString(sum[:])
+	out, err := exec.CommandContext(ctx, "debugfs", "-R", "cat "+RootPasswordFile, img.Rootfs).Output()
+	if err != nil {
+		b.logger().Debug("image password check", "image", img.Name, "err", err)
+		return false
+	}
+	return bcrypt.CompareHashAndPassword(bytes.TrimSpace(out), []byte(password)) == nil
 }
 
 // diskBytes is the space the (sparse) file at path takes.

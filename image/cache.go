@@ -16,11 +16,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/smolvm/smolvm/internal/flock"
+	"github.com/smolvm/smolvm/internal/statedir"
 )
 
 // formatVersion changes whenever what the builder puts into a root
 // filesystem changes, so images built by an older smolvm rebuild.
-const formatVersion = "3"
+const formatVersion = "4"
 
 // fingerprint hashes every input of a build, so a changed input rebuilds.
 func fingerprint(inputs map[string]string) string {
@@ -36,15 +37,15 @@ func fingerprint(inputs map[string]string) string {
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
-// cached returns the image called name if its fingerprint is fp (and
-// force is off); otherwise it runs build in a fresh staging directory and
+// cached returns the image called name if its fingerprint is fp and
+// match accepts it (and force is off); otherwise it runs build in a fresh staging directory and
 // puts the result in place with one atomic rename, so readers see the old
 // image or the new one, never a torn one. A per-name lock file keeps two
 // processes from building the same name at once: the second waits and then
 // finds the first one's image. Staging directories a killed build left are
 // removed by the next build of that name; nothing reads them.
-func (b *Builder) cached(ctx context.Context, name, fp string, force bool, build func(dir string) (*Image, error)) (*Image, error) {
-	if img, err := b.Get(name); err == nil && img.Fingerprint == fp && !force {
+func (b *Builder) cached(ctx context.Context, name, fp string, force bool, match func(*Image) bool, build func(dir string) (*Image, error)) (*Image, error) {
+	if img, err := b.Get(name); err == nil && img.Fingerprint == fp && !force && match(img) {
 		return img, nil
 	}
 	unlock, err := b.lock(ctx, name)
@@ -52,7 +53,7 @@ func (b *Builder) cached(ctx context.Context, name, fp string, force bool, build
 		return nil, err
 	}
 	defer unlock()
-	if img, err := b.Get(name); err == nil && img.Fingerprint == fp && !force {
+	if img, err := b.Get(name); err == nil && img.Fingerprint == fp && !force && match(img) {
 		return img, nil // another process built it while we waited
 	}
 	root := b.imagesDir()
@@ -62,10 +63,8 @@ func (b *Builder) cached(ctx context.Context, name, fp string, force bool, build
 		return nil, err
 	}
 	defer os.RemoveAll(staging)
-	// Readable by tools that drop privileges (apt's _apt user).
-	if err := os.Chmod(staging, 0o755); err != nil {
-		return nil, err
-	}
+	// Private like all of the state directory (MkdirTemp makes it 0700).
+	// Tools that drop privileges cope: mmdebstrap then downloads as root.
 	start := time.Now()
 	img, err := build(staging)
 	if err != nil {
@@ -79,7 +78,7 @@ func (b *Builder) cached(ctx context.Context, name, fp string, force bool, build
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFileSync(filepath.Join(staging, "image.json"), append(manifest, '\n'), 0o644); err != nil {
+	if err := writeFileSync(filepath.Join(staging, "image.json"), append(manifest, '\n'), statedir.FileMode); err != nil {
 		return nil, err
 	}
 	if err := syncDir(staging); err != nil {
@@ -115,11 +114,14 @@ func (b *Builder) removeDebris(name string) {
 
 // lock takes the per-name build lock.
 func (b *Builder) lock(ctx context.Context, name string) (func(), error) {
-	if err := os.MkdirAll(b.imagesDir(), 0o755); err != nil {
+	if err := b.mkdir(b.imagesDir()); err != nil {
 		return nil, err
 	}
-	return flock.Lock(ctx, filepath.Join(b.imagesDir(), "."+name+".lock"), 0o644)
+	return flock.Lock(ctx, filepath.Join(b.imagesDir(), "."+name+".lock"), statedir.FileMode)
 }
+
+// mkdir creates dir, a directory of the cache, private like the cache.
+func (b *Builder) mkdir(dir string) error { return statedir.MkdirAll(b.cacheDir(), dir) }
 
 func writeFileSync(path string, data []byte, mode os.FileMode) error {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)

@@ -67,7 +67,7 @@ func (b *Builder) download(ctx context.Context, rawURL, dst, sha string, rep *re
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("download %s: %s", rawURL, resp.Status)
 	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+	if err := b.mkdir(filepath.Dir(dst)); err != nil {
 		return err
 	}
 	removeStale(filepath.Dir(dst), ".download-*", time.Hour)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/smolvm/smolvm/internal/initramfs"
 	"github.com/smolvm/smolvm/internal/kernel"
+	"github.com/smolvm/smolvm/internal/statedir"
 )
 
 // Backends a kernel is prepared for.
@@ -69,7 +70,7 @@ func (b *Builder) PrepareKernel(ctx context.Context, backend string) (*Kernel, e
 	if _, err := os.Stat(dst); err == nil {
 		return k, nil
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := b.mkdir(dir); err != nil {
 		return nil, err
 	}
 	b.reporter().step("extracting vmlinux from %s", src)
@@ -83,7 +84,7 @@ func (b *Builder) PrepareKernel(ctx context.Context, backend string) (*Kernel, e
 		err = cerr
 	}
 	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o644)
+		err = os.Chmod(tmp.Name(), statedir.FileMode)
 	}
 	if err != nil {
 		return nil, err

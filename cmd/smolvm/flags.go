@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -87,22 +86,9 @@ func (s seconds) Type() string { return "seconds" }
 
 // parseMount reads HOST[:GUEST][:rw|ro].
 func parseMount(s string) (smolvm.Mount, error) {
-	parts := strings.Split(s, ":")
-	m := smolvm.Mount{HostPath: parts[0]}
-	if last := parts[len(parts)-1]; len(parts) > 1 && (last == "rw" || last == "ro") {
-		m.Writable = last == "rw"
-		parts = parts[:len(parts)-1]
-	}
-	switch len(parts) {
-	case 1:
-		m.GuestPath = "/mnt/" + filepath.Base(filepath.Clean(m.HostPath))
-	case 2:
-		m.GuestPath = parts[1]
-	default:
-		return m, usagef("--mount %q: want HOST[:GUEST][:rw]", s)
-	}
-	if abs, err := filepath.Abs(m.HostPath); err == nil {
-		m.HostPath = abs
+	m, err := smolvm.ParseMount(s)
+	if err != nil {
+		return m, usagef("--mount: %v", err)
 	}
 	return m, nil
 }

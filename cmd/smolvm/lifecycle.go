@@ -13,9 +13,10 @@ import (
 )
 
 type createOptions struct {
-	vm      vmFlags
-	noStart bool
-	ports   []string
+	vm        vmFlags
+	noStart   bool
+	reuseDisk bool
+	ports     []string
 }
 
 func newCreateCmd(g *globalOptions) *cobra.Command {
@@ -36,7 +37,8 @@ func newCreateCmd(g *globalOptions) *cobra.Command {
 	fs := cmd.Flags()
 	fs.StringVar(&o.vm.name, "name", "", "VM id (default: a random vm-xxxxxxxx)")
 	fs.BoolVar(&o.noStart, "no-start", false, "create the VM but do not start it")
-	fs.BoolVar(&o.vm.retainDisk, "retain-disk", false, "keep the VM's disk file when it is deleted")
+	fs.BoolVar(&o.vm.retainDisk, "retain-disk", false, "keep the VM's disk file when it is deleted (reuse it with --reuse-disk, remove it with delete --disk)")
+	fs.BoolVar(&o.reuseDisk, "reuse-disk", false, "boot the disk a deleted VM of this --name kept (implies --retain-disk)")
 	fs.StringArrayVarP(&o.ports, "publish", "p", nil, "expose a guest port, [ADDR:][HOSTPORT:]GUESTPORT (repeatable)")
 	return cmd
 }
@@ -46,6 +48,7 @@ func runCreate(ctx context.Context, g *globalOptions, o createOptions, w io.Writ
 	if err != nil {
 		return err
 	}
+	cfg.ReuseDisk = o.reuseDisk
 	var ports []portSpec
 	for _, s := range o.ports {
 		p, err := parsePort(s)
@@ -126,21 +129,26 @@ func newStopCmd(g *globalOptions) *cobra.Command {
 }
 
 type deleteOptions struct {
-	all bool
+	all  bool
+	disk bool
 }
 
 func newDeleteCmd(g *globalOptions) *cobra.Command {
 	var o deleteOptions
 	cmd := &cobra.Command{
-		Use:               "delete ID... | --all",
-		Aliases:           []string{"rm"},
-		Short:             "Delete VMs: process, network, state and files",
+		Use:     "delete ID... | --all | --disk ID...",
+		Aliases: []string{"rm"},
+		Short:   "Delete VMs: process, network, state and files",
+		Long: "Delete VMs: process, network, state and files. A VM created with --retain-disk\n" +
+			"keeps its disk; `delete --disk ID` removes such a kept disk of a deleted VM.",
 		ValidArgsFunction: completeIDs(g, 0),
 		SilenceUsage:      true,
 		Args: func(_ *cobra.Command, args []string) error {
 			switch {
 			case o.all && len(args) > 0:
 				return usagef("give VM ids or --all, not both")
+			case o.all && o.disk:
+				return usagef("--disk takes the ids of deleted VMs whose disks were kept, not --all")
 			case !o.all && len(args) == 0:
 				return usagef("no VM given: name the VMs to delete, or pass --all")
 			}
@@ -151,6 +159,7 @@ func newDeleteCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&o.all, "all", false, "delete every VM")
+	cmd.Flags().BoolVar(&o.disk, "disk", false, "remove the disks deleted VMs with these ids kept (--retain-disk)")
 	return cmd
 }
 
@@ -167,7 +176,12 @@ func runDelete(ctx context.Context, g *globalOptions, o deleteOptions, ids []str
 	deleted := []string{}
 	var errs []error
 	for _, id := range ids {
-		err := withVM(ctx, g, id, func(vm *smolvm.VM) error { return vm.Delete(ctx) })
+		var err error
+		if o.disk {
+			err = smolvm.RemoveKeptDisk(ctx, id, g.sdk()...)
+		} else {
+			err = withVM(ctx, g, id, func(vm *smolvm.VM) error { return vm.Delete(ctx) })
+		}
 		if err != nil {
 			errs = append(errs, err)
 			continue

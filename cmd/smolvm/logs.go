@@ -8,6 +8,8 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -41,32 +43,60 @@ func newLogsCmd(g *globalOptions) *cobra.Command {
 }
 
 func runLogs(ctx context.Context, g *globalOptions, o logsOptions, vm *smolvm.VM, w io.Writer) error {
-	path := vm.Info().ConsoleLog
-	if !o.follow {
-		data, err := os.ReadFile(path)
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	files, err := vm.ConsoleLogs(ctx)
+	if err != nil {
+		return err
+	}
+	if !o.follow && g.json {
+		// Bounded: the log files hold at most 2*ConsoleLogMax bytes.
+		var log strings.Builder
+		if err := copyFiles(&log, files); err != nil {
 			return err
 		}
-		return g.output(w, struct {
+		return writeJSON(w, struct {
 			ID         string `json:"id"`
 			ConsoleLog string `json:"console_log"`
 			Log        string `json:"log"`
-		}{vm.ID(), path, string(data)}, func(w io.Writer) error {
-			_, err := w.Write(data)
-			return err
-		})
+		}{vm.ID(), vm.Info().ConsoleLog, log.String()})
 	}
 	if g.json {
 		lw := &jsonLines{w: w}
 		defer lw.flush()
 		w = lw
 	}
-	return follow(ctx, vm, path, w, 200*time.Millisecond)
+	if !o.follow {
+		return copyFiles(w, files)
+	}
+	current := vm.Info().ConsoleLog
+	if err := copyFiles(w, slices.DeleteFunc(files, func(f string) bool { return f == current })); err != nil {
+		return err
+	}
+	return follow(ctx, vm, current, w, 200*time.Millisecond)
 }
 
-// follow copies the file at path to w as it grows, reopening it when the
-// VM restarts (which starts a new log), until ctx ends or the VM is not
-// running.
+// copyFiles streams the files to w, one after the other.
+func copyFiles(w io.Writer, files []string) error {
+	for _, name := range files {
+		f, err := os.Open(name)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // rotated away meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(w, f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// follow copies the file at path to w as it grows, moving on to the new
+// file when it is rotated or the VM restarts (which starts a new log),
+// until ctx ends or the VM is not running. Each round first has smolvm
+// move the guest's latest output into the file.
 func follow(ctx context.Context, vm *smolvm.VM, path string, w io.Writer, every time.Duration) error {
 	var f *os.File
 	defer func() {
@@ -77,6 +107,12 @@ func follow(ctx context.Context, vm *smolvm.VM, path string, w io.Writer, every 
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for i := 0; ; i++ {
+		if _, err := vm.ConsoleLogs(ctx); err != nil {
+			if ctx.Err() != nil || errors.Is(err, smolvm.ErrNotFound) {
+				return nil
+			}
+			return err
+		}
 		if fi, err := os.Stat(path); err == nil {
 			if f != nil {
 				if cur, err := f.Stat(); err == nil && !os.SameFile(fi, cur) {

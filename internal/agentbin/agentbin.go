@@ -9,12 +9,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/smolvm/smolvm/internal/statedir"
 )
 
 // Binary returns the embedded agent, or nil when this build has none.
 func Binary() []byte { return embedded }
 
-// Extract writes the embedded agent under dir, named by its hash so a new
+// Extract writes the embedded agent under dir (a directory of the state
+// directory, which is dir's parent), named by its hash so a new
 // build never reuses an old file, and returns its path. It returns "" when
 // this build has no embedded agent.
 func Extract(dir string) (string, error) {
@@ -26,7 +29,7 @@ func Extract(dir string) (string, error) {
 	if fi, err := os.Stat(path); err == nil && fi.Size() == int64(len(embedded)) {
 		return path, nil
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := statedir.MkdirAll(filepath.Dir(dir), dir); err != nil {
 		return "", fmt.Errorf("agent: %w", err)
 	}
 	tmp, err := os.CreateTemp(dir, ".agent-")
@@ -39,7 +42,7 @@ func Extract(dir string) (string, error) {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o755)
+		err = os.Chmod(tmp.Name(), 0o700)
 	}
 	if err == nil {
 		err = os.Rename(tmp.Name(), path)

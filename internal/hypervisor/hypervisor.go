@@ -62,6 +62,9 @@ type Mount struct {
 	Tag      string
 	HostPath string
 	ReadOnly bool
+	// MappedFile keeps the guest's file metadata in files inside the share
+	// instead of in user xattrs, for host filesystems without them.
+	MappedFile bool
 }
 
 // NetSpec says how the guest's one network interface is connected.

@@ -13,6 +13,8 @@ import (
 
 	"modernc.org/sqlite" // also registers the "sqlite" driver
 	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/smolvm/smolvm/internal/statedir"
 )
 
 var (
@@ -69,8 +71,22 @@ var migrations = []string{
 // timeout let several processes share it; write transactions take the lock
 // up front (BEGIN IMMEDIATE) so read-modify-write sequences never deadlock.
 func Open(ctx context.Context, path string) (*Store, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	if err := statedir.Ensure(filepath.Dir(path)); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
+	}
+	// The database holds env values: create it 0600 before SQLite does
+	// (it would use 0644 less the umask); SQLite gives its -wal and -shm
+	// files the database file's mode. Files of an older smolvm are
+	// tightened.
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, statedir.FileMode)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	f.Close()
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		if err := statedir.Tighten(p); err != nil {
+			return nil, fmt.Errorf("store: %w", err)
+		}
 	}
 	dsn := "file:" + path + "?_txlock=immediate" +
 		"&_pragma=busy_timeout(15000)&_pragma=journal_mode(WAL)" +

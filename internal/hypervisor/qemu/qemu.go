@@ -108,13 +108,22 @@ func (q *QEMU) args(spec launchSpec) []string {
 		"-sandbox", sandbox,
 		"-kernel", spec.Kernel,
 		"-append", cmdline,
-		"-chardev", "file,id=console,path=" + optValue(spec.ConsoleLog),
-		"-serial", "chardev:console",
+		"-chardev", "file,id=" + ConsoleChardev + ",path=" + optValue(spec.ConsoleLog),
+		"-serial", "chardev:" + ConsoleChardev,
 		"-drive", "id=root,file=" + optValue(spec.Disk) + ",format=raw,if=none,discard=unmap",
 		"-device", "virtio-blk-" + dev + ",drive=root",
 	}
 	for i, m := range spec.Mounts {
-		fsdev := fmt.Sprintf("local,id=fs%d,path=%s,security_model=none", i, optValue(m.HostPath))
+		// Mapped: the guest's owners, modes, device nodes and symlinks are
+		// metadata QEMU keeps beside plain host files (at fmode 0600, dmode
+		// 0700, owned by QEMU's user). With "none" or "passthrough" they
+		// are real, and a guest root could leave a setuid-root program or
+		// a /dev/mem node for a host user to run or open.
+		model := "mapped-xattr"
+		if m.MappedFile {
+			model = "mapped-file"
+		}
+		fsdev := fmt.Sprintf("local,id=fs%d,path=%s,security_model=%s", i, optValue(m.HostPath), model)
 		if m.ReadOnly {
 			fsdev += ",readonly=on"
 		}

@@ -20,7 +20,7 @@ func TestArgsGolden(t *testing.T) {
 	tap := spec
 	tap.Net = hypervisor.NetSpec{TAP: "smol0123456789", MAC: "02:00:00:00:00:01"}
 	tap.ControlSocket = "/qmp.sock"
-	tap.Mounts = []hypervisor.Mount{{Tag: "smol0", HostPath: "/srv/data", ReadOnly: true}, {Tag: "smol1", HostPath: "/srv/w"}}
+	tap.Mounts = []hypervisor.Mount{{Tag: "smol0", HostPath: "/srv/data", ReadOnly: true}, {Tag: "smol1", HostPath: "/srv/w,security_model=passthrough"}, {Tag: "smol2", HostPath: "/tmpfs", MappedFile: true}}
 	user := spec
 	user.Net = hypervisor.NetSpec{Forwards: []hypervisor.Forward{{HostAddr: "127.0.0.1", HostPort: 2222, GuestPort: 22}}}
 	tests := []struct {

@@ -3,6 +3,7 @@ package qemu
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -128,3 +129,36 @@ type HostForward struct {
 	HostPort  int
 	GuestPort int
 }
+
+// ConsoleToRing moves the character device id (the serial console) to a
+// ring buffer of size bytes (a power of two) in QEMU's memory: what the
+// guest writes from then on costs the host no disk, and when nobody reads
+// it the oldest bytes give way.
+func (q *QMP) ConsoleToRing(id string, size int) error {
+	_, err := q.Execute("chardev-change", map[string]any{
+		"id":      id,
+		"backend": map[string]any{"type": "ringbuf", "data": map[string]any{"size": size}},
+	})
+	return err
+}
+
+// ReadRing takes up to max bytes out of the ring buffer character device
+// id; it returns nothing when the ring is empty.
+func (q *QMP) ReadRing(id string, max int) ([]byte, error) {
+	ret, err := q.Execute("ringbuf-read", map[string]any{"device": id, "size": max, "format": "base64"})
+	if err != nil {
+		return nil, err
+	}
+	var s string
+	if err := json.Unmarshal(ret, &s); err != nil {
+		return nil, fmt.Errorf("qmp ringbuf-read: %w", err)
+	}
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return nil, fmt.Errorf("qmp ringbuf-read: %w", err)
+	}
+	return b, nil
+}
+
+// ConsoleChardev is the id of the serial console's character device.
+const ConsoleChardev = "console"
