@@ -2,6 +2,7 @@ package smolvm_test
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -17,6 +18,10 @@ func TestMounts(t *testing.T) {
 	ctx := testContext(t, 3*time.Minute)
 	ro, rw := t.TempDir(), t.TempDir()
 	os.WriteFile(filepath.Join(ro, "input.txt"), []byte("from host\n"), 0o644)
+	// Root's folders are shared only when open to others: QEMU runs as an
+	// unprivileged user of the VM's own.
+	os.Chmod(ro, 0o755)
+	os.Chmod(rw, 0o777)
 	vm := newVM(t, ctx, smolvm.VMConfig{Mounts: []smolvm.Mount{
 		{HostPath: ro, GuestPath: "/data"},
 		{HostPath: rw, GuestPath: "/mnt/out", Writable: true},
@@ -52,7 +57,7 @@ func TestMounts(t *testing.T) {
 		}
 		os.WriteFile(filepath.Join(rw, "id.src"), idBin, 0o644)
 		// Let nobody reach the share, as it could reach any shared folder.
-		for d := rw; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		for d := filepath.Dir(rw); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
 			os.Chmod(d, 0o755)
 		}
 		res := run(t, ctx, vm, `cd /mnt/out || exit 1
@@ -165,9 +170,16 @@ func TestMountWithoutXattrs(t *testing.T) {
 		t.Skipf("cannot mount a ramfs: %v %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	// A folder of a non-root user's: QEMU runs as that user.
+	if err := os.Chown(dir, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
 	ctx := testContext(t, 3*time.Minute)
 	vm := newVM(t, ctx, smolvm.VMConfig{Mounts: []smolvm.Mount{{HostPath: dir, GuestPath: "/mnt/out", Writable: true}}})
 	startVM(t, ctx, vm)
+	if status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", vm.Info().PID)); err != nil || !strings.Contains(string(status), "\nUid:\t65534\t") {
+		t.Errorf("QEMU of a VM sharing nobody's folder does not run as nobody: %v\n%s", err, status)
+	}
 	res := run(t, ctx, vm, "cd /mnt/out && echo hi > f && chmod 4755 f && mknod mem c 1 1 && stat -c '%a %F' f mem && cat f")
 	if res.Stdout != "4755 regular file\n644 character special file\nhi\n" {
 		t.Errorf("guest: %+v", res)
