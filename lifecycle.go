@@ -193,11 +193,23 @@ func (v *VM) waitReady(ctx context.Context, pid int, name string, timeout time.D
 func (v *VM) conn(ctx context.Context) (*guest.Client, error) {
 	v.mu.Lock()
 	c := v.client
-	addr := v.info.Network.SSHAddr
-	state := v.info.State
+	if c != nil && c.Err() != nil { // ended (guest restarted, or stopped answering)
+		v.dropClient()
+		c = nil
+	}
+	info := v.info
 	v.mu.Unlock()
+	addr, state := info.Network.SSHAddr, info.State
 	if state == StatePaused {
 		return nil, fmt.Errorf("%w: it is paused; Resume it first", ErrNotRunning)
+	}
+	if state == StateRunning && !hypervisor.Alive(info.PID, info.Process) {
+		// Fail fast rather than dial (or use a connection to) a VM that is gone.
+		if err := v.Refresh(ctx); err != nil {
+			return nil, err
+		}
+		state = v.Status()
+		c = nil
 	}
 	if c != nil {
 		return c, nil
@@ -213,6 +225,7 @@ func (v *VM) conn(ctx context.Context) (*guest.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.SetPeerCheck(v.peerState)
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.client != nil { // another goroutine won the race

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -22,6 +23,15 @@ var (
 	ErrHostKeyMismatch = errors.New("guest: host key mismatch")
 	// ErrAuthFailed means the guest did not accept the client key.
 	ErrAuthFailed = errors.New("guest: authentication failed")
+	// ErrUnresponsive means the guest stopped answering: keepalives went
+	// unanswered (the connection is then closed and every call on it
+	// fails), or a step that is not a user command ran past its default
+	// bound (dial, session start, env).
+	ErrUnresponsive = errors.New("guest: not responding")
+	// ErrGone means the VM process exited under a live connection.
+	ErrGone = errors.New("guest: VM process is gone")
+	// ErrClosed means the connection was closed or dropped.
+	ErrClosed = errors.New("guest: connection closed")
 )
 
 const (
@@ -35,6 +45,35 @@ const (
 	// the host side accepts TCP before the guest listens, so a handshake
 	// may stall on a connection nobody serves.
 	handshakeTimeout = 5 * time.Second
+
+	// DefaultDialTimeout bounds Dial when ctx has no deadline: longer than
+	// a loaded machine's boot, so a VM another process just started is
+	// still waited for, but a guest that never answers is not.
+	DefaultDialTimeout = 30 * time.Second
+	// DefaultSetupTimeout bounds what is not a user's command: opening a
+	// session and starting it, and a whole env request.
+	DefaultSetupTimeout = 30 * time.Second
+	// DefaultKeepaliveInterval and DefaultKeepaliveMisses: while calls
+	// are in flight the client probes the guest every interval, and
+	// declares it dead when that many probes in a row go unanswered, so a
+	// frozen guest fails its calls 15-20 s after it stopped answering. A
+	// quiet command is never cut: only an unanswered probe counts.
+	DefaultKeepaliveInterval = 5 * time.Second
+	DefaultKeepaliveMisses   = 3
+)
+
+// PeerState is what the host sees of the VM from outside the connection.
+type PeerState int
+
+const (
+	// PeerRunning: the VM process runs, so silence counts against it.
+	PeerRunning PeerState = iota
+	// PeerPaused: the VM is frozen on purpose; silence is expected and
+	// the connection is kept for when it resumes.
+	PeerPaused
+	// PeerGone: the VM process has exited; the connection is closed at
+	// once with ErrGone.
+	PeerGone
 )
 
 // Client is one persistent SSH connection to a guest. It is safe for
@@ -43,6 +82,20 @@ type Client struct {
 	ssh       *ssh.Client
 	closeOnce sync.Once
 	closeErr  error
+
+	// ended is closed once the connection is gone, for whatever reason;
+	// endErr then says why.
+	ended   chan struct{}
+	endOnce sync.Once
+	endErr  error
+
+	active atomic.Int64 // calls in flight; keepalives run only meanwhile
+
+	mu        sync.Mutex
+	interval  time.Duration
+	misses    int
+	peerCheck func() PeerState
+	retune    chan struct{} // wakes the keepalive loop after SetKeepalive
 }
 
 // Dial connects to the guest at addr, accepting only hostKey and
@@ -50,9 +103,19 @@ type Client struct {
 // still be booting; a host key mismatch or a rejected client key ends it at
 // once (ErrHostKeyMismatch, ErrAuthFailed). On ctx expiry the error wraps
 // ctx.Err() and the last dial error.
+//
+// Without a deadline on ctx, Dial gives up after DefaultDialTimeout with an
+// error wrapping ErrUnresponsive.
 func Dial(ctx context.Context, addr string, hostKey ssh.PublicKey, key ssh.Signer) (*Client, error) {
 	if hostKey == nil || key == nil {
 		return nil, errors.New("guest: dial: host key and client key are required")
+	}
+	bounded := false
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultDialTimeout)
+		defer cancel()
+		bounded = true
 	}
 	var lastErr error
 	pause := time.NewTimer(0)
@@ -69,6 +132,9 @@ func Dial(ctx context.Context, addr string, hostKey ssh.PublicKey, key ssh.Signe
 		pause.Reset(retryPause)
 		select {
 		case <-ctx.Done():
+			if bounded && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil, fmt.Errorf("guest: dial %s: %w: no SSH answer within %s (last error: %w)", addr, ErrUnresponsive, DefaultDialTimeout, lastErr)
+			}
 			return nil, fmt.Errorf("guest: dial %s: %w (last error: %w)", addr, ctx.Err(), lastErr)
 		case <-pause.C:
 		}
@@ -126,7 +192,23 @@ func dialOnce(ctx context.Context, addr string, hostKey ssh.PublicKey, key ssh.S
 		return nil, err
 	}
 	_ = nc.SetDeadline(time.Time{})
-	return &Client{ssh: ssh.NewClient(conn, chans, reqs)}, nil
+	return newClient(ssh.NewClient(conn, chans, reqs)), nil
+}
+
+func newClient(sc *ssh.Client) *Client {
+	c := &Client{
+		ssh:      sc,
+		ended:    make(chan struct{}),
+		interval: DefaultKeepaliveInterval,
+		misses:   DefaultKeepaliveMisses,
+		retune:   make(chan struct{}, 1),
+	}
+	go func() {
+		_ = sc.Wait()
+		c.end(ErrClosed)
+	}()
+	go c.keepalive()
+	return c
 }
 
 // hostKeyAlgorithms asks the server for the pinned key's own algorithm, so a
@@ -140,6 +222,7 @@ func hostKeyAlgorithms(k ssh.PublicKey) []string {
 
 // Close closes the connection, ending every session on it. It is idempotent.
 func (c *Client) Close() error {
+	c.end(ErrClosed)
 	c.closeOnce.Do(func() { c.closeErr = c.ssh.Close() })
 	return c.closeErr
 }
@@ -171,11 +254,80 @@ func (c *Client) Poweroff(ctx context.Context) error {
 }
 
 // SFTP opens an SFTP session on the connection. Close it when done; closing
-// the Client closes it too.
+// the Client closes it too. Opening it is bounded by DefaultSetupTimeout,
+// and while it is open the connection counts as in use, so a guest that
+// stops answering fails its file operations (ErrUnresponsive) instead of
+// hanging them.
 func (c *Client) SFTP() (*sftp.Client, error) {
-	sc, err := sftp.NewClient(c.ssh)
+	end := c.begin()
+	type opened struct {
+		s   *ssh.Session
+		in  io.WriteCloser
+		out io.Reader
+		err error
+	}
+	done := make(chan opened, 1)
+	go func() {
+		s, err := c.ssh.NewSession()
+		if err != nil {
+			done <- opened{err: err}
+			return
+		}
+		in, err := s.StdinPipe()
+		var out io.Reader
+		if err == nil {
+			out, err = s.StdoutPipe()
+		}
+		if err == nil {
+			err = s.RequestSubsystem("sftp")
+		}
+		if err != nil {
+			s.Close()
+		}
+		done <- opened{s, in, out, err}
+	}()
+	timer := time.NewTimer(DefaultSetupTimeout)
+	defer timer.Stop()
+	var o opened
+	select {
+	case o = <-done:
+	case <-timer.C:
+		go func() {
+			if o := <-done; o.err == nil {
+				o.s.Close()
+			}
+		}()
+		end()
+		return nil, fmt.Errorf("guest: sftp: %w: no answer within %s", ErrUnresponsive, DefaultSetupTimeout)
+	}
+	if o.err != nil {
+		end()
+		return nil, fmt.Errorf("guest: sftp: %w", c.cause(o.err))
+	}
+	sc, err := sftp.NewClientPipe(o.out, &sessionWriter{WriteCloser: o.in, s: o.s, end: end})
 	if err != nil {
-		return nil, fmt.Errorf("guest: sftp: %w", err)
+		o.s.Close()
+		end()
+		return nil, fmt.Errorf("guest: sftp: %w", c.cause(err))
 	}
 	return sc, nil
+}
+
+// sessionWriter is the SFTP client's side of the session: closing it, as
+// sftp.Client.Close does, ends the session and the call's claim on the
+// connection.
+type sessionWriter struct {
+	io.WriteCloser
+	s    *ssh.Session
+	end  func()
+	once sync.Once
+}
+
+func (w *sessionWriter) Close() error {
+	err := w.WriteCloser.Close()
+	w.once.Do(func() {
+		w.s.Close()
+		w.end()
+	})
+	return err
 }
