@@ -199,17 +199,20 @@ func (v *VM) conn(ctx context.Context) (*guest.Client, error) {
 	}
 	info := v.info
 	v.mu.Unlock()
-	addr, state := info.Network.SSHAddr, info.State
-	if state == StatePaused {
-		return nil, fmt.Errorf("%w: it is paused; Resume it first", ErrNotRunning)
-	}
-	if state == StateRunning && !hypervisor.Alive(info.PID, info.Process) {
-		// Fail fast rather than dial (or use a connection to) a VM that is gone.
+	if (info.State == StateRunning || info.State == StatePaused) && !hypervisor.Alive(info.PID, info.Process) {
+		// Fail fast rather than dial (or use a connection to) a VM that is
+		// gone; another process may have restarted it meanwhile.
+		v.mu.Lock()
+		v.dropClient()
+		v.mu.Unlock()
 		if err := v.Refresh(ctx); err != nil {
 			return nil, err
 		}
-		state = v.Status()
-		c = nil
+		info, c = v.Info(), nil
+	}
+	addr, state := info.Network.SSHAddr, info.State
+	if state == StatePaused {
+		return nil, fmt.Errorf("%w: it is paused; Resume it first", ErrNotRunning)
 	}
 	if c != nil {
 		return c, nil

@@ -223,7 +223,6 @@ func hostKeyAlgorithms(k ssh.PublicKey) []string {
 // Close closes the connection, ending every session on it. It is idempotent.
 func (c *Client) Close() error {
 	c.end(ErrClosed)
-	c.closeOnce.Do(func() { c.closeErr = c.ssh.Close() })
 	return c.closeErr
 }
 

@@ -54,7 +54,7 @@ func (c *Client) end(err error) {
 		c.endErr = err
 		close(c.ended)
 	})
-	_ = c.ssh.Close()
+	c.closeOnce.Do(func() { c.closeErr = c.ssh.Close() })
 }
 
 // begin marks a call in flight; call the returned func when it is done.
