@@ -108,8 +108,8 @@ func (v *VM) Run(ctx context.Context, cmd string, opts ...RunOption) (*CommandRe
 
 // Exec runs cmd streaming its input and output, and returns its exit code.
 // Without a timeout or a deadline on ctx the command runs as long as it
-// takes, however quiet; only a guest that stops answering ends it (about
-// 20 s after its last keepalive reply; a *TimeoutError), or a VM process
+// takes, however quiet; only a guest that stops answering ends it (20-25 s
+// after it last sent anything; a *TimeoutError), or a VM process
 // that exits (ErrNotRunning). Cancelling ctx ends this command only.
 func (v *VM) Exec(ctx context.Context, cmd string, o ExecOptions) (int, error) {
 	if o.Timeout > 0 {

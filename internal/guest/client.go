@@ -55,11 +55,12 @@ const (
 	DefaultSetupTimeout = 30 * time.Second
 	// DefaultKeepaliveInterval and DefaultKeepaliveMisses: while calls
 	// are in flight the client probes the guest every interval, and
-	// declares it dead when that many probes in a row go unanswered, so a
-	// frozen guest fails its calls 15-20 s after it stopped answering. A
-	// quiet command is never cut: only an unanswered probe counts.
+	// declares it dead after that many ticks in a row with a probe
+	// unanswered and nothing else received either, so a frozen guest
+	// fails its calls 20-25 s after it last sent anything. A quiet command
+	// is never cut: the agent answers probes while it runs.
 	DefaultKeepaliveInterval = 5 * time.Second
-	DefaultKeepaliveMisses   = 3
+	DefaultKeepaliveMisses   = 4
 )
 
 // PeerState is what the host sees of the VM from outside the connection.
@@ -90,6 +91,7 @@ type Client struct {
 	endErr  error
 
 	active atomic.Int64 // calls in flight; keepalives run only meanwhile
+	conn   *liveConn
 
 	mu        sync.Mutex
 	interval  time.Duration
@@ -173,7 +175,8 @@ func dialOnce(ctx context.Context, addr string, hostKey ssh.PublicKey, key ssh.S
 	}
 	_ = nc.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
-	conn, chans, reqs, err := ssh.NewClientConn(nc, addr, conf)
+	lc := &liveConn{Conn: nc}
+	conn, chans, reqs, err := ssh.NewClientConn(lc, addr, conf)
 	if !stop() && err == nil {
 		// ctx ended during the handshake; its deadline may already be armed.
 		conn.Close()
@@ -192,12 +195,13 @@ func dialOnce(ctx context.Context, addr string, hostKey ssh.PublicKey, key ssh.S
 		return nil, err
 	}
 	_ = nc.SetDeadline(time.Time{})
-	return newClient(ssh.NewClient(conn, chans, reqs)), nil
+	return newClient(ssh.NewClient(conn, chans, reqs), lc), nil
 }
 
-func newClient(sc *ssh.Client) *Client {
+func newClient(sc *ssh.Client, lc *liveConn) *Client {
 	c := &Client{
 		ssh:      sc,
+		conn:     lc,
 		ended:    make(chan struct{}),
 		interval: DefaultKeepaliveInterval,
 		misses:   DefaultKeepaliveMisses,

@@ -2,7 +2,9 @@ package guest
 
 import (
 	"fmt"
+	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -47,6 +49,22 @@ func (c *Client) SetPeerCheck(f func() PeerState) {
 	c.mu.Unlock()
 }
 
+// liveConn counts the reads that brought data: a guest that keeps sending
+// (a long download on a loaded machine, say) is alive even while the
+// reply to a probe is still queued behind its data.
+type liveConn struct {
+	net.Conn
+	reads atomic.Int64
+}
+
+func (l *liveConn) Read(p []byte) (int, error) {
+	n, err := l.Conn.Read(p)
+	if n > 0 {
+		l.reads.Add(1)
+	}
+	return n, err
+}
+
 // end records why the connection is over (the first reason wins) and
 // closes it, which fails every call blocked on it.
 func (c *Client) end(err error) {
@@ -83,14 +101,16 @@ func (c *Client) settings() (time.Duration, int, func() PeerState) {
 // connection when the guest stops answering or its process is gone. An
 // idle connection is left alone: probes wake the guest, and an idle VM
 // should cost nothing. x/crypto/ssh lets one global request wait for its
-// reply at a time, so at most one probe is outstanding; every tick it
-// stays unanswered is a miss.
+// reply at a time, so at most one probe is outstanding; a tick at which it
+// is still unanswered and nothing at all came from the guest since the
+// last tick is a miss.
 func (c *Client) keepalive() {
 	interval, _, _ := c.settings()
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	replied := make(chan struct{}, 1)
 	outstanding, missed := false, 0
+	var seen int64 // c.conn.reads at the last tick
 	for {
 		select {
 		case <-c.ended:
@@ -118,12 +138,16 @@ func (c *Client) keepalive() {
 				continue
 			}
 		}
-		if outstanding {
+		if reads := c.conn.reads.Load(); reads != seen {
+			seen, missed = reads, 0 // the guest sent something: not dead
+		} else if outstanding {
 			missed++
 			if missed >= misses {
-				c.end(fmt.Errorf("%w: %d keepalives in a row unanswered (%s apart)", ErrUnresponsive, missed, interval))
+				c.end(fmt.Errorf("%w: a keepalive went unanswered and nothing came for %s", ErrUnresponsive, time.Duration(missed)*interval))
 				return
 			}
+		}
+		if outstanding {
 			continue
 		}
 		outstanding = true
