@@ -34,8 +34,10 @@ type ExecRequest struct {
 
 // Exec runs req.Command and returns its exit code; a non-zero exit is not an
 // error. A command killed by a signal yields 128+signum. When ctx is done
-// the command's process group is sent SIGKILL, the session is closed and
-// the error wraps ctx.Err().
+// the command's process group is sent SIGKILL, the session (only this one;
+// the connection stays) is closed and the error wraps ctx.Err(). If the
+// connection ends under the command, the error wraps why (ErrUnresponsive,
+// ErrGone).
 func (c *Client) Exec(ctx context.Context, req ExecRequest) (int, error) {
 	spec := runSpec{
 		request: "exec",
