@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -208,12 +209,16 @@ func TestCommandsHold(t *testing.T) {
 			t.Fatal(err)
 		}
 		out.Write(buf[:n])
-		if err := vm.Pause(ctx); err != nil {
-			t.Fatal(err)
+		// Paused by another process (the CLI), so only the state database
+		// tells this one that the silence is on purpose.
+		if b, err := exec.CommandContext(ctx, testEnv.bin, "pause", vm.ID()).CombinedOutput(); err != nil {
+			t.Fatalf("smolvm pause: %v: %s", err, b)
 		}
-		// Longer than the keepalive's dead-peer bound: the silence of a VM
-		// paused on purpose must not count.
+		// Longer than the keepalive's dead-peer bound.
 		time.Sleep(30 * time.Second)
+		if err := vm.Refresh(ctx); err != nil || vm.Status() != smolvm.StatePaused {
+			t.Fatalf("after smolvm pause: %s, %v", vm.Status(), err)
+		}
 		if err := vm.Resume(ctx); err != nil {
 			t.Fatal(err)
 		}
