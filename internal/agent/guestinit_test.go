@@ -64,3 +64,30 @@ func TestAgentAsContainerPID1(t *testing.T) {
 		t.Fatalf("output does not say why:\n%s", out)
 	}
 }
+
+// TestInitSignalsNotInherited runs catchInitSignals in a child test
+// process, as PID 1 does at boot, and checks that a command it starts sees
+// no ignored or blocked signal: an ignored SIGTERM would survive exec and
+// make `kill` and `timeout` do nothing in the guest.
+func TestInitSignalsNotInherited(t *testing.T) {
+	if os.Getenv("SMOLVM_TEST_INIT_SIGNALS") == "1" {
+		catchInitSignals()
+		out, err := exec.Command("/bin/sh", "-c", "cat /proc/self/status | grep -E '^Sig(Ign|Blk)'").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.Stdout.Write(out)
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestInitSignalsNotInherited$", "-test.v")
+	cmd.Env = append(os.Environ(), "SMOLVM_TEST_INIT_SIGNALS=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	for _, want := range []string{"SigIgn:\t0000000000000000", "SigBlk:\t0000000000000000"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("a command started after catchInitSignals: want %q in\n%s", want, out)
+		}
+	}
+}
