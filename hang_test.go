@@ -185,6 +185,11 @@ func TestCommandsHold(t *testing.T) {
 		if res := run(t, ctx, vm, "head -c 3000000 /dev/zero"); len(res.Stdout) != 3000000 || res.Truncated() {
 			t.Errorf("under the default limit: %d bytes, truncated %v", len(res.Stdout), res.Truncated())
 		}
+		// Past the default limit: kept up to it, the rest drained.
+		res = run(t, ctx, vm, "head -c 70000000 /dev/zero; echo done >&2")
+		if len(res.Stdout) != smolvm.DefaultOutputLimit || !res.StdoutTruncated || res.Stderr != "done\n" || !res.OK() {
+			t.Errorf("past the default limit: %d bytes, truncated %v, stderr %q, exit %d", len(res.Stdout), res.StdoutTruncated, res.Stderr, res.ExitCode)
+		}
 	})
 
 	if err := <-quiet; err != nil {
