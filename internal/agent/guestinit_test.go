@@ -21,8 +21,9 @@ func TestGuestInitDecision(t *testing.T) {
 	}{
 		{"smolvm VM", 1, booted, true, true, ""},
 		{"not PID 1", 4242, booted, true, false, "not PID 1"},
-		{"container entrypoint", 1, "BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro quiet", false, false, "no smolvm.* key"},
-		{"container without /proc", 1, "", false, false, "no smolvm.* key"},
+		{"container entrypoint", 1, "BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro quiet", false, false, "is missing"},
+		{"initramfs files but a foreign kernel command line", 1, "BOOT_IMAGE=/vmlinuz quiet", true, false, "no smolvm.* key"},
+		{"no /proc to read", 1, "", true, false, "no smolvm.* key"},
 		{"key only as a substring", 1, "quiet foo.smolvm.ip=1", true, false, "no smolvm.* key"},
 		{"container in a smolvm VM", 1, booted, false, false, "is missing"},
 	}
@@ -60,7 +61,7 @@ func TestAgentAsContainerPID1(t *testing.T) {
 	if !ok || ee.ExitCode() != 2 {
 		t.Fatalf("agent as a container's PID 1: err %v, want exit status 2; output:\n%s", err, out)
 	}
-	if !strings.Contains(string(out), "not a smolvm VM") {
+	if !strings.Contains(string(out), "not a smolvm VM") || !strings.Contains(string(out), "container") {
 		t.Fatalf("output does not say why:\n%s", out)
 	}
 }

@@ -58,8 +58,11 @@ func IsGuestInit() (bool, string) {
 	if pid != 1 {
 		return guestInitDecision(pid, "", false)
 	}
-	_, err := os.Stat(initramfsHostKey)
-	return guestInitDecision(pid, readCmdline(), err == nil)
+	// The cheap look first: without our initramfs, /proc is not touched.
+	if _, err := os.Stat(initramfsHostKey); err != nil {
+		return guestInitDecision(pid, "", false)
+	}
+	return guestInitDecision(pid, readCmdline(), true)
 }
 
 // readCmdline reads the kernel command line. A real boot starts init
@@ -88,10 +91,10 @@ func guestInitDecision(pid int, cmdline string, haveInitramfs bool) (bool, strin
 	switch {
 	case pid != 1:
 		return false, fmt.Sprintf("not PID 1 (PID %d)", pid)
-	case !hasSmolvmKey(cmdline):
-		return false, "PID 1, but the kernel command line has no smolvm.* key: not a smolvm VM (a container entrypoint?)"
 	case !haveInitramfs:
-		return false, "PID 1, but " + initramfsHostKey + " is missing: not booted from a smolvm initramfs"
+		return false, "PID 1, but " + initramfsHostKey + " is missing: not a smolvm VM's initramfs (a container entrypoint?)"
+	case !hasSmolvmKey(cmdline):
+		return false, "PID 1, but the kernel command line has no smolvm.* key: not a smolvm VM"
 	}
 	return true, ""
 }
