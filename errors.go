@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/smolvm/smolvm/internal/guest"
 )
 
 // The kinds of failure callers branch on, matched with errors.Is. Every
@@ -90,6 +92,13 @@ func opError(op, vm string, err error) error {
 	var oe *Error
 	if errors.As(err, &oe) {
 		return err
+	}
+	// The guest channel's own failures, into the kinds callers branch on.
+	switch {
+	case errors.Is(err, guest.ErrUnresponsive):
+		return &TimeoutError{Op: op, VM: vm, Detail: err.Error()}
+	case errors.Is(err, guest.ErrGone):
+		err = fmt.Errorf("%w: %w", ErrNotRunning, err)
 	}
 	return &Error{Op: op, VM: vm, Err: err}
 }

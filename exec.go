@@ -1,7 +1,6 @@
 package smolvm
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -9,7 +8,15 @@ import (
 	"time"
 
 	"github.com/smolvm/smolvm/internal/guest"
+	"github.com/smolvm/smolvm/internal/hypervisor"
 )
+
+// DefaultOutputLimit is how much of each of stdout and stderr Run keeps
+// (64 MiB each). Past it the command still runs to completion, its further
+// output is read and dropped, and the result says so (StdoutTruncated,
+// StderrTruncated). WithOutputLimit changes it; stream with Exec to keep
+// everything.
+const DefaultOutputLimit = 64 << 20
 
 // CommandResult is the outcome of a command that ran to completion. A
 // non-zero exit code is a result, not an error.
@@ -17,7 +24,14 @@ type CommandResult struct {
 	Stdout   string `json:"stdout"`
 	Stderr   string `json:"stderr"`
 	ExitCode int    `json:"exit_code"`
+	// StdoutTruncated and StderrTruncated report that the stream was
+	// longer than the output limit and only its first part is here.
+	StdoutTruncated bool `json:"stdout_truncated,omitempty"`
+	StderrTruncated bool `json:"stderr_truncated,omitempty"`
 }
+
+// Truncated reports whether any output was dropped.
+func (r *CommandResult) Truncated() bool { return r.StdoutTruncated || r.StderrTruncated }
 
 // OK reports whether the command exited with status 0.
 func (r *CommandResult) OK() bool { return r.ExitCode == 0 }
@@ -50,6 +64,10 @@ func WithRunEnv(env map[string]string) RunOption {
 // WithStdin feeds r to the command's standard input.
 func WithStdin(r io.Reader) RunOption { return func(o *ExecOptions) { o.Stdin = r } }
 
+// WithOutputLimit sets how many bytes of each of stdout and stderr Run
+// keeps; n <= 0 means DefaultOutputLimit. Exec streams and ignores it.
+func WithOutputLimit(n int64) RunOption { return func(o *ExecOptions) { o.OutputLimit = n } }
+
 // ExecOptions configures a streaming command.
 type ExecOptions struct {
 	Stdin   io.Reader
@@ -59,27 +77,44 @@ type ExecOptions struct {
 	Timeout time.Duration
 	// TTY runs the command on a pseudo-terminal (stdout and stderr merge).
 	TTY bool
+	// OutputLimit is Run's cap per stream (WithOutputLimit); Exec, which
+	// streams, ignores it.
+	OutputLimit int64
 }
 
 // Run runs cmd with the guest's shell and returns its output and exit code.
+// It keeps at most the output limit of each stream (DefaultOutputLimit,
+// WithOutputLimit) and says in the result when it dropped some.
 func (v *VM) Run(ctx context.Context, cmd string, opts ...RunOption) (*CommandResult, error) {
 	var o ExecOptions
 	for _, opt := range opts {
 		opt(&o)
 	}
-	var stdout, stderr bytes.Buffer
-	o.Stdout, o.Stderr = &stdout, &stderr
+	limit := o.OutputLimit
+	if limit <= 0 {
+		limit = DefaultOutputLimit
+	}
+	stdout, stderr := &guest.LimitedBuffer{Limit: limit}, &guest.LimitedBuffer{Limit: limit}
+	o.Stdout, o.Stderr = stdout, stderr
 	code, err := v.Exec(ctx, cmd, o)
 	if err != nil {
 		return nil, err
 	}
-	return &CommandResult{Stdout: stdout.String(), Stderr: stderr.String(), ExitCode: code}, nil
+	return &CommandResult{
+		Stdout: stdout.String(), Stderr: stderr.String(), ExitCode: code,
+		StdoutTruncated: stdout.Truncated, StderrTruncated: stderr.Truncated,
+	}, nil
 }
 
 // Exec runs cmd streaming its input and output, and returns its exit code.
 // o.Env sets variables for this command only; o.Timeout kills it after
 // that long (0 = no limit). A negative Timeout or an Env name that
 // ValidateEnvName refuses is an error matching ErrInvalid.
+//
+// Without a timeout or a deadline on ctx the command runs as long as it
+// takes, however quiet; only a guest that stops answering ends it (20-25 s
+// after it last sent anything; a *TimeoutError), or a VM process
+// that exits (ErrNotRunning). Cancelling ctx ends this command only.
 func (v *VM) Exec(ctx context.Context, cmd string, o ExecOptions) (int, error) {
 	if o.Timeout < 0 {
 		return -1, opError("run", v.id, &ValidationError{Field: "timeout", Value: o.Timeout, Reason: "must not be negative; 0 means no limit"})
@@ -100,10 +135,9 @@ func (v *VM) Exec(ctx context.Context, cmd string, o ExecOptions) (int, error) {
 		Command: cmd, Env: o.Env, Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr, PTY: o.TTY,
 	})
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) && errors.Is(err, context.DeadlineExceeded) {
 			return -1, &TimeoutError{Op: "run", VM: v.id, Timeout: o.Timeout, Detail: "command killed: " + cmd}
 		}
-		v.dropClientOnError(c)
 		return -1, opError("run", v.id, err)
 	}
 	return code, nil
@@ -119,14 +153,34 @@ func (v *VM) Shell(ctx context.Context, stdin io.Reader, stdout, stderr io.Write
 	return code, opError("shell", v.id, err)
 }
 
-// dropClientOnError forgets a connection that failed, so the next call
-// dials again (after a guest restart, say).
+// dropClientOnError forgets a connection that has ended, so the next call
+// dials again (after a guest restart, say). A call that failed on a live
+// connection, a cancelled command say, leaves it alone: other calls share
+// it. conn also drops an ended connection before handing it out.
 func (v *VM) dropClientOnError(c *guest.Client) {
+	if c.Err() == nil {
+		return
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.client == c {
 		v.dropClient()
 	}
+}
+
+// peerState tells the connection's keepalive what the host sees of the VM:
+// its process gone, or paused on purpose (by this process or another, so
+// the state database says), or running.
+func (v *VM) peerState() guest.PeerState {
+	if !hypervisor.Alive(v.process(), v.Info().Process) {
+		return guest.PeerGone
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if row, err := v.st.GetVM(ctx, v.id); err == nil && VMState(row.State) == StatePaused {
+		return guest.PeerPaused
+	}
+	return guest.PeerRunning
 }
 
 // CanRunCommands reports whether a command can run now.

@@ -81,6 +81,10 @@ func (v *VM) withSFTP(ctx context.Context, fn func(*sftp.Client) error) error {
 	go func() { done <- fn(c) }()
 	select {
 	case err := <-done:
+		if cerr := conn.Err(); err != nil && cerr != nil {
+			// SFTP only says "connection lost"; say why.
+			return fmt.Errorf("%w: %w", cerr, err)
+		}
 		return err
 	case <-ctx.Done():
 		c.Close() // unblocks fn

@@ -292,10 +292,24 @@ func (v *VM) conn(ctx context.Context) (*guest.Client, error) {
 	}
 	v.mu.Lock()
 	c := v.client
-	addr := v.info.Network.SSHAddr
-	tap := v.info.Network.TAP
-	state := v.info.State
+	if c != nil && c.Err() != nil { // ended (guest restarted, or stopped answering)
+		v.dropClient()
+		c = nil
+	}
+	info := v.info
 	v.mu.Unlock()
+	if (info.State == StateRunning || info.State == StatePaused) && !hypervisor.Alive(v.process(), info.Process) {
+		// Fail fast rather than dial (or use a connection to) a VM that is
+		// gone; another process may have restarted it meanwhile.
+		v.mu.Lock()
+		v.dropClient()
+		v.mu.Unlock()
+		if err := v.Refresh(ctx); err != nil {
+			return nil, err
+		}
+		info, c = v.Info(), nil
+	}
+	addr, tap, state := info.Network.SSHAddr, info.Network.TAP, info.State
 	if state == StatePaused {
 		return nil, fmt.Errorf("%w: it is paused; resume it first (smolvm resume %s)", ErrNotRunning, v.id)
 	}
@@ -319,6 +333,7 @@ func (v *VM) conn(ctx context.Context) (*guest.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.SetPeerCheck(v.peerState)
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.client != nil { // another goroutine won the race

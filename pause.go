@@ -9,8 +9,10 @@ import (
 )
 
 // Pause freezes the running VM's vCPUs; its memory, disk and network
-// state stay as they are until Resume. Commands fail with ErrNotRunning
-// meanwhile.
+// state stay as they are until Resume. New commands fail with
+// ErrNotRunning meanwhile; commands already running stay, frozen with the
+// guest, and carry on after Resume (their connection's keepalive knows the
+// silence is on purpose).
 func (v *VM) Pause(ctx context.Context) error {
 	return opError("pause", v.id, v.setPaused(ctx, true))
 }
@@ -40,12 +42,6 @@ func (v *VM) setPaused(ctx context.Context, pause bool) error {
 	defer q.Close()
 	if _, err := q.Execute(cmd, nil); err != nil {
 		return err
-	}
-	if pause {
-		// The connection would only stall; a new one is made on resume.
-		v.mu.Lock()
-		v.dropClient()
-		v.mu.Unlock()
 	}
 	return v.update(ctx, func(row *store.VM, _ *runtimeRecord) error {
 		row.State = string(to)

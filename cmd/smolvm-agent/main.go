@@ -12,8 +12,10 @@ import (
 )
 
 func main() {
-	if !agent.Main() {
-		fmt.Fprintln(os.Stderr, "smolvm-agent runs only as a VM's init; use smolvm on the host")
-		os.Exit(2)
+	if agent.Main() {
+		return
 	}
+	_, why := agent.IsGuestInit()
+	fmt.Fprintf(os.Stderr, "smolvm-agent runs only as the init of a smolvm VM, and this is not one: %s.\nUse smolvm on the host.\n", why)
+	os.Exit(2)
 }

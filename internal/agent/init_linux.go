@@ -31,11 +31,13 @@ const (
 	rootDeviceWaitTime     = 10 * time.Second
 )
 
-// Main runs the agent when this process is a guest's init, and reports
-// whether it did (it then never returns). The CLI calls it first, so one
-// binary is both the host tool and the guest agent.
+// Main runs the agent when this process is a smolvm VM's init (see
+// IsGuestInit), and reports whether it did (it then never returns). The
+// CLI calls it first, so one binary is both the host tool and the guest
+// agent; anywhere else, a container's PID 1 say, it returns false at once
+// and touches nothing.
 func Main() bool {
-	if os.Getpid() != 1 && filepath.Base(os.Args[0]) != "smolvm-init" {
+	if ok, _ := IsGuestInit(); !ok {
 		return false
 	}
 	if err := Init(); err != nil {
@@ -45,12 +47,74 @@ func Main() bool {
 	return true
 }
 
+// IsGuestInit reports whether this process is the init of a smolvm VM,
+// and if not, why not. Being PID 1 is not enough: the binary may be a
+// container's entrypoint, where taking over would mount, kill every
+// process in sight and power off. It also takes smolvm's keys on the
+// kernel command line (the host always sets smolvm.hostname= and
+// smolvm.ip=) and the per-VM files of smolvm's initramfs.
+func IsGuestInit() (bool, string) {
+	pid := os.Getpid()
+	if pid != 1 {
+		return guestInitDecision(pid, "", false)
+	}
+	// The cheap look first: without our initramfs, /proc is not touched.
+	if _, err := os.Stat(initramfsHostKey); err != nil {
+		return guestInitDecision(pid, "", false)
+	}
+	return guestInitDecision(pid, readCmdline(), true)
+}
+
+// readCmdline reads the kernel command line. A real boot starts init
+// without /proc, so it is mounted for the look and, unless this turns out
+// to be a guest (whose Init mounts it anyway), unmounted again.
+func readCmdline() string {
+	if b, err := os.ReadFile("/proc/cmdline"); err == nil {
+		return string(b)
+	}
+	if err := os.MkdirAll("/proc", 0o555); err != nil {
+		return ""
+	}
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return ""
+	}
+	b, err := os.ReadFile("/proc/cmdline")
+	if err != nil || !hasSmolvmKey(string(b)) {
+		unix.Unmount("/proc", unix.MNT_DETACH)
+	}
+	return string(b)
+}
+
+// guestInitDecision is IsGuestInit's rule, apart from where its inputs
+// come from.
+func guestInitDecision(pid int, cmdline string, haveInitramfs bool) (bool, string) {
+	switch {
+	case pid != 1:
+		return false, fmt.Sprintf("not PID 1 (PID %d)", pid)
+	case !haveInitramfs:
+		return false, "PID 1, but " + initramfsHostKey + " is missing: not a smolvm VM's initramfs (a container entrypoint?)"
+	case !hasSmolvmKey(cmdline):
+		return false, "PID 1, but the kernel command line has no smolvm.* key: not a smolvm VM"
+	}
+	return true, ""
+}
+
+// hasSmolvmKey reports whether a kernel command line carries one of our
+// keys.
+func hasSmolvmKey(cmdline string) bool {
+	for _, f := range strings.Fields(cmdline) {
+		if strings.HasPrefix(f, "smolvm.") {
+			return true
+		}
+	}
+	return false
+}
+
 // Init boots the guest from the initramfs: modules, root filesystem, switch
 // to it, network, then serves SSH and reaps orphans forever.
 func Init() error {
 	start := time.Now()
-	// Go exits on these by default; as PID 1 that would panic the kernel.
-	signal.Ignore(unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	catchInitSignals()
 	reaper := NewReaper()
 	for _, m := range []struct{ src, dst, typ string }{
 		{"devtmpfs", "/dev", "devtmpfs"},
@@ -235,6 +299,24 @@ func mergeEnv(path string, envJSON []byte) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// catchInitSignals keeps PID 1 alive on SIGTERM, SIGINT and SIGHUP (Go
+// exits on them by default, and init exiting panics the kernel). It
+// catches them rather than ignoring them: an ignored signal stays ignored
+// across fork and exec, so every command the agent starts would inherit
+// it (`kill PID` and `timeout` would do nothing in the guest), while a
+// caught one is reset to its default by exec. Go's os/exec offers no hook
+// to reset dispositions in the child, so the parent must not hold any.
+// The signal mask children get is the one this process started with,
+// which for init is empty.
+func catchInitSignals() {
+	sig := make(chan os.Signal, 8)
+	signal.Notify(sig, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	go func() {
+		for range sig {
+		}
+	}()
 }
 
 // serve runs the SSH server in PID 1 itself: a second process would cost

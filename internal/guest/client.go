@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -27,6 +28,15 @@ var (
 	// ErrNoInterface means the interface Dial was told to use (Via) does
 	// not exist: the VM's TAP device is gone.
 	ErrNoInterface = errors.New("guest: interface gone")
+	// ErrUnresponsive means the guest stopped answering: keepalives went
+	// unanswered (the connection is then closed and every call on it
+	// fails), or a step that is not a user command ran past its default
+	// bound (dial, session start, env).
+	ErrUnresponsive = errors.New("guest: not responding")
+	// ErrGone means the VM process exited under a live connection.
+	ErrGone = errors.New("guest: VM process is gone")
+	// ErrClosed means the connection was closed or dropped.
+	ErrClosed = errors.New("guest: connection closed")
 )
 
 // DialOption adjusts Dial.
@@ -53,6 +63,36 @@ const (
 	// the host side accepts TCP before the guest listens, so a handshake
 	// may stall on a connection nobody serves.
 	handshakeTimeout = 5 * time.Second
+
+	// DefaultDialTimeout bounds Dial when ctx has no deadline: longer than
+	// a loaded machine's boot, so a VM another process just started is
+	// still waited for, but a guest that never answers is not.
+	DefaultDialTimeout = 30 * time.Second
+	// DefaultSetupTimeout bounds what is not a user's command: opening a
+	// session and starting it, and a whole env request.
+	DefaultSetupTimeout = 30 * time.Second
+	// DefaultKeepaliveInterval and DefaultKeepaliveMisses: while calls
+	// are in flight the client probes the guest every interval, and
+	// declares it dead after that many ticks in a row with a probe
+	// unanswered and nothing else received either, so a frozen guest
+	// fails its calls 20-25 s after it last sent anything. A quiet command
+	// is never cut: the agent answers probes while it runs.
+	DefaultKeepaliveInterval = 5 * time.Second
+	DefaultKeepaliveMisses   = 4
+)
+
+// PeerState is what the host sees of the VM from outside the connection.
+type PeerState int
+
+const (
+	// PeerRunning: the VM process runs, so silence counts against it.
+	PeerRunning PeerState = iota
+	// PeerPaused: the VM is frozen on purpose; silence is expected and
+	// the connection is kept for when it resumes.
+	PeerPaused
+	// PeerGone: the VM process has exited; the connection is closed at
+	// once with ErrGone.
+	PeerGone
 )
 
 // Client is one persistent SSH connection to a guest. It is safe for
@@ -61,6 +101,21 @@ type Client struct {
 	ssh       *ssh.Client
 	closeOnce sync.Once
 	closeErr  error
+
+	// ended is closed once the connection is gone, for whatever reason;
+	// endErr then says why.
+	ended   chan struct{}
+	endOnce sync.Once
+	endErr  error
+
+	active atomic.Int64 // calls in flight; keepalives run only meanwhile
+	conn   *liveConn
+
+	mu        sync.Mutex
+	interval  time.Duration
+	misses    int
+	peerCheck func() PeerState
+	retune    chan struct{} // wakes the keepalive loop after SetKeepalive
 }
 
 // Dial connects to the guest at addr, accepting only hostKey and
@@ -69,6 +124,9 @@ type Client struct {
 // once (ErrHostKeyMismatch, ErrAuthFailed). On ctx expiry the error wraps
 // ctx.Err() and the last dial error. With Via, a missing device ends it at
 // once too (ErrNoInterface), before anything is sent.
+//
+// Without a deadline on ctx, Dial gives up after DefaultDialTimeout with an
+// error wrapping ErrUnresponsive.
 func Dial(ctx context.Context, addr string, hostKey ssh.PublicKey, key ssh.Signer, opts ...DialOption) (*Client, error) {
 	if hostKey == nil || key == nil {
 		return nil, errors.New("guest: dial: host key and client key are required")
@@ -76,6 +134,13 @@ func Dial(ctx context.Context, addr string, hostKey ssh.PublicKey, key ssh.Signe
 	var cfg dialConfig
 	for _, o := range opts {
 		o(&cfg)
+	}
+	bounded := false
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultDialTimeout)
+		defer cancel()
+		bounded = true
 	}
 	var lastErr error
 	pause := time.NewTimer(0)
@@ -92,6 +157,9 @@ func Dial(ctx context.Context, addr string, hostKey ssh.PublicKey, key ssh.Signe
 		pause.Reset(retryPause)
 		select {
 		case <-ctx.Done():
+			if bounded && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil, fmt.Errorf("guest: dial %s: %w: no SSH answer within %s (last error: %w)", addr, ErrUnresponsive, DefaultDialTimeout, lastErr)
+			}
 			return nil, fmt.Errorf("guest: dial %s: %w (last error: %w)", addr, ctx.Err(), lastErr)
 		case <-pause.C:
 		}
@@ -136,7 +204,8 @@ func dialOnce(ctx context.Context, addr string, hostKey ssh.PublicKey, key ssh.S
 	}
 	_ = nc.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
-	conn, chans, reqs, err := ssh.NewClientConn(nc, addr, conf)
+	lc := &liveConn{Conn: nc}
+	conn, chans, reqs, err := ssh.NewClientConn(lc, addr, conf)
 	if !stop() && err == nil {
 		// ctx ended during the handshake; its deadline may already be armed.
 		conn.Close()
@@ -155,7 +224,24 @@ func dialOnce(ctx context.Context, addr string, hostKey ssh.PublicKey, key ssh.S
 		return nil, err
 	}
 	_ = nc.SetDeadline(time.Time{})
-	return &Client{ssh: ssh.NewClient(conn, chans, reqs)}, nil
+	return newClient(ssh.NewClient(conn, chans, reqs), lc), nil
+}
+
+func newClient(sc *ssh.Client, lc *liveConn) *Client {
+	c := &Client{
+		ssh:      sc,
+		conn:     lc,
+		ended:    make(chan struct{}),
+		interval: DefaultKeepaliveInterval,
+		misses:   DefaultKeepaliveMisses,
+		retune:   make(chan struct{}, 1),
+	}
+	go func() {
+		_ = sc.Wait()
+		c.end(ErrClosed)
+	}()
+	go c.keepalive()
+	return c
 }
 
 // bindToDevice sets SO_BINDTODEVICE before connect, so the kernel never
@@ -184,7 +270,7 @@ func hostKeyAlgorithms(k ssh.PublicKey) []string {
 
 // Close closes the connection, ending every session on it. It is idempotent.
 func (c *Client) Close() error {
-	c.closeOnce.Do(func() { c.closeErr = c.ssh.Close() })
+	c.end(ErrClosed)
 	return c.closeErr
 }
 
@@ -215,11 +301,80 @@ func (c *Client) Poweroff(ctx context.Context) error {
 }
 
 // SFTP opens an SFTP session on the connection. Close it when done; closing
-// the Client closes it too.
+// the Client closes it too. Opening it is bounded by DefaultSetupTimeout,
+// and while it is open the connection counts as in use, so a guest that
+// stops answering fails its file operations (ErrUnresponsive) instead of
+// hanging them.
 func (c *Client) SFTP() (*sftp.Client, error) {
-	sc, err := sftp.NewClient(c.ssh)
+	end := c.begin()
+	type opened struct {
+		s   *ssh.Session
+		in  io.WriteCloser
+		out io.Reader
+		err error
+	}
+	done := make(chan opened, 1)
+	go func() {
+		s, err := c.ssh.NewSession()
+		if err != nil {
+			done <- opened{err: err}
+			return
+		}
+		in, err := s.StdinPipe()
+		var out io.Reader
+		if err == nil {
+			out, err = s.StdoutPipe()
+		}
+		if err == nil {
+			err = s.RequestSubsystem("sftp")
+		}
+		if err != nil {
+			s.Close()
+		}
+		done <- opened{s, in, out, err}
+	}()
+	timer := time.NewTimer(DefaultSetupTimeout)
+	defer timer.Stop()
+	var o opened
+	select {
+	case o = <-done:
+	case <-timer.C:
+		go func() {
+			if o := <-done; o.err == nil {
+				o.s.Close()
+			}
+		}()
+		end()
+		return nil, fmt.Errorf("guest: sftp: %w: no answer within %s", ErrUnresponsive, DefaultSetupTimeout)
+	}
+	if o.err != nil {
+		end()
+		return nil, fmt.Errorf("guest: sftp: %w", c.cause(o.err))
+	}
+	sc, err := sftp.NewClientPipe(o.out, &sessionWriter{WriteCloser: o.in, s: o.s, end: end})
 	if err != nil {
-		return nil, fmt.Errorf("guest: sftp: %w", err)
+		o.s.Close()
+		end()
+		return nil, fmt.Errorf("guest: sftp: %w", c.cause(err))
 	}
 	return sc, nil
+}
+
+// sessionWriter is the SFTP client's side of the session: closing it, as
+// sftp.Client.Close does, ends the session and the call's claim on the
+// connection.
+type sessionWriter struct {
+	io.WriteCloser
+	s    *ssh.Session
+	end  func()
+	once sync.Once
+}
+
+func (w *sessionWriter) Close() error {
+	err := w.WriteCloser.Close()
+	w.once.Do(func() {
+		w.s.Close()
+		w.end()
+	})
+	return err
 }

@@ -46,22 +46,35 @@ func (c *Client) Env(ctx context.Context) (map[string]string, error) {
 	return c.envOp(ctx, envRequest{Op: "list"})
 }
 
+// maxEnvReply bounds the guest's answer to an env request: the guest is
+// not trusted, and the host must not buffer without limit for it.
+const maxEnvReply = 16 << 20
+
 // envOp sends one request to the guest's smolvm-env subsystem: the JSON
-// request on stdin, the JSON reply on stdout.
+// request on stdin, the JSON reply on stdout. It is not a user's command,
+// so it is bounded by DefaultSetupTimeout even when ctx is not.
 func (c *Client) envOp(ctx context.Context, req envRequest) (map[string]string, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, fmt.Errorf("guest: env %s: %w", req.Op, err)
 	}
-	var out bytes.Buffer
-	code, err := c.run(ctx, runSpec{
+	opCtx, cancel := context.WithTimeout(ctx, DefaultSetupTimeout)
+	defer cancel()
+	out := &LimitedBuffer{Limit: maxEnvReply}
+	code, err := c.run(opCtx, runSpec{
 		request: "subsystem",
 		arg:     "smolvm-env",
 		stdin:   bytes.NewReader(body),
-		stdout:  &out,
+		stdout:  out,
 	})
+	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("%w: no answer within %s", ErrUnresponsive, DefaultSetupTimeout)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("guest: env %s: %w", req.Op, err)
+	}
+	if out.Truncated {
+		return nil, fmt.Errorf("guest: env %s: reply larger than %d bytes", req.Op, maxEnvReply)
 	}
 	var resp struct {
 		Env   map[string]string `json:"env"`

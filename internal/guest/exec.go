@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 )
@@ -33,8 +34,10 @@ type ExecRequest struct {
 
 // Exec runs req.Command and returns its exit code; a non-zero exit is not an
 // error. A command killed by a signal yields 128+signum. When ctx is done
-// the command's process group is sent SIGKILL, the session is closed and
-// the error wraps ctx.Err().
+// the command's process group is sent SIGKILL, the session (only this one;
+// the connection stays) is closed and the error wraps ctx.Err(). If the
+// connection ends under the command, the error wraps why (ErrUnresponsive,
+// ErrGone).
 func (c *Client) Exec(ctx context.Context, req ExecRequest) (int, error) {
 	spec := runSpec{
 		request: "exec",
@@ -92,31 +95,47 @@ type ptySpec struct {
 	cols, rows int
 }
 
-// run opens a session channel and runs spec on it.
+// run opens a session channel and runs spec on it. Starting it is bounded
+// by DefaultSetupTimeout; the command itself only by ctx and by the
+// keepalive, which ends the connection if the guest stops answering.
 func (c *Client) run(ctx context.Context, spec runSpec) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return -1, err
 	}
+	if err := c.Err(); err != nil {
+		return -1, err
+	}
+	end := c.begin()
+	defer end()
 	// Starting waits on the guest, and x/crypto/ssh cannot abandon a
 	// channel open or a request reply, so start in a goroutine: ctx is
 	// honoured even if the guest has stopped answering. A session that
 	// starts after all is killed at once.
 	started := make(chan startedSession, 1)
 	go func() { started <- c.start(spec) }()
-	var sess startedSession
-	select {
-	case sess = <-started:
-		if sess.err != nil {
-			return -1, sess.err
-		}
-	case <-ctx.Done():
+	abandon := func() {
 		go func() {
 			if s := <-started; s.err == nil {
 				kill(s.ch)
 			}
 		}()
-		return -1, ctx.Err()
 	}
+	setup := time.NewTimer(DefaultSetupTimeout)
+	defer setup.Stop()
+	var sess startedSession
+	select {
+	case sess = <-started:
+		if sess.err != nil {
+			return -1, c.cause(sess.err)
+		}
+	case <-ctx.Done():
+		abandon()
+		return -1, ctx.Err()
+	case <-setup.C:
+		abandon()
+		return -1, fmt.Errorf("%w: %s did not start within %s", ErrUnresponsive, spec.request, DefaultSetupTimeout)
+	}
+	setup.Stop()
 	ch, exited := sess.ch, sess.exited
 
 	stdin := &gatedReader{r: spec.stdin}
@@ -153,7 +172,11 @@ func (c *Client) run(ctx context.Context, spec runSpec) (int, error) {
 			gotOutput = true
 			output = nil
 		case <-ctx.Done():
-			kill(ch)
+			// Only this session ends; the connection and the other
+			// sessions on it stay. Killing writes to the connection,
+			// which may block on a guest that stopped reading, so it must
+			// not hold up the return.
+			go kill(ch)
 			stdin.close()
 			stdout.close()
 			stderr.close()
@@ -162,7 +185,7 @@ func (c *Client) run(ctx context.Context, spec runSpec) (int, error) {
 	}
 	stdin.close()
 	if !exit.ok {
-		return -1, errors.New("session closed without an exit status")
+		return -1, c.cause(errors.New("session closed without an exit status"))
 	}
 	return exit.code, nil
 }
