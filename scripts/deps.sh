@@ -8,6 +8,8 @@ have_cmd() { command -v "$1" >/dev/null 2>&1; }
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 have_cmd qemu-system-x86_64 || need+=(qemu-system-x86)
+# qemu-img: copy-on-write disks for snapshot clones.
+have_cmd qemu-img || need+=(qemu-utils)
 # The generic kernel has 9p, which host folder mounts need; the cloud one does not.
 compgen -G "/boot/vmlinuz-*[0-9]-amd64" >/dev/null || need+=(linux-image-amd64)
 compgen -G '/boot/vmlinuz-*-cloud-amd64' >/dev/null || need+=(linux-image-cloud-amd64)

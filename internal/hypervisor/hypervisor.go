@@ -40,6 +40,30 @@ type Spec struct {
 	// RunAs is the unprivileged identity the monitor runs as; nil runs it
 	// as the caller. The files of the VM are handed over to it.
 	RunAs *Credential
+	// AgentSocket is where the host side of the guest agent's control
+	// port (a virtio serial port named AgentPort) listens; empty = none.
+	AgentSocket string
+	// DiskBase, when set, makes Disk a copy-on-write overlay (qcow2) on
+	// this read-only raw image: a clone's disk.
+	DiskBase string
+	// Restore, when set, starts the VM from a snapshot instead of booting.
+	// The device topology (everything but paths, network and identity)
+	// must be the snapshot's source's.
+	Restore *SnapshotFiles
+}
+
+// AgentPort is the name of the guest agent's control port.
+const AgentPort = "smolvm.agent"
+
+// SnapshotFiles are the files of a memory snapshot.
+type SnapshotFiles struct {
+	// State is the device state (and, when Memory is empty, the RAM too).
+	State string
+	// Memory is the guest RAM as a sparse file; clones share it.
+	Memory string
+	// MemoryID names the RAM for sharing: clones of one snapshot map one
+	// copy of it.
+	MemoryID string
 }
 
 // Credential is a user and group a VM process runs as.
@@ -87,6 +111,7 @@ type Forward struct {
 type Capabilities struct {
 	Accelerated bool // hardware virtualization (KVM) rather than emulation
 	UserNetwork bool // supports user-mode networking without root
+	Snapshot    bool // implements Snapshotter; Spec.Restore works
 }
 
 // Backend starts VMs. A started VM runs in its own process, detached from
@@ -102,6 +127,17 @@ type Backend interface {
 	// ExtraCmdline is what the backend adds to the kernel command line on
 	// this host (clock hints for emulation, say).
 	ExtraCmdline() string
+}
+
+// Snapshotter captures a running VM's memory and device state.
+type Snapshotter interface {
+	// Snapshot pauses the VM of process p (control socket control),
+	// writes its state to to.State and its RAM to to.Memory (or into
+	// State for a VM whose RAM is not its own to copy, a clone's: then
+	// to.Memory is left empty and the returned files say so), and copies
+	// disk to diskCopy while it is paused. Unless keepPaused, the VM runs
+	// on. It returns the files written and how long the VM was paused.
+	Snapshot(ctx context.Context, p Process, control, disk, diskCopy string, to SnapshotFiles, keepPaused bool) (SnapshotFiles, time.Duration, error)
 }
 
 // NamePrefix starts every VM process name.

@@ -62,6 +62,9 @@ func (q *QEMU) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.Proc
 	proc.Start, _ = hypervisor.StartTime(proc.PID)
 
 	err = waitMonitor(ctx, spec.ControlSocket, exited)
+	if err == nil && spec.Restore != nil {
+		err = restore(ctx, spec.ControlSocket, *spec.Restore, exited)
+	}
 	if err != nil {
 		cmd.Process.Kill()
 		<-exited
@@ -200,7 +203,37 @@ func (q *QEMU) handOver(spec hypervisor.Spec) (*handOver, error) {
 		}
 		s.qmpFD = fdOf(h.add(ln))
 	}
+	if spec.AgentSocket != "" {
+		ln, err := listenUnix(spec.AgentSocket)
+		if err != nil {
+			return h, err
+		}
+		s.agentFD = fdOf(h.add(ln))
+	}
+	if spec.DiskBase != "" {
+		if !readableBy(spec.DiskBase, credentialOr(spec.RunAs)) {
+			return h, fmt.Errorf("snapshot disk %s is not readable by QEMU's user", spec.DiskBase)
+		}
+		if s.DiskBase, err = h.addPath(spec.DiskBase, 0); err != nil {
+			return h, err
+		}
+	}
+	if r := spec.Restore; r != nil && r.Memory != "" {
+		mem, err := sharedMemory(r.Memory, r.MemoryID)
+		if err != nil {
+			return h, err
+		}
+		s.memory = h.add(mem)
+	}
 	return h, nil
+}
+
+// credentialOr is c, or the caller's own identity.
+func credentialOr(c *hypervisor.Credential) *hypervisor.Credential {
+	if c != nil {
+		return c
+	}
+	return &hypervisor.Credential{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
 }
 
 func fdOf(procPath string) int {

@@ -73,7 +73,10 @@ func (q *QEMU) Args(spec hypervisor.Spec) []string { return q.args(launchSpec{Sp
 // QMP socket as inherited descriptors (0 = by name).
 type launchSpec struct {
 	hypervisor.Spec
-	tapFD, qmpFD int
+	tapFD, qmpFD, agentFD int
+	// memory is the path QEMU maps a restored VM's RAM from (a sealed
+	// memfd every clone of the snapshot shares); empty = a memfd of its own.
+	memory string
 }
 
 // sandbox is QEMU's seccomp filter: no obsolete system calls, no setuid
@@ -97,9 +100,18 @@ func (q *QEMU) args(spec launchSpec) []string {
 	if extra := q.ExtraCmdline(); extra != "" {
 		cmdline += " " + extra
 	}
+	// RAM is a memfd shared with no one but its own QEMU (share=on), so a
+	// snapshot can copy it aside and skip it in the migration stream
+	// (x-ignore-shared). A restored VM maps its snapshot's RAM privately:
+	// pages are copied only when it writes them.
+	mem := "memory-backend-memfd,id=mem,size=" + strconv.Itoa(spec.MemoryMiB) + "M,share=on"
+	if spec.memory != "" {
+		mem = "memory-backend-file,id=mem,size=" + strconv.Itoa(spec.MemoryMiB) + "M,share=off,mem-path=" + optValue(spec.memory)
+	}
 	args := []string{
 		"-name", hypervisor.NameArg(spec.Name),
-		"-machine", machine,
+		"-machine", machine + ",memory-backend=mem",
+		"-object", mem,
 		"-accel", accel,
 		"-cpu", cpu,
 		"-smp", strconv.Itoa(spec.VCPUs),
@@ -110,9 +122,19 @@ func (q *QEMU) args(spec launchSpec) []string {
 		"-append", cmdline,
 		"-chardev", "file,id=" + ConsoleChardev + ",path=" + optValue(spec.ConsoleLog),
 		"-serial", "chardev:" + ConsoleChardev,
-		"-drive", "id=root,file=" + optValue(spec.Disk) + ",format=raw,if=none,discard=unmap",
-		"-device", "virtio-blk-" + dev + ",drive=root",
 	}
+	if spec.DiskBase == "" {
+		args = append(args, "-drive", "id=root,file="+optValue(spec.Disk)+",format=raw,if=none,discard=unmap")
+	} else {
+		// The overlay's backing file is given here, not read from its
+		// header: QEMU reaches files only through its descriptors.
+		args = append(args,
+			"-blockdev", "driver=file,node-name=base-file,filename="+optValue(spec.DiskBase)+",read-only=on",
+			"-blockdev", "driver=raw,node-name=base,file=base-file,read-only=on",
+			"-blockdev", "driver=file,node-name=top-file,filename="+optValue(spec.Disk)+",discard=unmap",
+			"-blockdev", "driver=qcow2,node-name=root,file=top-file,backing=base,discard=unmap")
+	}
+	args = append(args, "-device", "virtio-blk-"+dev+",drive=root")
 	for i, m := range spec.Mounts {
 		// Mapped: the guest's owners, modes, device nodes and symlinks are
 		// metadata QEMU keeps beside plain host files (at fmode 0600, dmode
@@ -156,6 +178,19 @@ func (q *QEMU) args(spec launchSpec) []string {
 		netdevice += ",mac=" + spec.Net.MAC
 	}
 	args = append(args, "-device", netdevice)
+	if spec.agentFD > 0 || spec.AgentSocket != "" {
+		sock := "socket,id=agent,server=on,wait=off,"
+		if spec.agentFD > 0 {
+			sock += "fd=" + strconv.Itoa(spec.agentFD)
+		} else {
+			sock += "path=" + optValue(spec.AgentSocket)
+		}
+		args = append(args, "-device", "virtio-serial-"+dev, "-chardev", sock,
+			"-device", "virtserialport,chardev=agent,name="+hypervisor.AgentPort)
+	}
+	if spec.Restore != nil {
+		args = append(args, "-incoming", "defer")
+	}
 	switch {
 	case spec.qmpFD > 0:
 		args = append(args, "-chardev", "socket,id=qmp,fd="+strconv.Itoa(spec.qmpFD)+",server=on,wait=off", "-mon", "chardev=qmp,mode=control")

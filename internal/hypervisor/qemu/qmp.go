@@ -51,6 +51,11 @@ func (q *QMP) Close() error { return q.conn.Close() }
 // Execute runs one command and returns its "return" value; asynchronous
 // events that arrive first are skipped.
 func (q *QMP) Execute(cmd string, args any) (json.RawMessage, error) {
+	return q.call(cmd, args, nil)
+}
+
+// call runs one command, passing oob (file descriptors) with it.
+func (q *QMP) call(cmd string, args any, oob []byte) (json.RawMessage, error) {
 	req := map[string]any{"execute": cmd}
 	if args != nil {
 		req["arguments"] = args
@@ -59,7 +64,16 @@ func (q *QMP) Execute(cmd string, args any) (json.RawMessage, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := q.conn.Write(append(b, '\n')); err != nil {
+	if oob != nil {
+		uc, ok := q.conn.(*net.UnixConn)
+		if !ok {
+			return nil, fmt.Errorf("qmp %s: file descriptors need a UNIX socket", cmd)
+		}
+		_, _, err = uc.WriteMsgUnix(append(b, '\n'), oob, nil)
+	} else {
+		_, err = q.conn.Write(append(b, '\n'))
+	}
+	if err != nil {
 		return nil, fmt.Errorf("qmp %s: %w", cmd, err)
 	}
 	for {
