@@ -104,9 +104,10 @@ func (v *VM) start(ctx context.Context) (err error) {
 		ID: v.id, Name: name, VCPUs: info.Config.VCPUs, MemoryMiB: info.Config.MemoryMiB,
 		Kernel: rt.Kernel, Initrd: rt.Initrd, Disk: v.paths.disk(),
 		ConsoleLog: v.paths.console(), ProcessLog: v.paths.processLog(), ControlSocket: v.paths.qmp(),
-		RunAs:   runAs,
-		Cmdline: rt.BootArgs + " " + guestCmdline(v.id, net, info.Config.Mounts),
-		Net:     hypervisor.NetSpec{TAP: net.TAP, MAC: network.MAC(v.id)},
+		AgentSocket: v.paths.agentSocket(),
+		RunAs:       runAs,
+		Cmdline:     rt.BootArgs + " " + guestCmdline(v.id, net, info.Config.Mounts),
+		Net:         hypervisor.NetSpec{TAP: net.TAP, MAC: network.MAC(v.id)},
 	}
 	spec.Mounts = hypervisorMounts(info.Config.Mounts)
 	forwards, err := v.Forwards(ctx)

@@ -401,6 +401,7 @@ func (p paths) consoleOld() string     { return filepath.Join(p.dir, "console.lo
 func (p paths) initrd() string         { return filepath.Join(p.dir, "initrd.cpio") }
 func (p paths) processLog() string     { return filepath.Join(p.dir, "qemu.log") }
 func (p paths) lock() string           { return filepath.Join(p.dir, ".lock") }
+func (p paths) agentSocket() string    { return filepath.Join(p.dir, "agent.sock") }
 func (p paths) qmp() string            { return filepath.Join(p.dir, "qmp.sock") }
 func (p paths) hostKey() string        { return filepath.Join(p.dir, "ssh_host_ed25519_key") }
 func (p paths) hostKeyPub() string     { return filepath.Join(p.dir, "ssh_host_ed25519_key.pub") }
