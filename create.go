@@ -75,8 +75,11 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	if err != nil {
 		return nil, opError("create", cfg.ID, err)
 	}
-	kernel, initrd, rootfs, bootArgs, err := resolveBoot(ctx, s, cfg)
-	if err != nil {
+	var kernel, initrd, rootfs, bootArgs string
+	if plan := s.snapshot; plan != nil {
+		kernel, initrd, rootfs, bootArgs = plan.rec.Kernel, plan.rec.BaseInitrd, snapshotDisk(plan.dir), plan.rec.BootArgs
+		diskDefaulted = false
+	} else if kernel, initrd, rootfs, bootArgs, err = resolveBoot(ctx, s, cfg); err != nil {
 		return nil, opError("create", cfg.ID, err)
 	}
 	if fi, err := os.Stat(rootfs); err == nil && diskDefaulted {
@@ -135,7 +138,7 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 		return nil, err
 	}
 
-	rt := runtimeRecord{Instance: newInstance(), Kernel: kernel, BootArgs: bootArgs, Initrd: v.paths.initrd(), Backend: backend.Name()}
+	rt := runtimeRecord{Instance: newInstance(), Kernel: kernel, BootArgs: bootArgs, Initrd: v.paths.initrd(), BaseInitrd: initrd, Backend: backend.Name()}
 	if mode == NetworkTAP {
 		idx, err := st.LeaseIP(ctx, cfg.ID, pool.Size(), func(idx int) bool {
 			host, _, err := pool.Addrs(idx)
@@ -161,14 +164,20 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 		}
 	}
 
-	if !cfg.ReuseDisk {
-		v.log().Debug("create: disk", "from", rootfs, "mib", cfg.DiskMiB)
-		if err := disk.Clone(rootfs, v.paths.disk()); err != nil {
+	if s.snapshot != nil {
+		if err := v.applySnapshotPlan(ctx, s.snapshot, &rt); err != nil {
 			return nil, err
 		}
-	}
-	if err := disk.Resize(ctx, v.paths.disk(), cfg.DiskMiB); err != nil {
-		return nil, err
+	} else {
+		if !cfg.ReuseDisk {
+			v.log().Debug("create: disk", "from", rootfs, "mib", cfg.DiskMiB)
+			if err := disk.Clone(rootfs, v.paths.disk()); err != nil {
+				return nil, err
+			}
+		}
+		if err := disk.Resize(ctx, v.paths.disk(), cfg.DiskMiB); err != nil {
+			return nil, err
+		}
 	}
 	if rt.EnvAt, err = v.writeKeys(initrd, cfg.Env); err != nil {
 		return nil, err

@@ -102,7 +102,7 @@ func (v *VM) start(ctx context.Context) (err error) {
 	}
 	spec := hypervisor.Spec{
 		ID: v.id, Name: name, VCPUs: info.Config.VCPUs, MemoryMiB: info.Config.MemoryMiB,
-		Kernel: rt.Kernel, Initrd: rt.Initrd, Disk: v.paths.disk(),
+		Kernel: rt.Kernel, Initrd: rt.Initrd, Disk: v.diskPath(), DiskBase: rt.DiskBase,
 		ConsoleLog: v.paths.console(), ProcessLog: v.paths.processLog(), ControlSocket: v.paths.qmp(),
 		AgentSocket: v.paths.agentSocket(),
 		RunAs:       runAs,
@@ -110,6 +110,13 @@ func (v *VM) start(ctx context.Context) (err error) {
 		Net:         hypervisor.NetSpec{TAP: net.TAP, MAC: network.MAC(v.id)},
 	}
 	spec.Mounts = hypervisorMounts(info.Config.Mounts)
+	bootPath := "cold"
+	if rt.Restore != nil {
+		// The first start of a VM made from a memory snapshot resumes it,
+		// with the snapshot's own initramfs and command line (the machine
+		// must be the one the memory was taken from).
+		spec.Restore, spec.Initrd, spec.Cmdline, bootPath = rt.Restore, rt.RestoreInitrd, rt.RestoreCmdline, "snapshot"
+	}
 	forwards, err := v.Forwards(ctx)
 	if err != nil {
 		return err
@@ -164,11 +171,17 @@ func (v *VM) start(ctx context.Context) (err error) {
 	if err := v.update(ctx, func(row *store.VM, r *runtimeRecord) error {
 		row.State, row.PID, r.ProcStart = string(StateRunning), proc.PID, proc.Start
 		r.Network, r.Backend, r.StartedAt, r.Error = net, backend.Name(), time.Now().UTC(), ""
+		r.Cmdline, r.BootInitrd, r.Path = spec.Cmdline, spec.Initrd, bootPath
 		return nil
 	}); err != nil {
 		return err
 	}
 	v.log().Debug("start: process up", "pid", proc.PID, "after", time.Since(began))
+	if spec.Restore != nil {
+		if err := v.reidentify(bootCtx); err != nil {
+			return err
+		}
+	}
 
 	if err := v.waitReady(bootCtx, proc, name, timeout); err != nil {
 		return err
@@ -176,7 +189,15 @@ func (v *VM) start(ctx context.Context) (err error) {
 	if err := console.bound(bootCtx); err != nil {
 		return err
 	}
-	v.log().Info("started", "pid", proc.PID, "ip", net.GuestIP, "boot", time.Since(began).Round(time.Millisecond))
+	if spec.Restore != nil { // resumed once; from now on it boots from its disk
+		if err := v.update(ctx, func(_ *store.VM, r *runtimeRecord) error {
+			r.Restore, r.RestoreInitrd, r.RestoreCmdline = nil, "", ""
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	v.log().Info("started", "path", bootPath, "pid", proc.PID, "ip", net.GuestIP, "boot", time.Since(began).Round(time.Millisecond))
 	return nil
 }
 
@@ -500,6 +521,9 @@ func (v *VM) Delete(ctx context.Context) error {
 		v.mu.Lock()
 		v.deletedHere = true
 		v.mu.Unlock()
+		if from := v.runtime().FromSnapshot; from != "" {
+			removeAutoSnapshot(context.WithoutCancel(ctx), v.s, from)
+		}
 		v.Close()
 	}
 	return opError("delete", v.id, err)

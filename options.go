@@ -31,6 +31,7 @@ type settings struct {
 	subnet       string
 	progress     io.Writer
 	config       func(*VMConfig)
+	snapshot     *snapshotPlan // set by FromSnapshot
 }
 
 // WithHome sets the state directory (default $SMOLVM_HOME, else

@@ -70,6 +70,11 @@ type VMInfo struct {
 	StartedAt time.Time `json:"started_at,omitzero"`
 	// Error says why the VM is in StateError.
 	Error string `json:"error,omitempty"`
+	// FromSnapshot names the snapshot the VM was made from, and BootPath
+	// says how its last start went: "cold" (booted) or "snapshot"
+	// (resumed from memory).
+	FromSnapshot string `json:"from_snapshot,omitempty"`
+	BootPath     string `json:"boot_path,omitempty"`
 }
 
 // runtimeRecord is the part of a VM's row that smolvm derives at create
@@ -88,6 +93,23 @@ type runtimeRecord struct {
 	// beside the PID in the row, so a reused PID is never taken for it.
 	ProcStart uint64 `json:"proc_start,omitempty"`
 	Error     string `json:"error,omitempty"`
+	// BaseInitrd is the agent initramfs the VM's own was made from, and
+	// Cmdline the kernel command line of its last start: a snapshot's
+	// clones are started with the same.
+	BaseInitrd string `json:"base_initrd,omitempty"`
+	Cmdline    string `json:"cmdline,omitempty"`
+	BootInitrd string `json:"boot_initrd,omitempty"`
+	// FromSnapshot names the snapshot the VM was made from; its disk is
+	// then a qcow2 overlay (disk.qcow2) on DiskBase, the snapshot's disk.
+	FromSnapshot string `json:"from_snapshot,omitempty"`
+	DiskBase     string `json:"disk_base,omitempty"`
+	// Restore is the memory snapshot the VM's next start resumes from (its
+	// first start), with the initramfs and command line it was taken with.
+	Restore        *hypervisor.SnapshotFiles `json:"restore,omitempty"`
+	RestoreInitrd  string                    `json:"restore_initrd,omitempty"`
+	RestoreCmdline string                    `json:"restore_cmdline,omitempty"`
+	// Path says how the VM came to run: "cold" boot, "snapshot" restore.
+	Path string `json:"path,omitempty"`
 	// EnvAt is where the initramfs's last archive, the copy of
 	// VMConfig.Env, begins (see env.go); 0 for VMs made before it had one.
 	EnvAt int64 `json:"env_at,omitempty"`
@@ -272,6 +294,7 @@ func (v *VM) setFromRow(row store.VM) error {
 		ID: row.ID, State: VMState(row.State), Config: cfg, PID: row.PID,
 		Network: rt.Network, DataDir: v.paths.dir, Disk: v.paths.disk(),
 		ConsoleLog: v.paths.console(), Kernel: rt.Kernel, Backend: rt.Backend, Process: rt.hostName(row.ID),
+		FromSnapshot: rt.FromSnapshot, BootPath: rt.Path,
 		CreatedAt: row.CreatedAt, StartedAt: rt.StartedAt, Error: rt.Error,
 	}
 	return nil
@@ -395,13 +418,22 @@ func newPaths(home, id string) paths {
 	return paths{home: home, dir: filepath.Join(home, "vms", id)}
 }
 
-func (p paths) disk() string           { return filepath.Join(p.dir, "disk.ext4") }
-func (p paths) console() string        { return filepath.Join(p.dir, "console.log") }
-func (p paths) consoleOld() string     { return filepath.Join(p.dir, "console.log.1") }
-func (p paths) initrd() string         { return filepath.Join(p.dir, "initrd.cpio") }
-func (p paths) processLog() string     { return filepath.Join(p.dir, "qemu.log") }
-func (p paths) lock() string           { return filepath.Join(p.dir, ".lock") }
-func (p paths) agentSocket() string    { return filepath.Join(p.dir, "agent.sock") }
+func (p paths) disk() string        { return filepath.Join(p.dir, "disk.ext4") }
+func (p paths) console() string     { return filepath.Join(p.dir, "console.log") }
+func (p paths) consoleOld() string  { return filepath.Join(p.dir, "console.log.1") }
+func (p paths) initrd() string      { return filepath.Join(p.dir, "initrd.cpio") }
+func (p paths) processLog() string  { return filepath.Join(p.dir, "qemu.log") }
+func (p paths) lock() string        { return filepath.Join(p.dir, ".lock") }
+func (p paths) agentSocket() string { return filepath.Join(p.dir, "agent.sock") }
+func (p paths) overlay() string     { return filepath.Join(p.dir, "disk.qcow2") }
+
+// diskPath is the VM's disk: its raw image, or a clone's overlay.
+func (v *VM) diskPath() string {
+	if v.runtime().DiskBase != "" {
+		return v.paths.overlay()
+	}
+	return v.paths.disk()
+}
 func (p paths) qmp() string            { return filepath.Join(p.dir, "qmp.sock") }
 func (p paths) hostKey() string        { return filepath.Join(p.dir, "ssh_host_ed25519_key") }
 func (p paths) hostKeyPub() string     { return filepath.Join(p.dir, "ssh_host_ed25519_key.pub") }

@@ -65,6 +65,12 @@ var migrations = []string{
 		guest_port INTEGER NOT NULL,
 		PRIMARY KEY (host_addr, host_port)
 	);`,
+	`CREATE TABLE snapshots (
+		name       TEXT PRIMARY KEY,
+		source_vm  TEXT NOT NULL,
+		meta       TEXT NOT NULL,
+		created_at INTEGER NOT NULL
+	);`,
 }
 
 // Open opens (creating if needed) the database at path. WAL mode and a busy
@@ -361,4 +367,76 @@ func (s *Store) Forwards(ctx context.Context, vmID string) ([]Forward, error) {
 		out = append(out, f)
 	}
 	return out, rows.Err()
+}
+
+// Snapshot is one row of the snapshots table; Meta is opaque JSON owned by
+// the caller.
+type Snapshot struct {
+	Name      string
+	SourceVM  string
+	Meta      []byte
+	CreatedAt time.Time
+}
+
+// CreateSnapshot inserts a snapshot row; a taken name is ErrExists.
+func (s *Store) CreateSnapshot(ctx context.Context, sn Snapshot) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO snapshots (name, source_vm, meta, created_at) VALUES (?, ?, ?, ?)`,
+		sn.Name, sn.SourceVM, string(sn.Meta), time.Now().UnixNano())
+	if isUniqueViolation(err) {
+		return fmt.Errorf("snapshot %q: %w", sn.Name, ErrExists)
+	}
+	if err != nil {
+		return fmt.Errorf("store: create snapshot %q: %w", sn.Name, err)
+	}
+	return nil
+}
+
+// GetSnapshot returns the row for name.
+func (s *Store) GetSnapshot(ctx context.Context, name string) (Snapshot, error) {
+	var sn Snapshot
+	var meta string
+	var created int64
+	err := s.db.QueryRowContext(ctx, `SELECT name, source_vm, meta, created_at FROM snapshots WHERE name = ?`, name).
+		Scan(&sn.Name, &sn.SourceVM, &meta, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return sn, fmt.Errorf("snapshot %q: %w", name, ErrNotFound)
+	}
+	if err != nil {
+		return sn, fmt.Errorf("store: get snapshot %q: %w", name, err)
+	}
+	sn.Meta, sn.CreatedAt = []byte(meta), time.Unix(0, created).UTC()
+	return sn, nil
+}
+
+// ListSnapshots returns every snapshot, oldest first.
+func (s *Store) ListSnapshots(ctx context.Context) ([]Snapshot, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT name, source_vm, meta, created_at FROM snapshots ORDER BY created_at, name`)
+	if err != nil {
+		return nil, fmt.Errorf("store: list snapshots: %w", err)
+	}
+	defer rows.Close()
+	var out []Snapshot
+	for rows.Next() {
+		var sn Snapshot
+		var meta string
+		var created int64
+		if err := rows.Scan(&sn.Name, &sn.SourceVM, &meta, &created); err != nil {
+			return nil, err
+		}
+		sn.Meta, sn.CreatedAt = []byte(meta), time.Unix(0, created).UTC()
+		out = append(out, sn)
+	}
+	return out, rows.Err()
+}
+
+// DeleteSnapshot removes the row for name.
+func (s *Store) DeleteSnapshot(ctx context.Context, name string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM snapshots WHERE name = ?`, name)
+	if err != nil {
+		return fmt.Errorf("store: delete snapshot %q: %w", name, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("snapshot %q: %w", name, ErrNotFound)
+	}
+	return nil
 }

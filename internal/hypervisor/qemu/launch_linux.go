@@ -170,8 +170,13 @@ func (q *QEMU) handOver(spec hypervisor.Spec) (*handOver, error) {
 		if *p == "" {
 			continue
 		}
-		if err := own(*p); err != nil {
-			return h, err
+		// A file the VM's user can read already (a snapshot's initramfs,
+		// shared by its clones) stays whose it is.
+		shared := p == &s.Initrd && spec.RunAs != nil && readableBy(*p, spec.RunAs)
+		if !shared {
+			if err := own(*p); err != nil {
+				return h, err
+			}
 		}
 		if *p, err = h.addPath(*p, 0); err != nil {
 			return h, err

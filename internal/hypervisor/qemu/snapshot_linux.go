@@ -62,6 +62,8 @@ func (q *QEMU) Snapshot(ctx context.Context, p hypervisor.Process, control, disk
 	if err == nil && diskCopy != "" {
 		err = sparseCopy(disk, diskCopy)
 	}
+	// The source's RAM must not be written to while it is copied: the
+	// copy above ran with the VM stopped.
 	paused := time.Since(began)
 	resume()
 	if err != nil {
