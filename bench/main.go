@@ -203,7 +203,9 @@ func floor(ctx context.Context, q *qemu.QEMU, kernel, initrd, bootArgs string) (
 	return 0, fmt.Errorf("no FLOOR-READY line")
 }
 
-func cold(ctx context.Context) (time.Duration, error) { return firstCommand(ctx, smolvm.WithColdBoot()) }
+func cold(ctx context.Context) (time.Duration, error) {
+	return firstCommand(ctx, smolvm.WithColdBoot())
+}
 
 func warmCreate(ctx context.Context) (time.Duration, error) { return firstCommand(ctx) }
 
