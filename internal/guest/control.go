@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -252,6 +253,8 @@ func (c *Control) call(ctx context.Context, req controlRequest) (err error) {
 			err = fmt.Errorf("no answer within %v: %w", DefaultControlTimeout, ErrUnresponsive)
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			err = context.DeadlineExceeded // ctx's, a hair before ctx says so
+		case errors.Is(err, io.EOF), errors.Is(err, unix.EPIPE), errors.Is(err, unix.ECONNRESET):
+			err = fmt.Errorf("the guest hung up (%v): %w", err, ErrClosed)
 		}
 		return fmt.Errorf("guest: control %s: %w", req.Op, err)
 	}
