@@ -1,0 +1,197 @@
+package smolvm_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/smolvm/smolvm"
+	"github.com/smolvm/smolvm/internal/guest"
+	"golang.org/x/crypto/ssh"
+)
+
+// TestIdentity gives a running VM a new identity over its control port
+// (what a clone restored from a snapshot gets) and checks each part from
+// inside: hostname, machine id, clock, MAC, and the SSH keys, after which
+// only the new client key gets in and only the new host key is presented.
+func TestIdentity(t *testing.T) {
+	ctx := testContext(t, 4*time.Minute)
+	vm := newVM(t, ctx, smolvm.VMConfig{})
+	startVM(t, ctx, vm)
+	info := vm.Info()
+	sock := filepath.Join(vm.DataDir(), "agent.sock")
+	addr, err := netip.ParseAddr(info.Network.GuestIP)
+	if err != nil {
+		t.Fatalf("guest IP %q: %v", info.Network.GuestIP, err)
+	}
+	prefix := netip.PrefixFrom(addr, info.Network.Prefix)
+	var gw netip.Addr
+	if info.Network.Gateway != "" {
+		gw = netip.MustParseAddr(info.Network.Gateway)
+	}
+	oldHostPEM, err := os.ReadFile(filepath.Join(vm.DataDir(), "ssh_host_ed25519_key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldAuthorized, err := os.ReadFile(filepath.Join(vm.DataDir(), "id_ed25519.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	ctrl, err := guest.DialControl(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctrl.Close()
+	start := time.Now()
+	if err := ctrl.Ping(ctx); err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+	t.Logf("first ping (agent woken by SIGIO): %v", time.Since(start))
+
+	// 1: everything but the keys changes; the VM handle still gets in.
+	seed, _ := guest.NewSeed()
+	mid, _ := guest.NewMachineID()
+	future := time.Now().Add(1000 * time.Hour)
+	const mac = "02:5a:11:22:33:44"
+	first := guest.Identity{
+		Hostname: "clone-one", Address: prefix, Gateway: gw, MAC: mac, MachineID: mid, Seed: seed, Time: future,
+		HostKeyPEM: oldHostPEM, AuthorizedKeys: oldAuthorized,
+	}
+	start = time.Now()
+	if err := ctrl.Identity(ctx, first); err != nil {
+		t.Fatalf("identity: %v", err)
+	}
+	t.Logf("Identity (clock, RNG, hostname, machine-id, MAC+address+route+ARP, same keys): %v", time.Since(start))
+	out := run(t, ctx, vm, "hostname; cat /etc/machine-id; date +%s; cat /sys/class/net/eth0/address; ip -4 -o addr show eth0 | wc -l").Stdout
+	got := strings.Fields(out)
+	if len(got) != 5 {
+		t.Fatalf("guest says %q", out)
+	}
+	if got[0] != "clone-one" || got[1] != mid || got[3] != mac || got[4] != "1" {
+		t.Errorf("guest has hostname %s, machine id %s, MAC %s, %s IPv4 addresses; want clone-one, %s, %s, 1", got[0], got[1], got[3], got[4], mid, mac)
+	}
+	if secs, _ := strconv.ParseInt(got[2], 10, 64); secs < future.Unix()-60 || secs > future.Unix()+600 {
+		t.Errorf("guest clock %s, want about %d", got[2], future.Unix())
+	}
+
+	// Idle: with the host gone, the agent waits for SIGIO, not in a loop.
+	ctrl.Close()
+	cpu := run(t, ctx, vm, "cut -d' ' -f14,15 /proc/1/stat; sleep 3; cut -d' ' -f14,15 /proc/1/stat").Stdout
+	if ticks := cpuTicks(t, cpu); ticks > 30 {
+		t.Errorf("PID 1 used %d ticks in 3 s with the control port idle: it spins", ticks)
+	} else {
+		t.Logf("PID 1 idle for 3 s: %d ticks", ticks)
+	}
+	start = time.Now()
+	if ctrl, err = guest.DialControl(ctx, sock); err != nil {
+		t.Fatal(err)
+	}
+	defer ctrl.Close()
+	if err := ctrl.Ping(ctx); err != nil {
+		t.Fatalf("ping after reconnecting: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("reconnect and ping took %v: the agent missed SIGIO and waited for its fallback", d)
+	} else {
+		t.Logf("reconnect + ping: %v", d)
+	}
+
+	// 2: new keys.
+	newHost, newHostPEM, err := guest.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	newClient, _, err := guest.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed2, _ := guest.NewSeed()
+	second := first
+	second.Hostname, second.Seed, second.Time = "clone-two", seed2, time.Now()
+	second.HostKeyPEM, second.AuthorizedKeys = newHostPEM, ssh.MarshalAuthorizedKey(newClient.PublicKey())
+	start = time.Now()
+	if err := ctrl.Identity(ctx, second); err != nil {
+		t.Fatalf("identity with new keys: %v", err)
+	}
+	t.Logf("Identity with new keys: %v", time.Since(start))
+
+	oldHost, err := ssh.ParsePrivateKey(oldHostPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldClientPEM, err := os.ReadFile(filepath.Join(vm.DataDir(), "id_ed25519"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldClient, err := ssh.ParsePrivateKey(oldClientPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var opts []guest.DialOption
+	if info.Network.TAP != "" {
+		opts = append(opts, guest.Via(info.Network.TAP))
+	}
+	dial := func(host, client ssh.Signer) (*guest.Client, error) {
+		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return guest.Dial(dctx, info.Network.SSHAddr, host.PublicKey(), client, opts...)
+	}
+	c, err := dial(newHost, newClient)
+	if err != nil {
+		t.Fatalf("dial with the new keys: %v", err)
+	}
+	var stdout bytes.Buffer
+	code, err := c.Exec(ctx, guest.ExecRequest{Command: "hostname; date +%s", Stdout: &stdout})
+	c.Close()
+	if err != nil || code != 0 {
+		t.Fatalf("exec with the new keys: %d, %v", code, err)
+	}
+	if f := strings.Fields(stdout.String()); len(f) != 2 || f[0] != "clone-two" {
+		t.Errorf("guest says %q", stdout.String())
+	} else if secs, _ := strconv.ParseInt(f[1], 10, 64); secs < time.Now().Unix()-60 || secs > time.Now().Unix()+60 {
+		t.Errorf("guest clock %s, want about now (%d)", f[1], time.Now().Unix())
+	}
+	if c, err := dial(newHost, oldClient); !errors.Is(err, guest.ErrAuthFailed) {
+		t.Errorf("dial with the old client key: %v, want ErrAuthFailed", err)
+		if c != nil {
+			c.Close()
+		}
+	}
+	if c, err := dial(oldHost, newClient); !errors.Is(err, guest.ErrHostKeyMismatch) {
+		t.Errorf("dial pinning the old host key: %v, want ErrHostKeyMismatch", err)
+		if c != nil {
+			c.Close()
+		}
+	}
+
+	// A refused request changes nothing and leaves the port usable.
+	var refused *guest.ControlError
+	if err := ctrl.Identity(ctx, guest.Identity{Hostname: "-bad-"}); !errors.As(err, &refused) {
+		t.Errorf("bad hostname: %v, want the guest's refusal", err)
+	}
+	if err := ctrl.Ping(ctx); err != nil {
+		t.Errorf("ping after a refusal: %v", err)
+	}
+}
+
+// cpuTicks is the growth of utime+stime between two "utime stime" lines.
+func cpuTicks(t *testing.T, out string) int64 {
+	t.Helper()
+	f := strings.Fields(out)
+	if len(f) != 4 {
+		t.Fatalf("/proc/1/stat fields: %q", out)
+	}
+	n := make([]int64, 4)
+	for i, s := range f {
+		n[i], _ = strconv.ParseInt(s, 10, 64)
+	}
+	return n[2] + n[3] - n[0] - n[1]
+}
