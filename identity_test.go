@@ -22,8 +22,19 @@ import (
 // inside: hostname, machine id, clock, MAC, and the SSH keys, after which
 // only the new client key gets in and only the new host key is presented.
 func TestIdentity(t *testing.T) {
+	for _, mode := range []string{smolvm.NetworkTAP, smolvm.NetworkUser} {
+		t.Run(mode, func(t *testing.T) {
+			if mode == smolvm.NetworkTAP && os.Geteuid() != 0 {
+				t.Skip("TAP networking needs root")
+			}
+			testIdentity(t, mode)
+		})
+	}
+}
+
+func testIdentity(t *testing.T, mode string) {
 	ctx := testContext(t, 4*time.Minute)
-	vm := newVM(t, ctx, smolvm.VMConfig{})
+	vm := newVM(t, ctx, smolvm.VMConfig{}, smolvm.WithNetwork(mode))
 	startVM(t, ctx, vm)
 	info := vm.Info()
 	sock := filepath.Join(vm.DataDir(), "agent.sock")

@@ -123,6 +123,7 @@ type Control struct {
 
 	mu     sync.Mutex
 	nextID uint64
+	sent   bool // whether a request went out on this connection
 	broken error
 }
 
@@ -265,7 +266,14 @@ func (c *Control) call(ctx context.Context, req controlRequest) (err error) {
 	if err != nil {
 		return fmt.Errorf("guest: control %s: %w", req.Op, err)
 	}
-	if _, err := c.conn.Write(append(line, '\n')); err != nil {
+	line = append(line, '\n')
+	if !c.sent {
+		// An earlier host may have left half a line in the guest's
+		// buffer; a newline first ends it, so it cannot swallow ours.
+		line = append([]byte{'\n'}, line...)
+		c.sent = true
+	}
+	if _, err := c.conn.Write(line); err != nil {
 		return fail(err)
 	}
 	read := 0

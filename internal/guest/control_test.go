@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -129,6 +130,18 @@ func TestControlRoundTrip(t *testing.T) {
 	}
 	if err := c.Ping(ctx); err != nil {
 		t.Fatalf("ping after a refusal: %v", err)
+	}
+}
+
+// TestControlAfterHalfALine: half a request an earlier host left in the
+// guest's buffer does not swallow the first request of the next one.
+func TestControlAfterHalfALine(t *testing.T) {
+	path := controlSocket(t, func(c net.Conn) {
+		agent.ServeControl(io.MultiReader(strings.NewReader(`{"id":99,"op":"identity","hostname":"ha`), c), c, nil)
+	})
+	c := dialControl(t, path)
+	if err := c.Ping(context.Background()); err != nil {
+		t.Fatalf("Ping = %v", err)
 	}
 }
 
