@@ -233,7 +233,11 @@ func handleControl(line []byte, apply func(Identity) error) controlAnswer {
 	case "ping":
 	case "identity":
 		id, err := req.IdentityRequest.Parse()
-		if err == nil {
+		switch {
+		case err != nil:
+		case apply == nil:
+			err = errors.New("identity: not supported here")
+		default:
 			err = apply(id)
 		}
 		if err != nil {

@@ -123,6 +123,10 @@ func TestServeControlBounds(t *testing.T) {
 	}
 	// A partial line when the host hangs up is dropped, not answered.
 	converse(t, nil, `{"id":3,"op":"ping"}`+"\n"+`{"id":4,"op":"pi`, 1)
+	// Without an applier, an identity is refused, not a crash.
+	if a := converse(t, nil, `{"id":6,"op":"identity","hostname":"x"}`+"\n", 1)[0]; a.OK || !strings.Contains(a.Error, "not supported") {
+		t.Errorf("answer %+v", a)
+	}
 	// Blank lines are ignored.
 	converse(t, nil, "\n\n"+`{"id":5,"op":"ping"}`+"\n", 1)
 }
