@@ -6,7 +6,9 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,6 +16,9 @@ import (
 
 	"github.com/smolvm/smolvm"
 	"github.com/smolvm/smolvm/internal/guest"
+	"github.com/smolvm/smolvm/internal/hypervisor"
+	"github.com/smolvm/smolvm/internal/hypervisor/qemu"
+	"github.com/smolvm/smolvm/internal/network"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -205,4 +210,136 @@ func cpuTicks(t *testing.T, out string) int64 {
 		n[i], _ = strconv.ParseInt(s, 10, 64)
 	}
 	return n[2] + n[3] - n[0] - n[1]
+}
+
+// TestIdentityRestoredClone restores a clone from a running VM's snapshot
+// (through the QEMU backend directly, as smolvm's clone will) and makes
+// it a machine of its own over the control port: the agent, parked
+// since the snapshot, wakes at the host's connection, and the clone takes
+// the new name, machine id, MAC and keys while its source keeps its own.
+func TestIdentityRestoredClone(t *testing.T) {
+	ctx := testContext(t, 4*time.Minute)
+	q, err := qemu.New()
+	if err != nil {
+		t.Skip(err)
+	}
+	snap, ok := any(q).(hypervisor.Snapshotter)
+	if !ok {
+		t.Skip("this QEMU backend cannot snapshot")
+	}
+	vm := newVM(t, ctx, smolvm.VMConfig{}, smolvm.WithNetwork(smolvm.NetworkUser))
+	startVM(t, ctx, vm)
+	before := run(t, ctx, vm, "hostname; cat /etc/machine-id").Stdout
+	info := vm.Info()
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(info.PID) + "/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cmdline string
+	if args := strings.Split(string(raw), "\x00"); slices.Index(args, "-append") >= 0 {
+		cmdline = args[slices.Index(args, "-append")+1]
+	}
+	started, err := hypervisor.StartTime(info.PID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.raw")
+	files := hypervisor.SnapshotFiles{State: filepath.Join(dir, "state"), Memory: filepath.Join(dir, "memory"), MemoryID: "identity-test"}
+	files, paused, err := snap.Snapshot(ctx, hypervisor.Process{PID: info.PID, Start: started},
+		filepath.Join(vm.DataDir(), "qmp.sock"), info.Disk, base, files, false)
+	if err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	t.Logf("source paused %v for the snapshot", paused)
+	overlay := filepath.Join(dir, "clone.qcow2")
+	if b, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, overlay).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, b)
+	}
+	port, err := network.FreePort("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := hypervisor.Spec{
+		ID: "clone", Name: hypervisor.Name("clone", "identitytest"), VCPUs: info.Config.VCPUs, MemoryMiB: info.Config.MemoryMiB,
+		Kernel: info.Kernel, Initrd: filepath.Join(vm.DataDir(), "initrd.cpio"), Cmdline: cmdline,
+		Disk: overlay, DiskBase: base, ConsoleLog: filepath.Join(dir, "console.log"), ProcessLog: filepath.Join(dir, "qemu.log"),
+		ControlSocket: filepath.Join(dir, "qmp.sock"), AgentSocket: filepath.Join(dir, "agent.sock"),
+		Net:     hypervisor.NetSpec{MAC: network.MAC(vm.ID()), Forwards: []hypervisor.Forward{{HostAddr: "127.0.0.1", HostPort: port, GuestPort: 22}}},
+		Restore: &files,
+	}
+	p, err := q.Start(ctx, spec)
+	if err != nil {
+		b, _ := os.ReadFile(spec.ProcessLog)
+		t.Fatalf("restore: %v\n%s", err, b)
+	}
+	t.Cleanup(func() {
+		if err := hypervisor.Kill(context.Background(), p, spec.Name); err != nil {
+			t.Errorf("kill clone: %v", err)
+		}
+	})
+	resumed := time.Now()
+	ctrl, err := guest.DialControl(ctx, spec.AgentSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctrl.Close()
+	if err := ctrl.Ping(ctx); err != nil {
+		t.Fatalf("ping the clone: %v", err)
+	}
+	if d := time.Since(resumed); d > 10*time.Second {
+		t.Errorf("the clone's agent answered %v after the restore: it did not wake at the host's connection", d)
+	} else {
+		t.Logf("clone's first answer %v after the restore (cold under emulation)", d)
+	}
+
+	hostKey, hostPEM, err := guest.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, _, err := guest.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, _ := guest.NewSeed()
+	mid, _ := guest.NewMachineID()
+	const mac = "02:5a:00:00:00:02"
+	id := guest.Identity{
+		Hostname: "the-clone", Address: netip.MustParsePrefix(info.Network.GuestIP + "/" + strconv.Itoa(info.Network.Prefix)),
+		Gateway: netip.MustParseAddr(info.Network.Gateway), MAC: mac, MachineID: mid, Seed: seed, Time: time.Now(),
+		HostKeyPEM: hostPEM, AuthorizedKeys: ssh.MarshalAuthorizedKey(client.PublicKey()),
+	}
+	began := time.Now()
+	if err := ctrl.Identity(ctx, id); err != nil {
+		t.Fatalf("identity: %v", err)
+	}
+	t.Logf("the clone's Identity: %v (first call after the restore)", time.Since(began))
+
+	c, err := guest.Dial(ctx, "127.0.0.1:"+strconv.Itoa(port), hostKey.PublicKey(), client)
+	if err != nil {
+		t.Fatalf("dial the clone with its new keys: %v", err)
+	}
+	var out bytes.Buffer
+	code, err := c.Exec(ctx, guest.ExecRequest{Command: "hostname; cat /etc/machine-id /sys/class/net/eth0/address", Stdout: &out})
+	c.Close()
+	if err != nil || code != 0 {
+		t.Fatalf("exec on the clone: %d, %v", code, err)
+	}
+	if want := "the-clone\n" + mid + "\n" + mac + "\n"; out.String() != want {
+		t.Errorf("clone says %q, want %q", out.String(), want)
+	}
+	oldClientPEM, _ := os.ReadFile(filepath.Join(vm.DataDir(), "id_ed25519"))
+	oldClient, err := ssh.ParsePrivateKey(oldClientPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := guest.Dial(ctx, "127.0.0.1:"+strconv.Itoa(port), hostKey.PublicKey(), oldClient); !errors.Is(err, guest.ErrAuthFailed) {
+		t.Errorf("the source's client key on the clone: %v, want ErrAuthFailed", err)
+		if c != nil {
+			c.Close()
+		}
+	}
+	if after := run(t, ctx, vm, "hostname; cat /etc/machine-id").Stdout; after != before {
+		t.Errorf("the source changed: %q, was %q", after, before)
+	}
 }
