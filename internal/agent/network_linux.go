@@ -48,9 +48,8 @@ func configureNetwork(cfg BootConfig, step func(string)) error {
 // announces the address. Boot and a clone's new identity share it.
 func addressLink(link netlink.Link, ip netip.Prefix, gw netip.Addr, dns []netip.Addr) error {
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: ip.Addr().AsSlice(), Mask: net.CIDRMask(ip.Bits(), 32)}}
-	if err := netlink.AddrReplace(link, addr); err != nil {
-		return fmt.Errorf("address %s: %w", ip, err)
-	}
+	// The others go first: a new address in an old one's subnet would be
+	// its secondary, and the kernel deletes secondaries with their primary.
 	old, err := netlink.AddrList(link, netlink.FAMILY_V4)
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", netDevice, err)
@@ -61,6 +60,9 @@ func addressLink(link netlink.Link, ip netip.Prefix, gw netip.Addr, dns []netip.
 				return fmt.Errorf("remove old address %s: %w", a.IPNet, err)
 			}
 		}
+	}
+	if err := netlink.AddrReplace(link, addr); err != nil {
+		return fmt.Errorf("address %s: %w", ip, err)
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("up %s: %w", netDevice, err)
