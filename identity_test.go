@@ -212,11 +212,13 @@ func cpuTicks(t *testing.T, out string) int64 {
 	return n[2] + n[3] - n[0] - n[1]
 }
 
-// TestIdentityRestoredClone restores a clone from a running VM's snapshot
-// (through the QEMU backend directly, as smolvm's clone will) and makes
-// it a machine of its own over the control port: the agent, parked
-// since the snapshot, wakes at the host's connection, and the clone takes
-// the new name, machine id, MAC and keys while its source keeps its own.
+// TestIdentityRestoredClone restores two clones from one snapshot of a
+// VM (through the QEMU backend directly, as smolvm's clone will) and
+// makes each a machine of its own over its control port: the agent,
+// parked since the snapshot, wakes at the host's connection; each clone
+// takes its own name, machine id, MAC and keys; and their random
+// generators part (without the reseed, two clones read the same bytes
+// from /dev/urandom most of the time).
 func TestIdentityRestoredClone(t *testing.T) {
 	ctx := testContext(t, 4*time.Minute)
 	q, err := qemu.New()
@@ -229,7 +231,7 @@ func TestIdentityRestoredClone(t *testing.T) {
 	}
 	vm := newVM(t, ctx, smolvm.VMConfig{}, smolvm.WithNetwork(smolvm.NetworkUser))
 	startVM(t, ctx, vm)
-	before := run(t, ctx, vm, "hostname; cat /etc/machine-id").Stdout
+	run(t, ctx, vm, "true")
 	info := vm.Info()
 	raw, err := os.ReadFile("/proc/" + strconv.Itoa(info.PID) + "/cmdline")
 	if err != nil {
@@ -252,94 +254,130 @@ func TestIdentityRestoredClone(t *testing.T) {
 		t.Fatalf("snapshot: %v", err)
 	}
 	t.Logf("source paused %v for the snapshot", paused)
-	overlay := filepath.Join(dir, "clone.qcow2")
-	if b, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, overlay).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img: %v: %s", err, b)
+	// The clones need only the snapshot; two VMs at a time are enough.
+	if err := vm.Stop(ctx, 10*time.Second); err != nil {
+		t.Fatalf("stop the source: %v", err)
 	}
-	port, err := network.FreePort("127.0.0.1")
+	oldClientPEM, err := os.ReadFile(filepath.Join(vm.DataDir(), "id_ed25519"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec := hypervisor.Spec{
-		ID: "clone", Name: hypervisor.Name("clone", "identitytest"), VCPUs: info.Config.VCPUs, MemoryMiB: info.Config.MemoryMiB,
-		Kernel: info.Kernel, Initrd: filepath.Join(vm.DataDir(), "initrd.cpio"), Cmdline: cmdline,
-		Disk: overlay, DiskBase: base, ConsoleLog: filepath.Join(dir, "console.log"), ProcessLog: filepath.Join(dir, "qemu.log"),
-		ControlSocket: filepath.Join(dir, "qmp.sock"), AgentSocket: filepath.Join(dir, "agent.sock"),
-		Net:     hypervisor.NetSpec{MAC: network.MAC(vm.ID()), Forwards: []hypervisor.Forward{{HostAddr: "127.0.0.1", HostPort: port, GuestPort: 22}}},
-		Restore: &files,
-	}
-	p, err := q.Start(ctx, spec)
-	if err != nil {
-		b, _ := os.ReadFile(spec.ProcessLog)
-		t.Fatalf("restore: %v\n%s", err, b)
-	}
-	t.Cleanup(func() {
-		if err := hypervisor.Kill(context.Background(), p, spec.Name); err != nil {
-			t.Errorf("kill clone: %v", err)
-		}
-	})
-	resumed := time.Now()
-	ctrl, err := guest.DialControl(ctx, spec.AgentSocket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ctrl.Close()
-	if err := ctrl.Ping(ctx); err != nil {
-		t.Fatalf("ping the clone: %v", err)
-	}
-	if d := time.Since(resumed); d > 10*time.Second {
-		t.Errorf("the clone's agent answered %v after the restore: it did not wake at the host's connection", d)
-	} else {
-		t.Logf("clone's first answer %v after the restore (cold under emulation)", d)
-	}
-
-	hostKey, hostPEM, err := guest.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, _, err := guest.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	seed, _ := guest.NewSeed()
-	mid, _ := guest.NewMachineID()
-	const mac = "02:5a:00:00:00:02"
-	id := guest.Identity{
-		Hostname: "the-clone", Address: netip.MustParsePrefix(info.Network.GuestIP + "/" + strconv.Itoa(info.Network.Prefix)),
-		Gateway: netip.MustParseAddr(info.Network.Gateway), MAC: mac, MachineID: mid, Seed: seed, Time: time.Now(),
-		HostKeyPEM: hostPEM, AuthorizedKeys: ssh.MarshalAuthorizedKey(client.PublicKey()),
-	}
-	began := time.Now()
-	if err := ctrl.Identity(ctx, id); err != nil {
-		t.Fatalf("identity: %v", err)
-	}
-	t.Logf("the clone's Identity: %v (first call after the restore)", time.Since(began))
-
-	c, err := guest.Dial(ctx, "127.0.0.1:"+strconv.Itoa(port), hostKey.PublicKey(), client)
-	if err != nil {
-		t.Fatalf("dial the clone with its new keys: %v", err)
-	}
-	var out bytes.Buffer
-	code, err := c.Exec(ctx, guest.ExecRequest{Command: "hostname; cat /etc/machine-id /sys/class/net/eth0/address", Stdout: &out})
-	c.Close()
-	if err != nil || code != 0 {
-		t.Fatalf("exec on the clone: %d, %v", code, err)
-	}
-	if want := "the-clone\n" + mid + "\n" + mac + "\n"; out.String() != want {
-		t.Errorf("clone says %q, want %q", out.String(), want)
-	}
-	oldClientPEM, _ := os.ReadFile(filepath.Join(vm.DataDir(), "id_ed25519"))
 	oldClient, err := ssh.ParsePrivateKey(oldClientPEM)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c, err := guest.Dial(ctx, "127.0.0.1:"+strconv.Itoa(port), hostKey.PublicKey(), oldClient); !errors.Is(err, guest.ErrAuthFailed) {
-		t.Errorf("the source's client key on the clone: %v, want ErrAuthFailed", err)
-		if c != nil {
-			c.Close()
+
+	type clone struct {
+		ctrl      *guest.Control
+		sshAddr   string
+		host      ssh.Signer
+		client    ssh.Signer
+		id        guest.Identity
+		saidAfter string
+	}
+	clones := make([]*clone, 2)
+	for i := range clones {
+		cdir := filepath.Join(dir, "clone"+strconv.Itoa(i))
+		if err := os.Mkdir(cdir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		overlay := filepath.Join(cdir, "disk.qcow2")
+		if b, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, overlay).CombinedOutput(); err != nil {
+			t.Fatalf("qemu-img: %v: %s", err, b)
+		}
+		port, err := network.FreePort("127.0.0.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := "clone" + strconv.Itoa(i)
+		spec := hypervisor.Spec{
+			ID: name, Name: hypervisor.Name(name, "identitytest"), VCPUs: info.Config.VCPUs, MemoryMiB: info.Config.MemoryMiB,
+			Kernel: info.Kernel, Initrd: filepath.Join(vm.DataDir(), "initrd.cpio"), Cmdline: cmdline,
+			Disk: overlay, DiskBase: base, ConsoleLog: filepath.Join(cdir, "console.log"), ProcessLog: filepath.Join(cdir, "qemu.log"),
+			ControlSocket: filepath.Join(cdir, "qmp.sock"), AgentSocket: filepath.Join(cdir, "agent.sock"),
+			Net:     hypervisor.NetSpec{MAC: network.MAC(vm.ID()), Forwards: []hypervisor.Forward{{HostAddr: "127.0.0.1", HostPort: port, GuestPort: 22}}},
+			Restore: &files,
+		}
+		p, err := q.Start(ctx, spec)
+		if err != nil {
+			b, _ := os.ReadFile(spec.ProcessLog)
+			t.Fatalf("restore: %v\n%s", err, b)
+		}
+		t.Cleanup(func() {
+			if err := hypervisor.Kill(context.Background(), p, spec.Name); err != nil {
+				t.Errorf("kill %s: %v", name, err)
+			}
+		})
+		resumed := time.Now()
+		ctrl, err := guest.DialControl(ctx, spec.AgentSocket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ctrl.Close() })
+		if err := ctrl.Ping(ctx); err != nil {
+			t.Fatalf("ping %s: %v", name, err)
+		}
+		if d := time.Since(resumed); d > 10*time.Second {
+			t.Errorf("%s's agent answered %v after the restore: it did not wake at the host's connection", name, d)
+		} else {
+			t.Logf("%s's first answer %v after the restore (cold under emulation)", name, d)
+		}
+		c := &clone{ctrl: ctrl, sshAddr: "127.0.0.1:" + strconv.Itoa(port)}
+		var hostPEM []byte
+		if c.host, hostPEM, err = guest.GenerateKey(); err != nil {
+			t.Fatal(err)
+		}
+		if c.client, _, err = guest.GenerateKey(); err != nil {
+			t.Fatal(err)
+		}
+		seed, _ := guest.NewSeed()
+		mid, _ := guest.NewMachineID()
+		c.id = guest.Identity{
+			Hostname: name, Address: netip.MustParsePrefix(info.Network.GuestIP + "/" + strconv.Itoa(info.Network.Prefix)),
+			Gateway: netip.MustParseAddr(info.Network.Gateway), MAC: "02:5a:00:00:00:0" + strconv.Itoa(i), MachineID: mid, Seed: seed,
+			Time: time.Now(), HostKeyPEM: hostPEM, AuthorizedKeys: ssh.MarshalAuthorizedKey(c.client.PublicKey()),
+		}
+		clones[i] = c
+	}
+	for i, c := range clones {
+		began := time.Now()
+		if err := c.ctrl.Identity(ctx, c.id); err != nil {
+			t.Fatalf("identity of clone %d: %v", i, err)
+		}
+		t.Logf("clone %d's Identity: %v (first call after the restore)", i, time.Since(began))
+	}
+	// Both clones now do the same thing: a handshake and three reads.
+	for i, c := range clones {
+		gc, err := guest.Dial(ctx, c.sshAddr, c.host.PublicKey(), c.client)
+		if err != nil {
+			t.Fatalf("dial clone %d with its new keys: %v", i, err)
+		}
+		var out bytes.Buffer
+		code, err := gc.Exec(ctx, guest.ExecRequest{Stdout: &out,
+			Command: "hostname; cat /etc/machine-id /sys/class/net/eth0/address; for i in 1 2 3; do od -An -tx1 -N16 /dev/urandom | tr -d ' '; done"})
+		gc.Close()
+		if err != nil || code != 0 {
+			t.Fatalf("exec on clone %d: %d, %v", i, code, err)
+		}
+		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+		if len(lines) != 6 {
+			t.Fatalf("clone %d says %q", i, out.String())
+		}
+		if want := []string{c.id.Hostname, c.id.MachineID, c.id.MAC}; !slices.Equal(lines[:3], want) {
+			t.Errorf("clone %d has hostname, machine id, MAC %q, want %q", i, lines[:3], want)
+		}
+		c.saidAfter = strings.Join(lines[3:], " ")
+		if gc, err := guest.Dial(ctx, c.sshAddr, c.host.PublicKey(), oldClient); !errors.Is(err, guest.ErrAuthFailed) {
+			t.Errorf("the source's client key on clone %d: %v, want ErrAuthFailed", i, err)
+			if gc != nil {
+				gc.Close()
+			}
 		}
 	}
-	if after := run(t, ctx, vm, "hostname; cat /etc/machine-id").Stdout; after != before {
-		t.Errorf("the source changed: %q, was %q", after, before)
+	a, b := strings.Fields(clones[0].saidAfter), strings.Fields(clones[1].saidAfter)
+	for i := range a {
+		if a[i] == b[i] {
+			t.Errorf("read %d of /dev/urandom is %s in both clones: the generators were not reseeded apart", i, a[i])
+		}
 	}
 }
