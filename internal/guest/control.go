@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -125,6 +126,10 @@ type Control struct {
 	nextID uint64
 	sent   bool // whether a request went out on this connection
 	broken error
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // DialControl connects to the control port's host end, the UNIX socket at
@@ -155,14 +160,13 @@ func DialControl(ctx context.Context, socketPath string) (*Control, error) {
 	}, nil
 }
 
-// Close closes the connection.
+// Close closes the connection, ending a call in flight with ErrClosed.
 func (c *Control) Close() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.broken == nil {
-		c.broken = net.ErrClosed
-	}
-	return c.conn.Close()
+	c.closeOnce.Do(func() {
+		c.closed.Store(true)
+		c.closeErr = c.conn.Close()
+	})
+	return c.closeErr
 }
 
 // Ping checks that the agent answers.
@@ -228,14 +232,17 @@ func (c *Control) call(ctx context.Context, req controlRequest) (err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.broken != nil {
-		return fmt.Errorf("guest: control %s: %w", req.Op, c.broken)
+		return fmt.Errorf("guest: control %s: out of step after an earlier failure (%v): %w", req.Op, c.broken, ErrClosed)
+	}
+	if c.closed.Load() {
+		return fmt.Errorf("guest: control %s: %w", req.Op, ErrClosed)
 	}
 	defer func() {
 		// The stream may be out of step now: no later call may trust it.
 		var refused *ControlError
 		if err != nil && !errors.As(err, &refused) {
 			c.broken = err
-			c.conn.Close()
+			c.Close()
 		}
 	}()
 	deadline, bounded := ctx.Deadline()
@@ -248,6 +255,8 @@ func (c *Control) call(ctx context.Context, req controlRequest) (err error) {
 	defer stop()
 	fail := func(err error) error {
 		switch {
+		case c.closed.Load():
+			err = ErrClosed
 		case ctx.Err() != nil:
 			err = ctx.Err()
 		case errors.Is(err, os.ErrDeadlineExceeded) && ownBound:

@@ -248,8 +248,8 @@ func TestControlHostileGuest(t *testing.T) {
 			if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {
 				t.Fatalf("Ping = %v, want %v", err, tc.want)
 			}
-			if err := c.Ping(context.Background()); err == nil {
-				t.Error("a Control out of step was used again")
+			if err := c.Ping(context.Background()); !errors.Is(err, guest.ErrClosed) {
+				t.Errorf("a Control out of step was used again: %v", err)
 			}
 		})
 	}
@@ -270,6 +270,17 @@ func TestControlSilentGuest(t *testing.T) {
 		defer cancel()
 		if err := c.Ping(ctx); !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("Ping = %v, want DeadlineExceeded", err)
+		}
+	})
+	t.Run("close", func(t *testing.T) {
+		c := dialControl(t, path)
+		time.AfterFunc(100*time.Millisecond, func() { c.Close() })
+		start := time.Now()
+		if err := c.Ping(context.Background()); !errors.Is(err, guest.ErrClosed) || time.Since(start) > 2*time.Second {
+			t.Errorf("Ping = %v after %v, want ErrClosed soon", err, time.Since(start))
+		}
+		if err := c.Ping(context.Background()); !errors.Is(err, guest.ErrClosed) {
+			t.Errorf("Ping after Close = %v, want ErrClosed", err)
 		}
 	})
 	t.Run("cancel", func(t *testing.T) {
