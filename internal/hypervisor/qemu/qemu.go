@@ -52,7 +52,7 @@ func (q *QEMU) Name() string {
 
 // Capabilities implements hypervisor.Backend.
 func (q *QEMU) Capabilities() hypervisor.Capabilities {
-	return hypervisor.Capabilities{Accelerated: q.KVM, UserNetwork: true}
+	return hypervisor.Capabilities{Accelerated: q.KVM, UserNetwork: true, Snapshot: true}
 }
 
 // ExtraCmdline implements hypervisor.Backend. Under TCG the microvm
