@@ -75,6 +75,13 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	if err != nil {
 		return nil, opError("create", cfg.ID, err)
 	}
+	if s.snapshot == nil && !s.cold && templateFits(cfg, diskDefaulted) {
+		if plan, err := warmTemplate(ctx, s, mode); err != nil {
+			s.logger.Warn("no warm template; booting cold", "err", err)
+		} else {
+			s.snapshot = plan
+		}
+	}
 	var kernel, initrd, rootfs, bootArgs string
 	if plan := s.snapshot; plan != nil {
 		kernel, initrd, rootfs, bootArgs = plan.rec.Kernel, plan.rec.BaseInitrd, snapshotDisk(plan.dir), plan.rec.BootArgs

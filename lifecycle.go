@@ -116,6 +116,9 @@ func (v *VM) start(ctx context.Context) (err error) {
 		// with the snapshot's own initramfs and command line (the machine
 		// must be the one the memory was taken from).
 		spec.Restore, spec.Initrd, spec.Cmdline, bootPath = rt.Restore, rt.RestoreInitrd, rt.RestoreCmdline, "snapshot"
+		if rt.RestoreSelf {
+			bootPath = "hibernation"
+		}
 	}
 	forwards, err := v.Forwards(ctx)
 	if err != nil {
@@ -177,7 +180,7 @@ func (v *VM) start(ctx context.Context) (err error) {
 		return err
 	}
 	v.log().Debug("start: process up", "pid", proc.PID, "after", time.Since(began))
-	if spec.Restore != nil {
+	if spec.Restore != nil && !rt.RestoreSelf {
 		if err := v.reidentify(bootCtx); err != nil {
 			return err
 		}
@@ -189,9 +192,18 @@ func (v *VM) start(ctx context.Context) (err error) {
 	if err := console.bound(bootCtx); err != nil {
 		return err
 	}
+	if spec.Restore != nil && !rt.RestoreSelf {
+		if err := v.applyEnv(bootCtx, rt.RestoreEnv, info.Config.Env); err != nil {
+			return err
+		}
+	}
 	if spec.Restore != nil { // resumed once; from now on it boots from its disk
+		if rt.RestoreSelf {
+			os.Remove(spec.Restore.State)
+			os.Remove(spec.Restore.Memory)
+		}
 		if err := v.update(ctx, func(_ *store.VM, r *runtimeRecord) error {
-			r.Restore, r.RestoreInitrd, r.RestoreCmdline = nil, "", ""
+			r.Restore, r.RestoreInitrd, r.RestoreCmdline, r.RestoreEnv, r.RestoreSelf = nil, "", "", nil, false
 			return nil
 		}); err != nil {
 			return err
@@ -467,7 +479,14 @@ func (v *VM) stop(ctx context.Context, timeout time.Duration) error {
 		}
 	}
 	v.releaseRunResources()
+	if rt := v.runtime(); rt.RestoreSelf && rt.Restore != nil { // a hibernated VM stopped: it boots next time
+		os.Remove(rt.Restore.State)
+		os.Remove(rt.Restore.Memory)
+	}
 	return v.update(ctx, func(row *store.VM, rt *runtimeRecord) error {
+		if rt.RestoreSelf {
+			rt.Restore, rt.RestoreInitrd, rt.RestoreCmdline, rt.RestoreSelf = nil, "", "", false
+		}
 		if row.State != string(StateCreated) {
 			row.State = string(StateStopped)
 		}

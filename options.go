@@ -32,6 +32,7 @@ type settings struct {
 	progress     io.Writer
 	config       func(*VMConfig)
 	snapshot     *snapshotPlan // set by FromSnapshot
+	cold         bool          // WithColdBoot
 }
 
 // WithHome sets the state directory (default $SMOLVM_HOME, else

@@ -107,7 +107,7 @@ func (v *VM) applySnapshotPlan(ctx context.Context, plan *snapshotPlan, rt *runt
 		if plan.rec.Memory {
 			rt.Restore.Memory = snapshotMemory(plan.dir)
 		}
-		rt.RestoreInitrd, rt.RestoreCmdline = snapshotInitrd(plan.dir), plan.rec.Cmdline
+		rt.RestoreInitrd, rt.RestoreCmdline, rt.RestoreEnv = snapshotInitrd(plan.dir), plan.rec.Cmdline, plan.rec.Env
 	}
 	return newOverlay(ctx, rt.DiskBase, v.paths.overlay())
 }
@@ -204,4 +204,39 @@ func removeAutoSnapshot(ctx context.Context, s settings, name string) {
 		return
 	}
 	removeSnapshot(ctx, s, st, name) // refused while children remain
+}
+
+// applyEnv gives a VM resumed from a snapshot its own env: the guest
+// still has the snapshot's (had); want is the VM's (VMConfig.Env).
+func (v *VM) applyEnv(ctx context.Context, had, want map[string]string) error {
+	set := map[string]string{}
+	for k, val := range want {
+		if old, ok := had[k]; !ok || old != val {
+			set[k] = val
+		}
+	}
+	var unset []string
+	for k := range had {
+		if _, ok := want[k]; !ok {
+			unset = append(unset, k)
+		}
+	}
+	if len(set) == 0 && len(unset) == 0 {
+		return nil
+	}
+	c, err := v.conn(ctx)
+	if err != nil {
+		return err
+	}
+	if len(set) > 0 {
+		if _, err := c.SetEnv(ctx, set); err != nil {
+			return err
+		}
+	}
+	if len(unset) > 0 {
+		if _, err := c.UnsetEnv(ctx, unset...); err != nil {
+			return err
+		}
+	}
+	return nil
 }

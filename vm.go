@@ -34,6 +34,8 @@ const (
 	StatePaused  VMState = "paused"
 	StateStopped VMState = "stopped"
 	StateError   VMState = "error" // its process died without Stop, or a start failed
+	// StateHibernated: paused to disk (Pause with ToDisk); no process.
+	StateHibernated VMState = "hibernated"
 	// StateDeleted is what a handle reports once its VM was deleted,
 	// through it or elsewhere; every method then fails with ErrNotFound.
 	StateDeleted VMState = "deleted"
@@ -108,6 +110,10 @@ type runtimeRecord struct {
 	Restore        *hypervisor.SnapshotFiles `json:"restore,omitempty"`
 	RestoreInitrd  string                    `json:"restore_initrd,omitempty"`
 	RestoreCmdline string                    `json:"restore_cmdline,omitempty"`
+	RestoreEnv     map[string]string         `json:"restore_env,omitempty"` // the guest's env in the snapshot
+	// RestoreSelf: Restore is the VM's own hibernation, not a snapshot of
+	// another machine, so it keeps its identity.
+	RestoreSelf bool `json:"restore_self,omitempty"`
 	// Path says how the VM came to run: "cold" boot, "snapshot" restore.
 	Path string `json:"path,omitempty"`
 	// EnvAt is where the initramfs's last archive, the copy of

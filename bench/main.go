@@ -3,7 +3,10 @@
 //   - floor: a bare qemu-system-x86_64 boot of the same kernel, machine and
 //     boot args, with a busybox initramfs that prints one line at once, from
 //     QEMU's start to that first serial line;
-//   - cold: smolvm create + start + first command result;
+//   - cold: smolvm create + start + first command result, booting;
+//   - warm create: the same from the default image's warm template;
+//   - fork: Fork of a running VM into one child + the child's first command;
+//   - capture: how long a running VM is paused for a memory snapshot;
 //   - warm: the round trip of `true` on a running VM, through smolvm's
 //     persistent SSH connection and through OpenSSH's ssh client.
 //
@@ -36,6 +39,14 @@ type result struct {
 	ColdMedian    time.Duration   `json:"cold_median_ns"`
 	Cold          []time.Duration `json:"cold_ns"`
 	ColdRatio     float64         `json:"cold_over_floor"`
+	WarmMedian    time.Duration   `json:"warm_create_median_ns"`
+	Warm          []time.Duration `json:"warm_create_ns"`
+	WarmRatio     float64         `json:"warm_over_cold"`
+	ForkMedian    time.Duration   `json:"fork_median_ns"`
+	Fork          []time.Duration `json:"fork_ns"`
+	ForkRatio     float64         `json:"fork_over_cold"`
+	CaptureMedian time.Duration   `json:"capture_median_ns"`
+	Capture       []time.Duration `json:"capture_ns"`
 	SmolvmRTT     time.Duration   `json:"smolvm_rtt_median_ns"`
 	OpenSSHRTT    time.Duration   `json:"openssh_rtt_median_ns"`
 	RTTRatio      float64         `json:"smolvm_over_openssh"`
@@ -48,8 +59,15 @@ func main() {
 	runs := flag.Int("runs", 5, "cold start and floor runs")
 	rttRuns := flag.Int("rtt", 30, "round trips per client")
 	asJSON := flag.Bool("json", false, "print JSON")
+	density := flag.Int("density", 0, "instead: hold N idle warm VMs, then run `true` in each in turn")
 	flag.Parse()
 	ctx := context.Background()
+	if *density > 0 {
+		if err := densityBench(ctx, *density); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	r, err := bench(ctx, *runs, *rttRuns)
 	if err != nil {
 		log.Fatal(err)
@@ -62,6 +80,9 @@ func main() {
 	fmt.Printf("floor (bare QEMU boot to first serial line): median %v of %v\n", ms(r.FloorMedian), msAll(r.Floor))
 	fmt.Printf("cold (smolvm create -> first command result): median %v of %v\n", ms(r.ColdMedian), msAll(r.Cold))
 	fmt.Printf("cold / floor = %.2f\n", r.ColdRatio)
+	fmt.Printf("warm create (template -> first command result): median %v of %v; warm / cold = %.3f\n", ms(r.WarmMedian), msAll(r.Warm), r.WarmRatio)
+	fmt.Printf("fork (running VM -> first command in the child): median %v of %v; fork / cold = %.3f\n", ms(r.ForkMedian), msAll(r.Fork), r.ForkRatio)
+	fmt.Printf("snapshot capture (VM paused): median %v of %v\n", ms(r.CaptureMedian), msAll(r.Capture))
 	fmt.Printf("warm round trip of `true`: smolvm %v, OpenSSH ssh %v (median of %d each); smolvm / OpenSSH = %.3f\n",
 		r.SmolvmRTT.Round(10*time.Microsecond), r.OpenSSHRTT.Round(10*time.Microsecond), r.RTTRuns, r.RTTRatio)
 }
@@ -82,7 +103,16 @@ func bench(ctx context.Context, runs, rttRuns int) (*result, error) {
 		return nil, err
 	}
 	defer os.Remove(floorInitrd)
-	// Interleave floor and cold runs so drift in machine load hits both.
+	// The warm template is made once, outside the timings.
+	if _, err := warmCreate(ctx); err != nil {
+		return nil, fmt.Errorf("warm template: %w", err)
+	}
+	src, err := smolvm.Start(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer src.Delete(ctx)
+	// Interleave the runs so drift in machine load hits all alike.
 	for i := 0; i < runs; i++ {
 		d, err := floor(ctx, q, img.Kernel, floorInitrd, img.BootArgs)
 		if err != nil {
@@ -94,9 +124,27 @@ func bench(ctx context.Context, runs, rttRuns int) (*result, error) {
 			return nil, fmt.Errorf("cold: %w", err)
 		}
 		r.Cold = append(r.Cold, d)
+		if d, err = warmCreate(ctx); err != nil {
+			return nil, fmt.Errorf("warm create: %w", err)
+		}
+		r.Warm = append(r.Warm, d)
+		if d, err = fork(ctx, src); err != nil {
+			return nil, fmt.Errorf("fork: %w", err)
+		}
+		r.Fork = append(r.Fork, d)
+		name := fmt.Sprintf("bench-capture-%d", i)
+		info, err := src.Snapshot(ctx, name)
+		if err != nil {
+			return nil, fmt.Errorf("capture: %w", err)
+		}
+		smolvm.RemoveSnapshot(ctx, name)
+		r.Capture = append(r.Capture, info.Paused)
 	}
 	r.FloorMedian, r.ColdMedian = median(r.Floor), median(r.Cold)
 	r.ColdRatio = float64(r.ColdMedian) / float64(r.FloorMedian)
+	r.WarmMedian, r.ForkMedian, r.CaptureMedian = median(r.Warm), median(r.Fork), median(r.Capture)
+	r.WarmRatio = float64(r.WarmMedian) / float64(r.ColdMedian)
+	r.ForkRatio = float64(r.ForkMedian) / float64(r.ColdMedian)
 	if r.SmolvmRTT, r.OpenSSHRTT, err = warm(ctx, rttRuns); err != nil {
 		return nil, fmt.Errorf("warm: %w", err)
 	}
@@ -156,8 +204,15 @@ func floor(ctx context.Context, q *qemu.QEMU, kernel, initrd, bootArgs string) (
 }
 
 func cold(ctx context.Context) (time.Duration, error) {
+	return firstCommand(ctx, smolvm.WithColdBoot())
+}
+
+func warmCreate(ctx context.Context) (time.Duration, error) { return firstCommand(ctx) }
+
+// firstCommand times create + start + the first command's result.
+func firstCommand(ctx context.Context, opts ...smolvm.Option) (time.Duration, error) {
 	start := time.Now()
-	vm, err := smolvm.Start(ctx)
+	vm, err := smolvm.Start(ctx, opts...)
 	if err != nil {
 		return 0, err
 	}
@@ -171,6 +226,90 @@ func cold(ctx context.Context) (time.Duration, error) {
 		return 0, fmt.Errorf("true failed: %+v", res)
 	}
 	return d, nil
+}
+
+// fork times Fork of src into one child and the child's first command.
+func fork(ctx context.Context, src *smolvm.VM) (time.Duration, error) {
+	start := time.Now()
+	kids, err := src.Fork(ctx, 1)
+	if err != nil {
+		return 0, err
+	}
+	defer kids[0].Delete(ctx)
+	res, err := kids[0].Run(ctx, "true")
+	if err != nil {
+		return 0, err
+	}
+	d := time.Since(start)
+	if !res.OK() {
+		return 0, fmt.Errorf("true failed: %+v", res)
+	}
+	return d, nil
+}
+
+// densityBench holds n idle VMs from the warm template, then runs `true`
+// in each in turn while all stay up, and reports the slowest answer and
+// the host memory (PSS of their QEMU processes) per VM.
+func densityBench(ctx context.Context, n int) error {
+	if _, err := warmCreate(ctx); err != nil {
+		return err
+	}
+	var vms []*smolvm.VM
+	defer func() {
+		for _, vm := range vms {
+			vm.Delete(context.Background())
+		}
+	}()
+	began := time.Now()
+	for i := 0; i < n; i++ {
+		vm, err := smolvm.Start(ctx)
+		if err != nil {
+			return fmt.Errorf("VM %d: %w", i+1, err)
+		}
+		vms = append(vms, vm)
+		if (i+1)%25 == 0 {
+			fmt.Printf("%d VMs up after %v\n", i+1, time.Since(began).Round(time.Second))
+		}
+	}
+	time.Sleep(10 * time.Second) // let them settle into idling
+	var slowest time.Duration
+	late := 0
+	for _, vm := range vms {
+		start := time.Now()
+		res, err := vm.Run(ctx, "true")
+		if err != nil || !res.OK() {
+			return fmt.Errorf("run in %s: %v %+v", vm.ID(), err, res)
+		}
+		d := time.Since(start)
+		slowest = max(slowest, d)
+		if d > time.Second {
+			late++
+		}
+	}
+	var pss int64
+	for _, vm := range vms {
+		pss += pssKiB(vm.Info().PID)
+	}
+	fmt.Printf("density: %d idle VMs up (%v to start them all); `true` in each in turn: slowest %v, %d over 1 s; host memory per VM (QEMU PSS) %d MiB\n",
+		n, time.Since(began).Round(time.Second), slowest.Round(time.Millisecond), late, pss/int64(n)/1024)
+	return nil
+}
+
+// pssKiB is a process's proportional set size, shared pages split among
+// the processes that map them.
+func pssKiB(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Pss:"); ok {
+			var kib int64
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kib)
+			return kib
+		}
+	}
+	return 0
 }
 
 func warm(ctx context.Context, n int) (smol, openssh time.Duration, err error) {

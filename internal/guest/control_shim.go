@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"os"
 	"time"
 )
 
@@ -25,6 +26,9 @@ type Identity struct {
 type Control struct{}
 
 func DialControl(ctx context.Context, path string) (*Control, error) {
+	if os.Getenv("SMOLVM_SHIM_IDENTITY") != "" {
+		return &Control{}, nil
+	}
 	return nil, errors.New("control: not merged yet")
 }
 func (c *Control) Identity(ctx context.Context, id Identity) error { return nil }
