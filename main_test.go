@@ -100,7 +100,11 @@ func findLeaks() string {
 		fmt.Fprintf(&b, "list snapshots: %v\n", err)
 	}
 	for _, s := range snaps {
-		fmt.Fprintf(&b, "snapshot %s (of %s)\n", s.Name, s.SourceVM)
+		// The default image's warm templates ("default-<fingerprint>") are
+		// a cache the tests share.
+		if !strings.HasPrefix(s.Name, "default-") || len(s.Dependents) > 0 {
+			fmt.Fprintf(&b, "snapshot %s (of %s, used by %v)\n", s.Name, s.SourceVM, s.Dependents)
+		}
 	}
 	if ents, err := os.ReadDir(filepath.Join(testEnv.home, "snapshots")); err == nil {
 		for _, e := range ents {
