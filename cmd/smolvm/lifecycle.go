@@ -33,7 +33,7 @@ func newCreateCmd(g *globalOptions) *cobra.Command {
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.fromSnapshot != "" {
-				if err := checkFromSnapshot(cmd.Flags()); err != nil {
+				if err := checkFromSnapshot(cmd); err != nil {
 					return err
 				}
 				vm, err := fromSnapshot(cmd.Context(), g, o.fromSnapshot, o.vm)

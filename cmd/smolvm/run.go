@@ -85,7 +85,7 @@ func newRunCmd(g *globalOptions) *cobra.Command {
 				return usagef("no command given: smolvm run [flags] -- CMD [ARGS...]")
 			}
 			if o.fromSnapshot != "" {
-				if err := checkFromSnapshot(cmd.Flags(), "timeout", "interactive"); err != nil {
+				if err := checkFromSnapshot(cmd, "timeout", "interactive"); err != nil {
 					return err
 				}
 			}

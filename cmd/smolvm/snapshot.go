@@ -245,10 +245,10 @@ var fromSnapshotFlags = map[string]bool{"name": true, "env": true, "boot-timeout
 
 // checkFromSnapshot refuses the flags a VM made from a snapshot cannot
 // honour, naming them.
-func checkFromSnapshot(fs *pflag.FlagSet, allowed ...string) error {
+func checkFromSnapshot(cmd *cobra.Command, allowed ...string) error {
 	var bad []string
-	fs.Visit(func(f *pflag.Flag) {
-		if f.Name != "from-snapshot" && !fromSnapshotFlags[f.Name] && !contains(allowed, f.Name) {
+	cmd.LocalNonPersistentFlags().VisitAll(func(f *pflag.Flag) {
+		if f.Changed && f.Name != "from-snapshot" && !fromSnapshotFlags[f.Name] && !contains(allowed, f.Name) {
 			bad = append(bad, "--"+f.Name)
 		}
 	})
