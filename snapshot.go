@@ -453,6 +453,10 @@ func RemoveSnapshot(ctx context.Context, name string, opts ...Option) error {
 }
 
 func removeSnapshot(ctx context.Context, s settings, st *store.Store, name string) error {
+	// The lock lives in snapshots/, which a fresh state directory lacks.
+	if err := statedir.MkdirAll(s.home, snapshotsDir(s.home)); err != nil {
+		return err
+	}
 	unlock, err := flock.Lock(ctx, snapshotLock(s.home, name), statedir.FileMode)
 	if err != nil {
 		return err
