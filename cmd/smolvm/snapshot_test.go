@@ -78,6 +78,12 @@ func TestSnapshotCLI(t *testing.T) {
 	if out := c.ok("snapshot", "list"); !strings.Contains(out, "s1 ") || !strings.Contains(out, "memory") || !strings.Contains(out, "d1 ") || !strings.Contains(out, "disk") {
 		t.Errorf("snapshot list: %q", out)
 	}
+	if out := c.ok("__complete", "snapshot", "inspect", ""); !strings.Contains(out, "s1\tmemory snapshot of src") || !strings.Contains(out, "d1\tdisk snapshot of src") {
+		t.Errorf("completion of snapshot names: %q", out)
+	}
+	if out := c.ok("__complete", "create", "--from-snapshot", ""); !strings.Contains(out, "s1\t") {
+		t.Errorf("completion of --from-snapshot: %q", out)
+	}
 	if out := c.ok("snapshot", "inspect", "d1"); !strings.Contains(out, "Source VM:") || !strings.Contains(out, "disk only") {
 		t.Errorf("snapshot inspect: %q", out)
 	}
