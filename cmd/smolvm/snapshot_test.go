@@ -124,6 +124,9 @@ func TestSnapshotCLI(t *testing.T) {
 	if out := c.ok("run", "--from-snapshot", "s1", "--", "uname", "-a"); !strings.HasPrefix(out, "Linux ") {
 		t.Errorf("run --from-snapshot s1 -- uname -a: %q", out)
 	}
+	if out := c.ok("run", "--from-snapshot", "s1", "-e", "FOO=bar", "--", "sh", "-c", "echo $FOO"); out != "bar\n" {
+		t.Errorf("run --from-snapshot -e FOO=bar: %q", out)
+	}
 	c.ok("delete", "c1")
 
 	// fork: src and two new VMs.
