@@ -190,6 +190,7 @@ func Init() error {
 		return fmt.Errorf("network: %w", err)
 	}
 	step("network up")
+	go serveControlPort(srv)
 	go serve(srv)
 	reaper.Run(context.Background())
 	return nil

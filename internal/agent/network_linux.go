@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -35,31 +36,77 @@ func configureNetwork(cfg BootConfig, step func(string)) error {
 		time.Sleep(5 * time.Millisecond)
 	}
 	step("eth0 found")
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: cfg.IP.Addr().AsSlice(), Mask: net.CIDRMask(cfg.IP.Bits(), 32)}}
-	if err := netlink.AddrAdd(link, addr); err != nil {
-		return fmt.Errorf("address %s: %w", cfg.IP, err)
+	if err := addressLink(link, cfg.IP, cfg.Gateway, cfg.DNS); err != nil {
+		return err
+	}
+	step("addressed")
+	return nil
+}
+
+// addressLink gives link the IPv4 address ip (in place of any other), the
+// default route via gw (if valid) and the name servers dns (if any), then
+// announces the address. Boot and a clone's new identity share it.
+func addressLink(link netlink.Link, ip netip.Prefix, gw netip.Addr, dns []netip.Addr) error {
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: ip.Addr().AsSlice(), Mask: net.CIDRMask(ip.Bits(), 32)}}
+	// The others go first: a new address in an old one's subnet would be
+	// its secondary, and the kernel deletes secondaries with their primary.
+	old, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", netDevice, err)
+	}
+	for _, a := range old {
+		if !a.IP.Equal(addr.IP) || a.Mask.String() != addr.Mask.String() {
+			if err := netlink.AddrDel(link, &a); err != nil {
+				return fmt.Errorf("remove old address %s: %w", a.IPNet, err)
+			}
+		}
+	}
+	if err := netlink.AddrReplace(link, addr); err != nil {
+		return fmt.Errorf("address %s: %w", ip, err)
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("up %s: %w", netDevice, err)
 	}
-	if cfg.Gateway.IsValid() {
-		route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: cfg.Gateway.AsSlice()}
-		if err := netlink.RouteAdd(route); err != nil {
-			return fmt.Errorf("default route via %s: %w", cfg.Gateway, err)
+	if gw.IsValid() {
+		route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw.AsSlice()}
+		if err := netlink.RouteReplace(route); err != nil {
+			return fmt.Errorf("default route via %s: %w", gw, err)
 		}
 	}
-	step("route added")
-	if len(cfg.DNS) > 0 {
+	if len(dns) > 0 {
 		var b strings.Builder
-		for _, d := range cfg.DNS {
+		for _, d := range dns {
 			fmt.Fprintf(&b, "nameserver %s\n", d)
 		}
-		os.WriteFile("/etc/resolv.conf", []byte(b.String()), 0o644)
+		// Written through, not replaced: it may be a link elsewhere.
+		if err := os.WriteFile("/etc/resolv.conf", []byte(b.String()), 0o644); err != nil {
+			console("smolvm-init: resolv.conf: %v", err)
+		}
 	}
 	// Without an announcement the host's first packet to us waits on ARP
-	// resolution, which stalls the first connection by up to a second.
-	if err := gratuitousARP(link, cfg.IP.Addr().AsSlice()); err != nil {
+	// resolution, which stalls the first connection by up to a second
+	// (and after a new MAC, the host's neighbour entry would be wrong).
+	if err := gratuitousARP(link, ip.Addr().AsSlice()); err != nil {
 		console("smolvm-init: gratuitous ARP: %v", err)
+	}
+	return nil
+}
+
+// replaceFile replaces path with data, so readers see the old file or the
+// new one, never a half-written one.
+func replaceFile(path string, data []byte, mode os.FileMode) error {
+	tmp := path + ".smolvm-tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
 	}
 	return nil
 }
@@ -99,14 +146,9 @@ func newServerFromFiles(keyPEM, authKeys []byte, reaper *Reaper) (*Server, error
 	if err != nil {
 		return nil, fmt.Errorf("host key: %w", err)
 	}
-	var keys []ssh.PublicKey
-	for rest := authKeys; len(strings.TrimSpace(string(rest))) > 0; {
-		pub, _, _, r, err := ssh.ParseAuthorizedKey(rest)
-		if err != nil {
-			return nil, fmt.Errorf("authorized keys: %w", err)
-		}
-		keys = append(keys, pub)
-		rest = r
+	keys, err := parseAuthorizedKeys(authKeys)
+	if err != nil {
+		return nil, err
 	}
 	return NewServer(ServerConfig{HostKey: signer, AuthorizedKeys: keys, EnvFile: persistentEnvFile, Poweroff: powerOff, Reaper: reaper,
 		PasswordHashFile: "/etc/smolvm/root_password", AuthorizedKeysFile: "/etc/smolvm/authorized_keys"})

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -95,7 +96,11 @@ type Server struct {
 	poweroff func()
 	reaper   *Reaper
 	log      *slog.Logger
-	sshConf  *ssh.ServerConfig
+	// sshConf is swapped whole by SetKeys; each connection takes the one
+	// current when it arrives.
+	sshConf            atomic.Pointer[ssh.ServerConfig]
+	authorizedKeysFile string
+	password           func(ssh.ConnMetadata, []byte) (*ssh.Permissions, error)
 }
 
 // startProcess starts cmd, through the reaper when there is one.
@@ -138,12 +143,36 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, fmt.Errorf("agent: ssh server: create home: %w", err)
 	}
 
+	var password func(ssh.ConnMetadata, []byte) (*ssh.Permissions, error)
+	if cfg.PasswordHashFile != "" {
+		if hash, err := os.ReadFile(cfg.PasswordHashFile); err == nil && len(bytes.TrimSpace(hash)) > 0 {
+			password = passwordCallback(bytes.TrimSpace(hash))
+		}
+	}
+	srv := &Server{
+		shell:              cfg.Shell,
+		homeDir:            cfg.HomeDir,
+		env:                &envStore{path: cfg.EnvFile, profilePath: cfg.ProfileFile},
+		poweroff:           cfg.Poweroff,
+		reaper:             cfg.Reaper,
+		log:                log,
+		authorizedKeysFile: cfg.AuthorizedKeysFile,
+		password:           password,
+	}
+	srv.sshConf.Store(srv.newSSHConfig(cfg.HostKey, cfg.AuthorizedKeys))
+	return srv, nil
+}
+
+// newSSHConfig is the server configuration for a host key and the keys
+// that may log in (besides AuthorizedKeysFile's and the password).
+func (s *Server) newSSHConfig(hostKey ssh.Signer, authorizedKeys []ssh.PublicKey) *ssh.ServerConfig {
 	// Marshal once: authentication compares wire encodings.
-	authorized := make([][]byte, len(cfg.AuthorizedKeys))
-	for i, k := range cfg.AuthorizedKeys {
+	authorized := make([][]byte, len(authorizedKeys))
+	for i, k := range authorizedKeys {
 		authorized[i] = k.Marshal()
 	}
-	sshConf := &ssh.ServerConfig{
+	file := s.authorizedKeysFile
+	conf := &ssh.ServerConfig{
 		ServerVersion: "SSH-2.0-smolvm",
 		PublicKeyCallback: func(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
 			wire := key.Marshal()
@@ -152,28 +181,27 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 					return &ssh.Permissions{}, nil
 				}
 			}
-			if cfg.AuthorizedKeysFile != "" && fileAuthorizes(cfg.AuthorizedKeysFile, wire) {
+			if file != "" && fileAuthorizes(file, wire) {
 				return &ssh.Permissions{}, nil
 			}
 			return nil, fmt.Errorf("agent: ssh server: key %s not authorized", ssh.FingerprintSHA256(key))
 		},
+		PasswordCallback: s.password,
 	}
-	if cfg.PasswordHashFile != "" {
-		if hash, err := os.ReadFile(cfg.PasswordHashFile); err == nil && len(bytes.TrimSpace(hash)) > 0 {
-			sshConf.PasswordCallback = passwordCallback(bytes.TrimSpace(hash))
-		}
-	}
-	sshConf.AddHostKey(cfg.HostKey)
+	conf.AddHostKey(hostKey)
+	return conf
+}
 
-	return &Server{
-		shell:    cfg.Shell,
-		homeDir:  cfg.HomeDir,
-		env:      &envStore{path: cfg.EnvFile, profilePath: cfg.ProfileFile},
-		poweroff: cfg.Poweroff,
-		reaper:   cfg.Reaper,
-		log:      log,
-		sshConf:  sshConf,
-	}, nil
+// SetKeys replaces the host key and the authorized keys (those of
+// ServerConfig.AuthorizedKeys; AuthorizedKeysFile and the password stay)
+// for every connection from now on, at once: a new connection sees the
+// old pair or the new one, never a mix. Open connections keep theirs.
+func (s *Server) SetKeys(hostKey ssh.Signer, authorizedKeys []ssh.PublicKey) error {
+	if hostKey == nil || len(authorizedKeys) == 0 {
+		return errors.New("agent: ssh server: a host key and at least one authorized key are required")
+	}
+	s.sshConf.Store(s.newSSHConfig(hostKey, authorizedKeys))
+	return nil
 }
 
 // rootShell returns root's login shell from the passwd file at path, or
@@ -260,7 +288,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	log := s.log.With("remote", nc.RemoteAddr().String())
 
 	_ = nc.SetDeadline(time.Now().Add(handshakeTimeout))
-	conn, chans, reqs, err := ssh.NewServerConn(nc, s.sshConf)
+	conn, chans, reqs, err := ssh.NewServerConn(nc, s.sshConf.Load())
 	if err != nil {
 		log.Debug("ssh handshake failed", "err", err)
 		return

@@ -94,7 +94,7 @@ func TestNoPasswordFileNoPasswordMethod(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if srv.sshConf.PasswordCallback != nil {
+	if srv.sshConf.Load().PasswordCallback != nil {
 		t.Fatal("password method offered without a password file")
 	}
 }

@@ -16,7 +16,9 @@ import (
 // cloud kernel does). microvm has no PCI bus, so only virtio-mmio.
 // Kernels that build ext4 as a module (Debian's generic one) need it and
 // the crc32c driver its checksums use, which nothing would load otherwise.
-var GuestModules = []string{"virtio_mmio", "virtio_blk", "virtio_net", "crc32c_generic", "ext4"}
+// virtio_console carries the host's control port (new identities of
+// clones).
+var GuestModules = []string{"virtio_mmio", "virtio_blk", "virtio_net", "virtio_console", "crc32c_generic", "ext4"}
 
 // MountModules share host folders into the guest (virtio-9p). Kernels
 // without them (Debian's cloud kernel) cannot mount host folders.
