@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -93,6 +94,24 @@ func findLeaks() string {
 	}
 	for _, vm := range vms {
 		fmt.Fprintf(&b, "VM row %s (%s)\n", vm.ID, vm.State)
+	}
+	snaps, err := smolvm.ListSnapshots(context.Background())
+	if err != nil {
+		fmt.Fprintf(&b, "list snapshots: %v\n", err)
+	}
+	for _, s := range snaps {
+		// The default image's warm templates ("default-<fingerprint>") are
+		// a cache the tests share.
+		if !strings.HasPrefix(s.Name, "default-") || len(s.Dependents) > 0 {
+			fmt.Fprintf(&b, "snapshot %s (of %s, used by %v)\n", s.Name, s.SourceVM, s.Dependents)
+		}
+	}
+	if ents, err := os.ReadDir(filepath.Join(testEnv.home, "snapshots")); err == nil {
+		for _, e := range ents {
+			if e.IsDir() && !slices.ContainsFunc(snaps, func(s smolvm.SnapshotInfo) bool { return s.Name == e.Name() }) {
+				fmt.Fprintf(&b, "snapshot files %s\n", e.Name())
+			}
+		}
 	}
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {

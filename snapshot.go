@@ -205,6 +205,14 @@ func (v *VM) snapshot(ctx context.Context, name string, o snapshotOptions) (*Sna
 		DiskOnly: o.diskOnly, Auto: o.auto, Network: info.Network.Mode, Env: info.Config.Env,
 	}
 	diskPath := v.diskPath()
+	if info.State != StatePaused {
+		// Marks the VM as paused by this capture until it runs again, so a
+		// capture killed in between is undone by the next look (reconcile).
+		if err := os.WriteFile(v.paths.capturing(), nil, statedir.FileMode); err != nil {
+			return nil, err
+		}
+		defer os.Remove(v.paths.capturing())
+	}
 	if o.diskOnly {
 		began := time.Now()
 		if err := v.pauseFor(ctx, func() error { return qemuImgConvert(ctx, diskPath, rt.DiskBase, snapshotDisk(tmp)) }); err != nil {
@@ -258,6 +266,9 @@ func (v *VM) snapshot(ctx context.Context, name string, o snapshotOptions) (*Sna
 	v.log().Info("snapshot", "name", name, "paused", time.Duration(rec.Paused).Round(time.Millisecond), "disk_only", o.diskOnly)
 	return getSnapshot(ctx, v.s, st, name)
 }
+
+// capturing exists while a capture holds the VM paused.
+func (p paths) capturing() string { return filepath.Join(p.dir, "capturing") }
 
 // cont lets a VM stopped for a capture run again.
 func (v *VM) cont(ctx context.Context) error {
@@ -442,6 +453,10 @@ func RemoveSnapshot(ctx context.Context, name string, opts ...Option) error {
 }
 
 func removeSnapshot(ctx context.Context, s settings, st *store.Store, name string) error {
+	// The lock lives in snapshots/, which a fresh state directory lacks.
+	if err := statedir.MkdirAll(s.home, snapshotsDir(s.home)); err != nil {
+		return err
+	}
 	unlock, err := flock.Lock(ctx, snapshotLock(s.home, name), statedir.FileMode)
 	if err != nil {
 		return err

@@ -383,6 +383,14 @@ func (v *VM) reconcile(ctx context.Context) error {
 		return nil
 	}
 	if hypervisor.Alive(v.process(), info.Process) {
+		if _, err := os.Stat(v.paths.capturing()); err == nil && info.State == StateRunning && !flock.Held(v.paths.lock()) {
+			// A capture was killed while it held the VM paused.
+			v.log().Warn("resuming a VM an interrupted snapshot left paused")
+			if err := v.cont(ctx); err != nil {
+				return fmt.Errorf("resume after an interrupted snapshot: %w", err)
+			}
+			os.Remove(v.paths.capturing())
+		}
 		return nil
 	}
 	v.log().Warn("VM process is gone", "pid", info.PID)

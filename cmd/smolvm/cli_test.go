@@ -164,6 +164,7 @@ func TestErrorKind(t *testing.T) {
 		{fmt.Errorf("dial: %w", context.DeadlineExceeded), "timeout", 124},
 		{errors.New("boom"), "error", 1},
 		{exitCodeError{3}, "error", 3},
+		{fmt.Errorf("%w: delete them first", smolvm.ErrInUse), "in_use", 1},
 	}
 	for _, tt := range tests {
 		if got := errorKind(tt.err); got != tt.kind {
@@ -290,6 +291,22 @@ func TestJSONErrors(t *testing.T) {
 		{[]string{"env", "set", "x", "A-B=x"}, "invalid"},
 		{[]string{"env", "unset", "x", "A-B"}, "invalid"},
 		{[]string{"port", "close", "x", "80:"}, "invalid"},
+		{[]string{"snapshot", "inspect", "nosuch"}, "not_found"},
+		{[]string{"snapshot", "rm", "nosuch"}, "not_found"},
+		{[]string{"snapshot", "create", "nosuch", "s"}, "not_found"},
+		{[]string{"snapshot", "create", "x"}, "invalid"},
+		{[]string{"snapshot", "inspect"}, "invalid"},
+		{[]string{"snapshot", "rm"}, "invalid"},
+		{[]string{"snapshot", "list", "extra"}, "invalid"},
+		{[]string{"fork", "nosuch"}, "not_found"},
+		{[]string{"fork", "x", "-n", "0"}, "invalid"},
+		{[]string{"fork"}, "invalid"},
+		{[]string{"create", "--from-snapshot", "nosuch"}, "not_found"},
+		{[]string{"create", "--from-snapshot", "s", "--cpus", "2"}, "invalid"},
+		{[]string{"create", "--from-snapshot", "s", "--no-start"}, "invalid"},
+		{[]string{"create", "--from-snapshot", "s", "--mount", "/tmp"}, "invalid"},
+		{[]string{"run", "--from-snapshot", "s", "--image", "x", "--", "true"}, "invalid"},
+		{[]string{"run", "--from-snapshot", "nosuch", "--", "true"}, "not_found"},
 	}
 	for _, tt := range tests {
 		args := append([]string{"--json", "--home", home}, tt.args...)
@@ -332,6 +349,14 @@ func TestListEmpty(t *testing.T) {
 	stdout, _, code = runCLI(t, "--home", home, "list")
 	if code != 0 || !strings.HasPrefix(stdout, "ID") {
 		t.Errorf("list: code %d, stdout %q", code, stdout)
+	}
+	stdout, stderr, code = runCLI(t, "--json", "--home", home, "snapshot", "list")
+	if code != 0 || strings.TrimSpace(stdout) != "[]" {
+		t.Errorf("snapshot list --json: code %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	stdout, _, code = runCLI(t, "--home", home, "snapshot", "list")
+	if code != 0 || !strings.HasPrefix(stdout, "NAME") {
+		t.Errorf("snapshot list: code %d, stdout %q", code, stdout)
 	}
 }
 

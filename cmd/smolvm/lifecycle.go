@@ -13,10 +13,11 @@ import (
 )
 
 type createOptions struct {
-	vm        vmFlags
-	noStart   bool
-	reuseDisk bool
-	ports     []string
+	vm           vmFlags
+	noStart      bool
+	reuseDisk    bool
+	ports        []string
+	fromSnapshot string
 }
 
 func newCreateCmd(g *globalOptions) *cobra.Command {
@@ -26,10 +27,22 @@ func newCreateCmd(g *globalOptions) *cobra.Command {
 		Short: "Create a VM and start it",
 		Long: "Create a VM and start it. It prints the VM's id (--json: its info).\n" +
 			"A VM that fails to start is deleted again, unless --no-start was given.",
-		Example:      "  smolvm create --name web --memory 1024 --env APP_ENV=dev",
+		Example: "  smolvm create --name web --memory 1024 --env APP_ENV=dev\n" +
+			"  smolvm create --from-snapshot warm --name web2",
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.fromSnapshot != "" {
+				if err := checkFromSnapshot(cmd); err != nil {
+					return err
+				}
+				vm, err := fromSnapshot(cmd.Context(), g, o.fromSnapshot, o.vm)
+				if err != nil {
+					return err
+				}
+				defer vm.Close()
+				return printInfo(g, cmd.OutOrStdout(), vm.Info())
+			}
 			return runCreate(cmd.Context(), g, o, cmd.OutOrStdout())
 		},
 	}
@@ -40,6 +53,8 @@ func newCreateCmd(g *globalOptions) *cobra.Command {
 	fs.BoolVar(&o.vm.retainDisk, "retain-disk", false, "keep the VM's disk file when it is deleted (reuse it with --reuse-disk, remove it with delete --disk)")
 	fs.BoolVar(&o.reuseDisk, "reuse-disk", false, "boot the disk a deleted VM of this --name kept (implies --retain-disk)")
 	fs.StringArrayVarP(&o.ports, "publish", "p", nil, "expose a guest port, [ADDR:][HOSTPORT:]GUESTPORT (repeatable)")
+	fs.StringVar(&o.fromSnapshot, "from-snapshot", "", "make the VM from a snapshot (smolvm snapshot list): it resumes as the snapshot was taken, with its CPUs, memory and disk")
+	cmd.RegisterFlagCompletionFunc("from-snapshot", completeSnapshots(g, 0))
 	return cmd
 }
 

@@ -109,6 +109,8 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		newCpCmd(g),
 		newPortCmd(g),
 		newImageCmd(g),
+		newSnapshotCmd(g),
+		newForkCmd(g),
 	)
 	return root
 }
@@ -247,6 +249,8 @@ func errorKind(err error) string {
 		return "already_exists"
 	case errors.Is(err, smolvm.ErrNotRunning):
 		return "not_running"
+	case errors.Is(err, smolvm.ErrInUse):
+		return "in_use"
 	}
 	return "error"
 }

@@ -59,9 +59,10 @@ func encodeOutput(b []byte) (text *string, b64 string) {
 }
 
 type runOptions struct {
-	vm      vmFlags
-	timeout time.Duration
-	stdin   bool
+	vm           vmFlags
+	timeout      time.Duration
+	stdin        bool
+	fromSnapshot string
 }
 
 func newRunCmd(g *globalOptions) *cobra.Command {
@@ -76,11 +77,17 @@ func newRunCmd(g *globalOptions) *cobra.Command {
 		Example: "  smolvm run -- uname -a\n" +
 			"  smolvm run -- sh -c 'echo $HOME'\n" +
 			"  smolvm run -- 'cat /etc/os-release | head -1'\n" +
-			"  smolvm --json run --memory 1024 -- python3 -V",
+			"  smolvm --json run --memory 1024 -- python3 -V\n" +
+			"  smolvm run --from-snapshot warm -- ./test.sh",
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 0 {
 				return usagef("no command given: smolvm run [flags] -- CMD [ARGS...]")
+			}
+			if o.fromSnapshot != "" {
+				if err := checkFromSnapshot(cmd, "timeout", "interactive"); err != nil {
+					return err
+				}
 			}
 			return runEphemeral(cmd.Context(), g, o, shellJoin(args), cmdStreams(cmd))
 		},
@@ -90,19 +97,13 @@ func newRunCmd(g *globalOptions) *cobra.Command {
 	o.vm.register(cmd)
 	cmd.Flags().Var(secondsFlag(&o.timeout), "timeout", timeoutHelp)
 	cmd.Flags().BoolVarP(&o.stdin, "interactive", "i", false, "pass standard input to the command")
+	cmd.Flags().StringVar(&o.fromSnapshot, "from-snapshot", "", "make the VM from a snapshot (smolvm snapshot list) instead of booting one")
+	cmd.RegisterFlagCompletionFunc("from-snapshot", completeSnapshots(g, 0))
 	return cmd
 }
 
 // runEphemeral runs command in a VM of its own, deleted before it returns.
 func runEphemeral(ctx context.Context, g *globalOptions, o runOptions, command string, s streams) error {
-	cfg, err := o.vm.config()
-	if err != nil {
-		return err
-	}
-	vm, err := smolvm.NewFromConfig(ctx, cfg, g.sdk()...)
-	if err != nil {
-		return err
-	}
 	var stdout, stderr bytes.Buffer
 	eo := smolvm.ExecOptions{Stdout: s.out, Stderr: s.err, Timeout: o.timeout}
 	if g.json {
@@ -111,7 +112,27 @@ func runEphemeral(ctx context.Context, g *globalOptions, o runOptions, command s
 	if o.stdin {
 		eo.Stdin = s.in
 	}
-	code, err := startAndExec(ctx, vm, command, eo)
+	var (
+		vm   *smolvm.VM
+		code int
+		err  error
+	)
+	if o.fromSnapshot != "" {
+		// FromSnapshot deletes a VM it could not start itself.
+		if vm, err = fromSnapshot(ctx, g, o.fromSnapshot, o.vm); err != nil {
+			return err
+		}
+		code, err = vm.Exec(ctx, command, eo)
+	} else {
+		cfg, cerr := o.vm.config()
+		if cerr != nil {
+			return cerr
+		}
+		if vm, err = smolvm.NewFromConfig(ctx, cfg, g.sdk()...); err != nil {
+			return err
+		}
+		code, err = startAndExec(ctx, vm, command, eo)
+	}
 	// Delete also after Ctrl-C: the cleanup must outlive ctx.
 	err = errors.Join(err, vm.Delete(context.WithoutCancel(ctx)))
 	if err != nil {

@@ -117,6 +117,8 @@ func writeInfo(w io.Writer, vm smolvm.VMInfo) error {
 	}
 	line("Image", image)
 	line("Kernel", vm.Kernel)
+	line("From snapshot", vm.FromSnapshot)
+	line("Boot path", vm.BootPath)
 	n := vm.Network
 	line("Network", n.Mode)
 	line("TAP", n.TAP)
