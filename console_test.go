@@ -18,7 +18,7 @@ import (
 // logs` (plain and -f) still shows the latest line.
 func TestConsoleBounded(t *testing.T) {
 	ctx := testContext(t, 4*time.Minute)
-	vm := newVM(t, ctx, smolvm.VMConfig{})
+	vm := newVM(t, ctx, smolvm.VMConfig{}, smolvm.WithColdBoot()) // the boot log is under test
 	startVM(t, ctx, vm)
 	files, err := vm.ConsoleLogs(ctx)
 	if err != nil || len(files) != 1 {

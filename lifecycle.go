@@ -182,6 +182,9 @@ func (v *VM) start(ctx context.Context) (err error) {
 	v.log().Debug("start: process up", "pid", proc.PID, "after", time.Since(began))
 	if spec.Restore != nil && !rt.RestoreSelf {
 		if err := v.reidentify(bootCtx); err != nil {
+			if bootCtx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+				return &TimeoutError{Op: "start", VM: v.id, Timeout: timeout, Detail: "the resumed guest did not take its new identity in time: " + err.Error()}
+			}
 			return err
 		}
 		v.log().Debug("start: new identity", "after", time.Since(began))
@@ -199,6 +202,8 @@ func (v *VM) start(ctx context.Context) (err error) {
 		}
 	}
 	if spec.Restore != nil { // resumed once; from now on it boots from its disk
+		// (A clone keeps its copy of the snapshot's initramfs: it is the
+		// one its kernel runs with, which a hibernation needs again.)
 		if rt.RestoreSelf {
 			os.Remove(spec.Restore.State)
 			os.Remove(spec.Restore.Memory)

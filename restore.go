@@ -107,7 +107,11 @@ func (v *VM) applySnapshotPlan(ctx context.Context, plan *snapshotPlan, rt *runt
 		if plan.rec.Memory {
 			rt.Restore.Memory = snapshotMemory(plan.dir)
 		}
-		rt.RestoreInitrd, rt.RestoreCmdline, rt.RestoreEnv = snapshotInitrd(plan.dir), plan.rec.Cmdline, plan.rec.Env
+		// The snapshot's own initramfs, in a copy QEMU's user may read.
+		rt.RestoreInitrd, rt.RestoreCmdline, rt.RestoreEnv = v.paths.restoreInitrd(), plan.rec.Cmdline, plan.rec.Env
+		if err := copyFile(snapshotInitrd(plan.dir), rt.RestoreInitrd); err != nil {
+			return err
+		}
 	}
 	return newOverlay(ctx, rt.DiskBase, v.paths.overlay())
 }

@@ -241,10 +241,10 @@ func (v *VM) snapshot(ctx context.Context, name string, o snapshotOptions) (*Sna
 			return nil, err
 		}
 	}
-	// Clones read these through descriptors as their own unprivileged
-	// users; nobody else can reach them (the state directory is 0700).
+	// Read-only from now on, and root's: clones get them as descriptors
+	// opened here, or copies of their own.
 	for _, f := range []string{snapshotDisk(tmp), snapshotMemory(tmp), snapshotInitrd(tmp), snapshotState(tmp)} {
-		os.Chmod(f, 0o444)
+		os.Chmod(f, 0o400)
 	}
 	meta, err := json.Marshal(rec)
 	if err != nil {

@@ -298,7 +298,7 @@ func (v *VM) setFromRow(row store.VM) error {
 	v.rt = rt
 	v.info = VMInfo{
 		ID: row.ID, State: VMState(row.State), Config: cfg, PID: row.PID,
-		Network: rt.Network, DataDir: v.paths.dir, Disk: v.paths.disk(),
+		Network: rt.Network, DataDir: v.paths.dir, Disk: v.paths.diskOf(rt),
 		ConsoleLog: v.paths.console(), Kernel: rt.Kernel, Backend: rt.Backend, Process: rt.hostName(row.ID),
 		FromSnapshot: rt.FromSnapshot, BootPath: rt.Path,
 		CreatedAt: row.CreatedAt, StartedAt: rt.StartedAt, Error: rt.Error,
@@ -432,21 +432,24 @@ func newPaths(home, id string) paths {
 	return paths{home: home, dir: filepath.Join(home, "vms", id)}
 }
 
-func (p paths) disk() string        { return filepath.Join(p.dir, "disk.ext4") }
-func (p paths) console() string     { return filepath.Join(p.dir, "console.log") }
-func (p paths) consoleOld() string  { return filepath.Join(p.dir, "console.log.1") }
-func (p paths) initrd() string      { return filepath.Join(p.dir, "initrd.cpio") }
-func (p paths) processLog() string  { return filepath.Join(p.dir, "qemu.log") }
-func (p paths) lock() string        { return filepath.Join(p.dir, ".lock") }
-func (p paths) agentSocket() string { return filepath.Join(p.dir, "agent.sock") }
-func (p paths) overlay() string     { return filepath.Join(p.dir, "disk.qcow2") }
+func (p paths) disk() string          { return filepath.Join(p.dir, "disk.ext4") }
+func (p paths) console() string       { return filepath.Join(p.dir, "console.log") }
+func (p paths) consoleOld() string    { return filepath.Join(p.dir, "console.log.1") }
+func (p paths) initrd() string        { return filepath.Join(p.dir, "initrd.cpio") }
+func (p paths) processLog() string    { return filepath.Join(p.dir, "qemu.log") }
+func (p paths) lock() string          { return filepath.Join(p.dir, ".lock") }
+func (p paths) agentSocket() string   { return filepath.Join(p.dir, "agent.sock") }
+func (p paths) overlay() string       { return filepath.Join(p.dir, "disk.qcow2") }
+func (p paths) restoreInitrd() string { return filepath.Join(p.dir, "restore-initrd.cpio") }
 
 // diskPath is the VM's disk: its raw image, or a clone's overlay.
-func (v *VM) diskPath() string {
-	if v.runtime().DiskBase != "" {
-		return v.paths.overlay()
+func (v *VM) diskPath() string { return v.paths.diskOf(v.runtime()) }
+
+func (p paths) diskOf(rt runtimeRecord) string {
+	if rt.DiskBase != "" {
+		return p.overlay()
 	}
-	return v.paths.disk()
+	return p.disk()
 }
 func (p paths) qmp() string            { return filepath.Join(p.dir, "qmp.sock") }
 func (p paths) hostKey() string        { return filepath.Join(p.dir, "ssh_host_ed25519_key") }

@@ -381,7 +381,7 @@ func TestAlreadyExistsAndNotFound(t *testing.T) {
 	if _, err := smolvm.NewFromConfig(ctx, smolvm.VMConfig{ID: vm.ID()}); !errors.Is(err, smolvm.ErrAlreadyExists) {
 		t.Fatalf("second create: %v, want ErrAlreadyExists", err)
 	}
-	if _, err := os.Stat(vm.DataDir() + "/disk.ext4"); err != nil {
+	if _, err := os.Stat(vm.Info().Disk); err != nil {
 		t.Fatalf("failed duplicate create touched the first VM: %v", err)
 	}
 	_, err := smolvm.FromID(ctx, "no-such-vm")

@@ -261,11 +261,20 @@ func KillByName(ctx context.Context, p Process, name string) error {
 	}
 }
 
-// WaitExit waits until the VM process is gone or ctx is done.
+// WaitExit waits until the VM process is gone or ctx is done. Gone means
+// it has let go of its files too: a process loses its command line (so
+// Alive says no) before the kernel closes its files, and a share or disk
+// it held is only free once it is a zombie or reaped.
 func WaitExit(ctx context.Context, p Process, name string) error {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
-	for Alive(p, name) {
+	if !Alive(p, name) {
+		return nil
+	}
+	if p.Start == 0 {
+		p.Start, _ = StartTime(p.PID)
+	}
+	for running(p) {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -286,4 +295,22 @@ func OpenFiles(pid int) []string {
 		}
 	}
 	return out
+}
+
+// running reports whether p (with its start time) exists and is not yet a
+// zombie.
+func running(p Process) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.PID) + "/stat")
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return false
+	}
+	if b[i+2] == 'Z' || b[i+2] == 'X' {
+		return false
+	}
+	start, err := StartTime(p.PID)
+	return err == nil && (p.Start == 0 || start == p.Start)
 }

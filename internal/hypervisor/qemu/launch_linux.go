@@ -216,12 +216,15 @@ func (q *QEMU) handOver(spec hypervisor.Spec) (*handOver, error) {
 		s.agentFD = fdOf(h.add(ln))
 	}
 	if spec.DiskBase != "" {
-		if !readableBy(spec.DiskBase, credentialOr(spec.RunAs)) {
-			return h, fmt.Errorf("snapshot disk %s is not readable by QEMU's user", spec.DiskBase)
-		}
-		if s.DiskBase, err = h.addPath(spec.DiskBase, 0); err != nil {
+		// The snapshot's disk is read-only and its clones' users may not
+		// open it: QEMU gets an open descriptor in an fd set, which its
+		// block layer uses as it is, without reopening the file.
+		f, err := os.OpenFile(spec.DiskBase, os.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
 			return h, err
 		}
+		s.baseFD = fdOf(h.add(f))
+		s.DiskBase = "/dev/fdset/1"
 	}
 	if r := spec.Restore; r != nil && r.Memory != "" {
 		mem, err := sharedMemory(r.Memory, r.MemoryID)
@@ -231,14 +234,6 @@ func (q *QEMU) handOver(spec hypervisor.Spec) (*handOver, error) {
 		s.memory = h.add(mem)
 	}
 	return h, nil
-}
-
-// credentialOr is c, or the caller's own identity.
-func credentialOr(c *hypervisor.Credential) *hypervisor.Credential {
-	if c != nil {
-		return c
-	}
-	return &hypervisor.Credential{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
 }
 
 func fdOf(procPath string) int {

@@ -74,6 +74,7 @@ func (q *QEMU) Args(spec hypervisor.Spec) []string { return q.args(launchSpec{Sp
 type launchSpec struct {
 	hypervisor.Spec
 	tapFD, qmpFD, agentFD int
+	baseFD                int // the snapshot disk, as fd set 1
 	// memory is the path QEMU maps a restored VM's RAM from (a sealed
 	// memfd every clone of the snapshot shares); empty = a memfd of its own.
 	memory string
@@ -122,6 +123,9 @@ func (q *QEMU) args(spec launchSpec) []string {
 		"-append", cmdline,
 		"-chardev", "file,id=" + ConsoleChardev + ",path=" + optValue(spec.ConsoleLog),
 		"-serial", "chardev:" + ConsoleChardev,
+	}
+	if spec.baseFD > 0 {
+		args = append(args, "-add-fd", "fd="+strconv.Itoa(spec.baseFD)+",set=1")
 	}
 	if spec.DiskBase == "" {
 		args = append(args, "-drive", "id=root,file="+optValue(spec.Disk)+",format=raw,if=none,discard=unmap")
