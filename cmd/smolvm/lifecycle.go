@@ -228,21 +228,31 @@ func withVM(ctx context.Context, g *globalOptions, id string, fn func(*smolvm.VM
 }
 
 func newPauseCmd(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
-		Use:               "pause ID",
-		Short:             "Freeze a running VM's vCPUs (resume continues it)",
+	var toDisk bool
+	cmd := &cobra.Command{
+		Use:   "pause ID",
+		Short: "Freeze a running VM's vCPUs, or with --to-disk hibernate it (resume continues it)",
+		Long: "Freeze a running VM's vCPUs; resume continues it. With --to-disk the VM\n" +
+			"hibernates: its memory and device state go to its directory and its QEMU\n" +
+			"exits, holding no host memory; resume (or start) brings it back as it was.",
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: completeIDs(g, 1),
 		SilenceUsage:      true,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var opts []smolvm.PauseOption
+			if toDisk {
+				opts = append(opts, smolvm.ToDisk())
+			}
 			return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
-				if err := vm.Pause(cmd.Context()); err != nil {
+				if err := vm.Pause(cmd.Context(), opts...); err != nil {
 					return err
 				}
 				return printInfo(g, cmd.OutOrStdout(), vm.Info())
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&toDisk, "to-disk", false, "hibernate: memory to disk, QEMU gone")
+	return cmd
 }
 
 func newResumeCmd(g *globalOptions) *cobra.Command {
