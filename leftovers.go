@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/smolvm/smolvm/internal/flock"
 	"github.com/smolvm/smolvm/internal/hypervisor"
 	"github.com/smolvm/smolvm/internal/network"
 )
@@ -106,7 +107,42 @@ func FindLeftovers(ctx context.Context, opts ...Option) ([]Leftover, error) {
 		}
 		out = append(out, Leftover{Kind: "dir", Name: dir, Detail: "VM directory without a VM"})
 	}
+	out = append(out, snapshotLeftovers(ctx, s)...)
 	return out, nil
+}
+
+// snapshotLeftovers finds snapshot directories no snapshot row names:
+// captures killed before the rename that nobody holds any more, and
+// directories whose row is gone.
+func snapshotLeftovers(ctx context.Context, s settings) []Leftover {
+	ents, _ := os.ReadDir(snapshotsDir(s.home))
+	if len(ents) == 0 {
+		return nil
+	}
+	snaps, err := ListSnapshots(ctx, WithHome(s.home))
+	if err != nil {
+		return nil
+	}
+	known := map[string]bool{}
+	for _, sn := range snaps {
+		known[sn.Name] = true
+	}
+	var out []Leftover
+	for _, e := range ents {
+		name := e.Name()
+		if !e.IsDir() {
+			continue
+		}
+		if tmp, ok := strings.CutPrefix(name, ".tmp-"); ok {
+			if flock.Held(snapshotLock(s.home, tmp)) {
+				continue // a capture under way
+			}
+		} else if known[name] {
+			continue
+		}
+		out = append(out, Leftover{Kind: "dir", Name: filepath.Join(snapshotsDir(s.home), name), Detail: "snapshot directory without a snapshot"})
+	}
+	return out
 }
 
 // RemoveLeftovers removes what FindLeftovers found.

@@ -82,3 +82,43 @@ func TestLeftovers(t *testing.T) {
 		t.Fatalf("still there after the fix: %+v", left)
 	}
 }
+
+// TestSnapshotLeftovers plants what a killed capture and a lost row leave
+// under snapshots/ and checks that doctor's finder sees both.
+func TestSnapshotLeftovers(t *testing.T) {
+	ctx := testContext(t, time.Minute)
+	home := t.TempDir()
+	if _, err := smolvm.List(ctx, smolvm.WithHome(home)); err != nil { // makes the state directory
+		t.Fatal(err)
+	}
+	var planted []string
+	for _, name := range []string{".tmp-killed", "lost-row"} {
+		dir := filepath.Join(home, "snapshots", name)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, "memory"), []byte("x"), 0o600)
+		planted = append(planted, dir)
+	}
+	found, err := smolvm.FindLeftovers(ctx, smolvm.WithHome(home))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range planted {
+		ok := false
+		for _, l := range found {
+			ok = ok || (l.Kind == "dir" && l.Name == dir)
+		}
+		if !ok {
+			t.Errorf("%s not found as a leftover: %+v", dir, found)
+		}
+	}
+	if err := smolvm.RemoveLeftovers(ctx, found); err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range planted {
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("%s still there after the fix: %v", dir, err)
+		}
+	}
+}

@@ -184,6 +184,7 @@ func (v *VM) start(ctx context.Context) (err error) {
 		if err := v.reidentify(bootCtx); err != nil {
 			return err
 		}
+		v.log().Debug("start: new identity", "after", time.Since(began))
 	}
 
 	if err := v.waitReady(bootCtx, proc, name, timeout); err != nil {

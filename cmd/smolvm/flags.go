@@ -27,6 +27,15 @@ type vmFlags struct {
 	retainDisk  bool
 	mounts      []string
 	noEgress    bool
+	cold        bool
+}
+
+// sdkOptions are the SDK options the flags ask for beyond the config.
+func (f *vmFlags) sdkOptions() []smolvm.Option {
+	if f.cold {
+		return []smolvm.Option{smolvm.WithColdBoot()}
+	}
+	return nil
 }
 
 func (f *vmFlags) register(cmd *cobra.Command) {
@@ -41,6 +50,7 @@ func (f *vmFlags) register(cmd *cobra.Command) {
 	fs.Var(secondsFlag(&f.bootTimeout), "boot-timeout", fmt.Sprintf("give up booting after this long: seconds, or a duration such as 1.5s or 2m (0 = default, %s)", smolvm.DefaultBootTimeout))
 	fs.StringArrayVar(&f.mounts, "mount", nil, "share a host folder, HOST[:GUEST][:rw] (read-only unless :rw; GUEST defaults to /mnt/NAME; repeatable)")
 	fs.BoolVar(&f.noEgress, "no-egress", false, "cut the VM off from the host's networks (exposed ports still work)")
+	fs.BoolVar(&f.cold, "cold", false, "boot the VM even when the default image's warm template would resume it (info shows boot_path)")
 }
 
 // seconds is a duration flag that also takes a plain number as seconds,

@@ -72,7 +72,7 @@ func runCreate(ctx context.Context, g *globalOptions, o createOptions, w io.Writ
 		}
 		ports = append(ports, p)
 	}
-	vm, err := smolvm.NewFromConfig(ctx, cfg, g.sdk()...)
+	vm, err := smolvm.NewFromConfig(ctx, cfg, g.sdk(o.vm.sdkOptions()...)...)
 	if err != nil {
 		return err
 	}
@@ -231,19 +231,19 @@ func newPauseCmd(g *globalOptions) *cobra.Command {
 	var toDisk bool
 	cmd := &cobra.Command{
 		Use:   "pause ID",
-		Short: "Freeze a running VM's vCPUs, or with --to-disk hibernate it (resume continues it)",
-		Long: "Freeze a running VM's vCPUs; resume continues it. With --to-disk the VM\n" +
-			"hibernates: its memory and device state go to its directory and its QEMU\n" +
-			"exits, holding no host memory; resume (or start) brings it back as it was.",
+		Short: "Freeze a running VM's vCPUs (resume continues it)",
+		Long: "Freeze a running VM's vCPUs; resume continues it.\n" +
+			"With --to-disk the VM hibernates: its memory goes to its directory and its QEMU exits, so it holds\n" +
+			"no host memory; resume (or start) brings it back with its processes, even after a host reboot of smolvm's processes.",
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: completeIDs(g, 1),
 		SilenceUsage:      true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var opts []smolvm.PauseOption
-			if toDisk {
-				opts = append(opts, smolvm.ToDisk())
-			}
 			return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
+				var opts []smolvm.PauseOption
+				if toDisk {
+					opts = append(opts, smolvm.ToDisk())
+				}
 				if err := vm.Pause(cmd.Context(), opts...); err != nil {
 					return err
 				}
@@ -251,7 +251,7 @@ func newPauseCmd(g *globalOptions) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().BoolVar(&toDisk, "to-disk", false, "hibernate: memory to disk, QEMU gone")
+	cmd.Flags().BoolVar(&toDisk, "to-disk", false, "hibernate: memory to disk, QEMU ends (resume brings it back)")
 	return cmd
 }
 

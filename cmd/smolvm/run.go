@@ -128,7 +128,7 @@ func runEphemeral(ctx context.Context, g *globalOptions, o runOptions, command s
 		if cerr != nil {
 			return cerr
 		}
-		if vm, err = smolvm.NewFromConfig(ctx, cfg, g.sdk()...); err != nil {
+		if vm, err = smolvm.NewFromConfig(ctx, cfg, g.sdk(o.vm.sdkOptions()...)...); err != nil {
 			return err
 		}
 		code, err = startAndExec(ctx, vm, command, eo)

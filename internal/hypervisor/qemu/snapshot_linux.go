@@ -265,10 +265,32 @@ func copySparse(in, out *os.File) error {
 		if err != nil {
 			return err
 		}
-		if _, err := io.CopyBuffer(io.NewOffsetWriter(out, data), io.NewSectionReader(in, data, hole-data), buf); err != nil {
-			return err
+		// In the kernel where it can (sendfile), through a buffer where not.
+		if err := sendfileAt(out, in, data, hole-data); err != nil {
+			if _, err := io.CopyBuffer(io.NewOffsetWriter(out, data), io.NewSectionReader(in, data, hole-data), buf); err != nil {
+				return err
+			}
 		}
 		off = hole
+	}
+	return nil
+}
+
+// sendfileAt copies n bytes at off of in to the same offset of out.
+func sendfileAt(out, in *os.File, off, n int64) error {
+	if _, err := out.Seek(off, io.SeekStart); err != nil {
+		return err
+	}
+	for n > 0 {
+		o := off
+		w, err := unix.Sendfile(int(out.Fd()), int(in.Fd()), &o, int(min(n, 1<<30)))
+		if err != nil {
+			return err
+		}
+		if w == 0 {
+			return io.ErrUnexpectedEOF
+		}
+		off, n = off+int64(w), n-int64(w)
 	}
 	return nil
 }
