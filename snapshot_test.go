@@ -174,6 +174,9 @@ func TestSnapshotRestore(t *testing.T) {
 	if bp := vm.Info().BootPath; bp != "snapshot" {
 		t.Errorf("boot path %q, want snapshot", bp)
 	}
+	if _, err := os.Stat(vm.Info().Disk); err != nil {
+		t.Errorf("VMInfo.Disk of a VM from a snapshot: %v", err)
+	}
 	checkClock(t, ctx, vm)
 	first := counter(t, ctx, vm)
 	// It resumes the count where the snapshot took it: not at 0 (a new

@@ -296,9 +296,13 @@ func (v *VM) setFromRow(row store.VM) error {
 		return fmt.Errorf("stored runtime: %w", err)
 	}
 	v.rt = rt
+	disk := v.paths.disk()
+	if rt.DiskBase != "" {
+		disk = v.paths.overlay() // a VM made from a snapshot
+	}
 	v.info = VMInfo{
 		ID: row.ID, State: VMState(row.State), Config: cfg, PID: row.PID,
-		Network: rt.Network, DataDir: v.paths.dir, Disk: v.paths.disk(),
+		Network: rt.Network, DataDir: v.paths.dir, Disk: disk,
 		ConsoleLog: v.paths.console(), Kernel: rt.Kernel, Backend: rt.Backend, Process: rt.hostName(row.ID),
 		FromSnapshot: rt.FromSnapshot, BootPath: rt.Path,
 		CreatedAt: row.CreatedAt, StartedAt: rt.StartedAt, Error: rt.Error,
