@@ -428,11 +428,11 @@ func GetSnapshot(ctx context.Context, name string, opts ...Option) (*SnapshotInf
 	s := newSettings(opts)
 	st, err := openStore(ctx, s)
 	if err != nil {
-		return nil, opError("snapshot", name, err)
+		return nil, opError("snapshot", "", err)
 	}
 	defer st.Close()
 	info, err := getSnapshot(ctx, s, st, name)
-	return info, opError("snapshot", name, err)
+	return info, opError("snapshot", "", err)
 }
 
 func getSnapshot(ctx context.Context, s settings, st *store.Store, name string) (*SnapshotInfo, error) {
@@ -498,10 +498,10 @@ func RemoveSnapshot(ctx context.Context, name string, opts ...Option) error {
 	s := newSettings(opts)
 	st, err := openStore(ctx, s)
 	if err != nil {
-		return opError("remove snapshot", name, err)
+		return opError("remove snapshot", "", err)
 	}
 	defer st.Close()
-	return opError("remove snapshot", name, removeSnapshot(ctx, s, st, name))
+	return opError("remove snapshot", "", removeSnapshot(ctx, s, st, name))
 }
 
 func removeSnapshot(ctx context.Context, s settings, st *store.Store, name string) error {
