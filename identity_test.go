@@ -229,6 +229,7 @@ func TestIdentityRestoredClone(t *testing.T) {
 	if !ok {
 		t.Skip("this QEMU backend cannot snapshot")
 	}
+	// Cold: the raw capture below copies the VM's disk as a raw image.
 	vm := newVM(t, ctx, smolvm.VMConfig{}, smolvm.WithNetwork(smolvm.NetworkUser), smolvm.WithColdBoot())
 	startVM(t, ctx, vm)
 	run(t, ctx, vm, "true")

@@ -79,6 +79,13 @@ func (v *VM) hibernate(ctx context.Context) error {
 	if !ok || !backend.Capabilities().Snapshot {
 		return fmt.Errorf("%w: the %s backend cannot hibernate VMs", ErrInvalid, backend.Name())
 	}
+	// As a snapshot does: a hibernation killed while it holds the VM
+	// paused is undone by the next look (reconcile).
+	doneCapture, err := v.markCapture(ctx, info.State)
+	if err != nil {
+		return err
+	}
+	defer doneCapture()
 	// Console first: the ring goes with QEMU.
 	v.syncConsole(ctx)
 	state, mem := v.paths.hibernation("state"), v.paths.hibernation("memory")

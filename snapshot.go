@@ -205,14 +205,11 @@ func (v *VM) snapshot(ctx context.Context, name string, o snapshotOptions) (*Sna
 		DiskOnly: o.diskOnly, Auto: o.auto, Network: info.Network.Mode, Env: info.Config.Env,
 	}
 	diskPath := v.diskPath()
-	if info.State != StatePaused {
-		// Marks the VM as paused by this capture until it runs again, so a
-		// capture killed in between is undone by the next look (reconcile).
-		if err := os.WriteFile(v.paths.capturing(), nil, statedir.FileMode); err != nil {
-			return nil, err
-		}
-		defer os.Remove(v.paths.capturing())
+	doneCapture, err := v.markCapture(ctx, info.State)
+	if err != nil {
+		return nil, err
 	}
+	defer doneCapture()
 	if o.diskOnly {
 		began := time.Now()
 		if err := v.pauseFor(ctx, func() error { return qemuImgConvert(ctx, diskPath, rt.DiskBase, snapshotDisk(tmp)) }); err != nil {
@@ -267,8 +264,63 @@ func (v *VM) snapshot(ctx context.Context, name string, o snapshotOptions) (*Sna
 	return getSnapshot(ctx, v.s, st, name)
 }
 
-// capturing exists while a capture holds the VM paused.
+// capturing exists while a capture holds the VM paused; it holds the
+// state the VM is to be in after it ("running" or "paused").
 func (p paths) capturing() string { return filepath.Join(p.dir, "capturing") }
+
+// markCapture marks the VM as paused by a capture until done is called,
+// so that a capture killed in between is undone by the next look
+// (reconcile) or the next capture. v's lock is held.
+func (v *VM) markCapture(ctx context.Context, state VMState) (done func(), err error) {
+	if err := v.recoverCapture(ctx); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(v.paths.capturing(), []byte(state), statedir.FileMode); err != nil {
+		return nil, err
+	}
+	return func() { os.Remove(v.paths.capturing()) }, nil
+}
+
+// recoverCapture undoes what a capture killed half-way left, if one did:
+// QEMU goes on with the migration its client died in, and stops the VM
+// again when it ends, so the migration is cancelled before the VM is let
+// run (if it ran before the capture). v's lock is held, or free.
+func (v *VM) recoverCapture(ctx context.Context) error {
+	b, err := os.ReadFile(v.paths.capturing())
+	if err != nil {
+		return nil
+	}
+	v.log().Warn("undoing an interrupted snapshot", "state", string(b))
+	q, err := qemu.DialQMP(context.WithoutCancel(ctx), v.paths.qmp())
+	if err != nil {
+		return fmt.Errorf("undo an interrupted snapshot: %w", err)
+	}
+	defer q.Close()
+	q.Execute("migrate_cancel", nil)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		raw, err := q.Execute("query-migrate", nil)
+		if err != nil {
+			return fmt.Errorf("undo an interrupted snapshot: %w", err)
+		}
+		var m struct {
+			Status string `json:"status"`
+		}
+		json.Unmarshal(raw, &m)
+		if m.Status == "" || m.Status == "none" || m.Status == "completed" || m.Status == "failed" || m.Status == "cancelled" {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("undo an interrupted snapshot: its migration is still %s", m.Status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if VMState(b) != StatePaused {
+		if _, err := q.Execute("cont", nil); err != nil {
+			return fmt.Errorf("undo an interrupted snapshot: %w", err)
+		}
+	}
+	return os.Remove(v.paths.capturing())
+}
 
 // cont lets a VM stopped for a capture run again.
 func (v *VM) cont(ctx context.Context) error {
@@ -376,11 +428,11 @@ func GetSnapshot(ctx context.Context, name string, opts ...Option) (*SnapshotInf
 	s := newSettings(opts)
 	st, err := openStore(ctx, s)
 	if err != nil {
-		return nil, opError("snapshot", name, err)
+		return nil, opError("snapshot", "", err)
 	}
 	defer st.Close()
 	info, err := getSnapshot(ctx, s, st, name)
-	return info, opError("snapshot", name, err)
+	return info, opError("snapshot", "", err)
 }
 
 func getSnapshot(ctx context.Context, s settings, st *store.Store, name string) (*SnapshotInfo, error) {
@@ -446,10 +498,10 @@ func RemoveSnapshot(ctx context.Context, name string, opts ...Option) error {
 	s := newSettings(opts)
 	st, err := openStore(ctx, s)
 	if err != nil {
-		return opError("remove snapshot", name, err)
+		return opError("remove snapshot", "", err)
 	}
 	defer st.Close()
-	return opError("remove snapshot", name, removeSnapshot(ctx, s, st, name))
+	return opError("remove snapshot", "", removeSnapshot(ctx, s, st, name))
 }
 
 func removeSnapshot(ctx context.Context, s settings, st *store.Store, name string) error {

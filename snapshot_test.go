@@ -174,6 +174,9 @@ func TestSnapshotRestore(t *testing.T) {
 	if bp := vm.Info().BootPath; bp != "snapshot" {
 		t.Errorf("boot path %q, want snapshot", bp)
 	}
+	if _, err := os.Stat(vm.Info().Disk); err != nil {
+		t.Errorf("VMInfo.Disk of a VM from a snapshot: %v", err)
+	}
 	checkClock(t, ctx, vm)
 	first := counter(t, ctx, vm)
 	// It resumes the count where the snapshot took it: not at 0 (a new
@@ -535,4 +538,74 @@ func TestSnapshotChangedKernel(t *testing.T) {
 	if _, err := smolvm.GetSnapshot(ctx, "changed-disk"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestKilledHibernate kills `smolvm pause --to-disk` with SIGKILL at
+// moments spread over the capture. Each time the VM is either hibernated,
+// and resumes with its processes, or running and usable: never frozen
+// under a state that says it runs.
+func TestKilledHibernate(t *testing.T) {
+	ctx := testContext(t, 5*time.Minute)
+	vm := snapshotVM(t, ctx)
+	out(t, ctx, vm, countLoop)
+	cli := func(args ...string) (string, error) {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		var stderr strings.Builder
+		cmd := exec.CommandContext(cctx, testEnv.bin, args...)
+		cmd.Stderr = &stderr
+		b, err := cmd.Output()
+		if err != nil {
+			return string(b), fmt.Errorf("smolvm %q: %w: %s", args, err, stderr.String())
+		}
+		return string(b), nil
+	}
+	var delays []time.Duration
+	// Once resumed from its hibernation, the VM's RAM goes in the state
+	// stream: longer captures.
+	for d := 10 * time.Millisecond; d < 500*time.Millisecond; d += 30 * time.Millisecond {
+		delays = append(delays, d)
+	}
+	kill := func(d time.Duration) {
+		cmd := exec.Command(testEnv.bin, "pause", "--to-disk", vm.ID())
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(d)
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+	}
+	for _, d := range delays {
+		kill(d)
+
+		if err := vm.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		state := vm.Info().State
+		t.Logf("killed after %s: %s", d, state)
+		switch state {
+		case smolvm.StateHibernated:
+			if _, err := cli("resume", vm.ID()); err != nil {
+				t.Fatalf("resume after a hibernation killed after %s: %v", d, err)
+			}
+		case smolvm.StateRunning:
+		default:
+			t.Fatalf("state %s after a hibernation killed after %s", state, d)
+		}
+		if got, err := cli("exec", vm.ID(), "--", "cat", "/dev/shm/count"); err != nil || strings.TrimSpace(got) == "" {
+			t.Fatalf("VM after a hibernation killed after %s (%s): %q, %v", d, state, got, err)
+		}
+	}
+	// The next hibernation itself undoes a killed one, whose migration
+	// QEMU may still be running.
+	for _, d := range []time.Duration{100 * time.Millisecond, 200 * time.Millisecond} {
+		kill(d)
+		if _, err := cli("pause", "--to-disk", vm.ID()); err != nil {
+			t.Fatalf("hibernate right after one killed after %s: %v", d, err)
+		}
+		if _, err := cli("resume", vm.ID()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkCounting(t, ctx, vm)
 }

@@ -362,6 +362,9 @@ func (v *VM) reconcile(ctx context.Context) error {
 		if flock.Held(v.paths.lock()) {
 			return nil // being created, started, stopped or deleted right now
 		}
+		// What a capture killed before it ended left: no VM runs paused
+		// for it (an orphan QEMU is killed below).
+		os.Remove(v.paths.capturing())
 		if v.runtime().incomplete() {
 			// Its create was killed half-way: what it made goes, as a
 			// failed create's undo would have removed it.
@@ -383,13 +386,8 @@ func (v *VM) reconcile(ctx context.Context) error {
 		return nil
 	}
 	if hypervisor.Alive(v.process(), info.Process) {
-		if _, err := os.Stat(v.paths.capturing()); err == nil && info.State == StateRunning && !flock.Held(v.paths.lock()) {
-			// A capture was killed while it held the VM paused.
-			v.log().Warn("resuming a VM an interrupted snapshot left paused")
-			if err := v.cont(ctx); err != nil {
-				return fmt.Errorf("resume after an interrupted snapshot: %w", err)
-			}
-			os.Remove(v.paths.capturing())
+		if !flock.Held(v.paths.lock()) {
+			return v.recoverCapture(ctx) // a capture killed while it held the VM paused
 		}
 		return nil
 	}

@@ -151,6 +151,21 @@ func TestSnapshotCLI(t *testing.T) {
 	}
 	c.ok("delete", kids[0].ID, kids[1].ID)
 
+	// pause --to-disk hibernates; resume brings the VM back as it was.
+	// (Fresh values: JSON leaves out what is empty.)
+	var hib, back smolvm.VMInfo
+	c.json(&hib, "pause", "--to-disk", "src")
+	if hib.State != smolvm.StateHibernated || hib.PID != 0 || hib.FromSnapshot != "" {
+		t.Errorf("pause --to-disk: %+v", hib)
+	}
+	c.json(&back, "resume", "src")
+	if back.State != smolvm.StateRunning {
+		t.Errorf("resume after pause --to-disk: %+v", back)
+	}
+	if out := c.ok("exec", "src", "--", "cat", "/root/f"); out != "kept\n" {
+		t.Errorf("after hibernation: %q", out)
+	}
+
 	var removed map[string][]string
 	c.json(&removed, "snapshot", "rm", "s1", "d1")
 	if !reflect.DeepEqual(removed["removed"], []string{"s1", "d1"}) {
