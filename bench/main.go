@@ -34,25 +34,32 @@ import (
 )
 
 type result struct {
-	FloorMedian   time.Duration   `json:"floor_median_ns"`
-	Floor         []time.Duration `json:"floor_ns"`
-	ColdMedian    time.Duration   `json:"cold_median_ns"`
-	Cold          []time.Duration `json:"cold_ns"`
-	ColdRatio     float64         `json:"cold_over_floor"`
-	WarmMedian    time.Duration   `json:"warm_create_median_ns"`
-	Warm          []time.Duration `json:"warm_create_ns"`
-	WarmRatio     float64         `json:"warm_over_cold"`
-	ForkMedian    time.Duration   `json:"fork_median_ns"`
-	Fork          []time.Duration `json:"fork_ns"`
-	ForkRatio     float64         `json:"fork_over_cold"`
-	CaptureMedian time.Duration   `json:"capture_median_ns"`
-	Capture       []time.Duration `json:"capture_ns"`
-	SmolvmRTT     time.Duration   `json:"smolvm_rtt_median_ns"`
-	OpenSSHRTT    time.Duration   `json:"openssh_rtt_median_ns"`
-	RTTRatio      float64         `json:"smolvm_over_openssh"`
-	Backend       string          `json:"backend"`
-	Kernel        string          `json:"kernel"`
-	Runs, RTTRuns int
+	FloorMedian time.Duration   `json:"floor_median_ns"`
+	Floor       []time.Duration `json:"floor_ns"`
+	ColdMedian  time.Duration   `json:"cold_median_ns"`
+	Cold        []time.Duration `json:"cold_ns"`
+	ColdRatio   float64         `json:"cold_over_floor"`
+	WarmMedian  time.Duration   `json:"warm_create_median_ns"`
+	Warm        []time.Duration `json:"warm_create_ns"`
+	WarmRatio   float64         `json:"warm_over_cold"`
+	// Fork and capture of a booted VM (its RAM a memfd of its own: the
+	// capture copies it aside) and of a warm one (its RAM the template's,
+	// mapped privately: it goes through the migration stream).
+	ForkMedian        time.Duration   `json:"fork_median_ns"`
+	Fork              []time.Duration `json:"fork_ns"`
+	ForkRatio         float64         `json:"fork_over_cold"`
+	CaptureMedian     time.Duration   `json:"capture_median_ns"`
+	Capture           []time.Duration `json:"capture_ns"`
+	ForkWarmMedian    time.Duration   `json:"fork_warm_median_ns"`
+	ForkWarm          []time.Duration `json:"fork_warm_ns"`
+	CaptureWarmMedian time.Duration   `json:"capture_warm_median_ns"`
+	CaptureWarm       []time.Duration `json:"capture_warm_ns"`
+	SmolvmRTT         time.Duration   `json:"smolvm_rtt_median_ns"`
+	OpenSSHRTT        time.Duration   `json:"openssh_rtt_median_ns"`
+	RTTRatio          float64         `json:"smolvm_over_openssh"`
+	Backend           string          `json:"backend"`
+	Kernel            string          `json:"kernel"`
+	Runs, RTTRuns     int
 }
 
 func main() {
@@ -81,8 +88,10 @@ func main() {
 	fmt.Printf("cold (smolvm create -> first command result): median %v of %v\n", ms(r.ColdMedian), msAll(r.Cold))
 	fmt.Printf("cold / floor = %.2f\n", r.ColdRatio)
 	fmt.Printf("warm create (template -> first command result): median %v of %v; warm / cold = %.3f\n", ms(r.WarmMedian), msAll(r.Warm), r.WarmRatio)
-	fmt.Printf("fork (running VM -> first command in the child): median %v of %v; fork / cold = %.3f\n", ms(r.ForkMedian), msAll(r.Fork), r.ForkRatio)
-	fmt.Printf("snapshot capture (VM paused): median %v of %v\n", ms(r.CaptureMedian), msAll(r.Capture))
+	fmt.Printf("fork of a booted VM (-> first command in the child): median %v of %v; fork / cold = %.3f\n", ms(r.ForkMedian), msAll(r.Fork), r.ForkRatio)
+	fmt.Printf("snapshot capture of a booted VM (paused): median %v of %v\n", ms(r.CaptureMedian), msAll(r.Capture))
+	fmt.Printf("fork of a warm VM: median %v of %v; capture of a warm VM: median %v of %v\n",
+		ms(r.ForkWarmMedian), msAll(r.ForkWarm), ms(r.CaptureWarmMedian), msAll(r.CaptureWarm))
 	fmt.Printf("warm round trip of `true`: smolvm %v, OpenSSH ssh %v (median of %d each); smolvm / OpenSSH = %.3f\n",
 		r.SmolvmRTT.Round(10*time.Microsecond), r.OpenSSHRTT.Round(10*time.Microsecond), r.RTTRuns, r.RTTRatio)
 }
@@ -107,11 +116,16 @@ func bench(ctx context.Context, runs, rttRuns int) (*result, error) {
 	if _, err := warmCreate(ctx); err != nil {
 		return nil, fmt.Errorf("warm template: %w", err)
 	}
-	src, err := smolvm.Start(ctx)
+	src, err := smolvm.Start(ctx, smolvm.WithColdBoot())
 	if err != nil {
 		return nil, err
 	}
 	defer src.Delete(ctx)
+	warmSrc, err := smolvm.Start(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer warmSrc.Delete(ctx)
 	// Interleave the runs so drift in machine load hits all alike.
 	for i := 0; i < runs; i++ {
 		d, err := floor(ctx, q, img.Kernel, floorInitrd, img.BootArgs)
@@ -132,17 +146,27 @@ func bench(ctx context.Context, runs, rttRuns int) (*result, error) {
 			return nil, fmt.Errorf("fork: %w", err)
 		}
 		r.Fork = append(r.Fork, d)
-		name := fmt.Sprintf("bench-capture-%d", i)
-		info, err := src.Snapshot(ctx, name)
-		if err != nil {
-			return nil, fmt.Errorf("capture: %w", err)
+		if d, err = fork(ctx, warmSrc); err != nil {
+			return nil, fmt.Errorf("fork: %w", err)
 		}
-		smolvm.RemoveSnapshot(ctx, name)
-		r.Capture = append(r.Capture, info.Paused)
+		r.ForkWarm = append(r.ForkWarm, d)
+		for _, c := range []struct {
+			vm  *smolvm.VM
+			out *[]time.Duration
+		}{{src, &r.Capture}, {warmSrc, &r.CaptureWarm}} {
+			name := fmt.Sprintf("bench-capture-%d", i)
+			info, err := c.vm.Snapshot(ctx, name)
+			if err != nil {
+				return nil, fmt.Errorf("capture: %w", err)
+			}
+			smolvm.RemoveSnapshot(ctx, name)
+			*c.out = append(*c.out, info.Paused)
+		}
 	}
 	r.FloorMedian, r.ColdMedian = median(r.Floor), median(r.Cold)
 	r.ColdRatio = float64(r.ColdMedian) / float64(r.FloorMedian)
 	r.WarmMedian, r.ForkMedian, r.CaptureMedian = median(r.Warm), median(r.Fork), median(r.Capture)
+	r.ForkWarmMedian, r.CaptureWarmMedian = median(r.ForkWarm), median(r.CaptureWarm)
 	r.WarmRatio = float64(r.WarmMedian) / float64(r.ColdMedian)
 	r.ForkRatio = float64(r.ForkMedian) / float64(r.ColdMedian)
 	if r.SmolvmRTT, r.OpenSSHRTT, err = warm(ctx, rttRuns); err != nil {
