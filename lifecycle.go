@@ -180,6 +180,13 @@ func (v *VM) start(ctx context.Context) (err error) {
 		return err
 	}
 	v.log().Debug("start: process up", "pid", proc.PID, "after", time.Since(began))
+	if spec.Restore != nil && rt.RestoreSelf {
+		// Back from hibernation: the same machine, but its clock stood
+		// still while it was on disk.
+		if err := v.setGuestClock(bootCtx); err != nil {
+			v.log().Warn("start: set the clock after hibernation", "err", err)
+		}
+	}
 	if spec.Restore != nil && !rt.RestoreSelf {
 		if err := v.reidentify(bootCtx); err != nil {
 			if bootCtx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {

@@ -244,3 +244,13 @@ func (v *VM) applyEnv(ctx context.Context, had, want map[string]string) error {
 	}
 	return nil
 }
+
+// setGuestClock sets the guest's clock to the host's.
+func (v *VM) setGuestClock(ctx context.Context) error {
+	c, err := guest.DialControl(ctx, v.paths.agentSocket())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.Identity(ctx, guest.Identity{Time: time.Now()})
+}

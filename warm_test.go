@@ -83,6 +83,8 @@ func TestHibernate(t *testing.T) {
 		t.Fatalf("QEMU %d still runs for a hibernated VM", p.PID)
 	}
 
+	time.Sleep(4 * time.Second) // its clock stands still meanwhile
+
 	// Another process would know the VM only from the state directory.
 	again, err := smolvm.FromID(ctx, vm.ID())
 	if err != nil {
@@ -102,5 +104,9 @@ func TestHibernate(t *testing.T) {
 	}
 	if after, _ := strconv.Atoi(lines[2]); after <= before {
 		t.Errorf("counter %d after resume, %d before: the process did not come back", after, before)
+	}
+	guestNow, _ := strconv.ParseInt(strings.TrimSpace(run(t, ctx, again, "date +%s").Stdout), 10, 64)
+	if d := time.Now().Unix() - guestNow; d > 2 || d < -2 {
+		t.Errorf("guest clock %d s off the host's after the hibernation", d)
 	}
 }
