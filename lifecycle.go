@@ -171,10 +171,26 @@ func (v *VM) start(ctx context.Context) (err error) {
 		return err
 	}
 	console := v.guardConsole(bootCtx)
+	if spec.Restore != nil && !rt.RestoreSelf {
+		// A resumed clone still is its snapshot's source until it takes
+		// its own identity, so it is recorded as running only after that:
+		// should this process die before, nobody holds the lock and the
+		// VM does not run, so the next look kills the QEMU by its name.
+		if err := v.reidentify(bootCtx); err != nil {
+			if bootCtx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+				return &TimeoutError{Op: "start", VM: v.id, Timeout: timeout, Detail: "the resumed guest did not take its new identity in time: " + err.Error()}
+			}
+			return err
+		}
+		v.log().Debug("start: new identity", "after", time.Since(began))
+	}
 	if err := v.update(ctx, func(row *store.VM, r *runtimeRecord) error {
 		row.State, row.PID, r.ProcStart = string(StateRunning), proc.PID, proc.Start
 		r.Network, r.Backend, r.StartedAt, r.Error = net, backend.Name(), time.Now().UTC(), ""
 		r.Cmdline, r.BootInitrd, r.Path = spec.Cmdline, spec.Initrd, bootPath
+		if spec.Restore != nil { // resumed once; from now on it boots from its disk
+			r.Restore, r.RestoreInitrd, r.RestoreCmdline, r.RestoreEnv, r.RestoreSelf = nil, "", "", nil, false
+		}
 		return nil
 	}); err != nil {
 		return err
@@ -186,15 +202,8 @@ func (v *VM) start(ctx context.Context) (err error) {
 		if err := v.setGuestClock(bootCtx); err != nil {
 			v.log().Warn("start: set the clock after hibernation", "err", err)
 		}
-	}
-	if spec.Restore != nil && !rt.RestoreSelf {
-		if err := v.reidentify(bootCtx); err != nil {
-			if bootCtx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
-				return &TimeoutError{Op: "start", VM: v.id, Timeout: timeout, Detail: "the resumed guest did not take its new identity in time: " + err.Error()}
-			}
-			return err
-		}
-		v.log().Debug("start: new identity", "after", time.Since(began))
+		os.Remove(spec.Restore.State)
+		os.Remove(spec.Restore.Memory)
 	}
 
 	if err := v.waitReady(bootCtx, proc, name, timeout); err != nil {
@@ -208,20 +217,8 @@ func (v *VM) start(ctx context.Context) (err error) {
 			return err
 		}
 	}
-	if spec.Restore != nil { // resumed once; from now on it boots from its disk
-		// (A clone keeps its copy of the snapshot's initramfs: it is the
-		// one its kernel runs with, which a hibernation needs again.)
-		if rt.RestoreSelf {
-			os.Remove(spec.Restore.State)
-			os.Remove(spec.Restore.Memory)
-		}
-		if err := v.update(ctx, func(_ *store.VM, r *runtimeRecord) error {
-			r.Restore, r.RestoreInitrd, r.RestoreCmdline, r.RestoreEnv, r.RestoreSelf = nil, "", "", nil, false
-			return nil
-		}); err != nil {
-			return err
-		}
-	}
+	// (A clone keeps its copy of the snapshot's initramfs: it is the one
+	// its kernel runs with, which a hibernation needs again.)
 	v.log().Info("started", "path", bootPath, "pid", proc.PID, "ip", net.GuestIP, "boot", time.Since(began).Round(time.Millisecond))
 	return nil
 }

@@ -91,8 +91,8 @@ func (v *VM) hibernate(ctx context.Context) error {
 	state, mem := v.paths.hibernation("state"), v.paths.hibernation("memory")
 	os.Remove(state)
 	os.Remove(mem)
-	files, _, err := snap.Snapshot(ctx, v.process(), v.paths.qmp(), "", "",
-		hypervisor.SnapshotFiles{State: state, Memory: mem, MemoryID: rt.Instance + "-hib-" + newInstance()}, true)
+	files, err := snap.Snapshot(ctx, v.process(), v.paths.qmp(),
+		hypervisor.SnapshotFiles{State: state, Memory: mem, MemoryID: rt.Instance + "-hib-" + newInstance()})
 	if err != nil {
 		os.Remove(state)
 		os.Remove(mem)

@@ -220,8 +220,8 @@ func (v *VM) snapshot(ctx context.Context, name string, o snapshotOptions) (*Sna
 		// Paused from here until the disk is copied too, so disk and
 		// memory agree.
 		began := time.Now()
-		files, _, err := snap.Snapshot(ctx, v.process(), v.paths.qmp(), "", "",
-			hypervisor.SnapshotFiles{State: snapshotState(tmp), Memory: snapshotMemory(tmp)}, true)
+		files, err := snap.Snapshot(ctx, v.process(), v.paths.qmp(),
+			hypervisor.SnapshotFiles{State: snapshotState(tmp), Memory: snapshotMemory(tmp)})
 		if err == nil {
 			err = qemuImgConvert(ctx, diskPath, rt.DiskBase, snapshotDisk(tmp))
 		}

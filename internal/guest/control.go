@@ -12,12 +12,12 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/smolvm/smolvm/internal/unixsock"
 	"golang.org/x/sys/unix"
 )
 
@@ -138,7 +138,7 @@ type Control struct {
 // the first is closed.
 func DialControl(ctx context.Context, socketPath string) (*Control, error) {
 	var conn net.Conn
-	err := shortSocketPath(socketPath, func(p string) error {
+	err := unixsock.Path(socketPath, func(p string) error {
 		var d net.Dialer
 		var err error
 		conn, err = d.DialContext(ctx, "unix", p)
@@ -307,22 +307,4 @@ func (c *Control) call(ctx context.Context, req controlRequest) (err error) {
 		}
 		return nil
 	}
-}
-
-// shortSocketPath calls fn with a path that reaches path and fits a UNIX
-// socket address (108 bytes): past that, through /proc/self/fd and an
-// open descriptor of its directory. (As internal/hypervisor/qemu does.)
-func shortSocketPath(path string, fn func(string) error) error {
-	const maxSocketPath = len(unix.RawSockaddrUnix{}.Path) - 1
-	if len(path) <= maxSocketPath {
-		return fn(path)
-	}
-	i := strings.LastIndexByte(path, '/')
-	dir, base := path[:i+1], path[i+1:]
-	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return &os.PathError{Op: "open", Path: dir, Err: err}
-	}
-	defer unix.Close(fd)
-	return fn("/proc/self/fd/" + strconv.Itoa(fd) + "/" + base)
 }

@@ -131,13 +131,12 @@ type Backend interface {
 
 // Snapshotter captures a running VM's memory and device state.
 type Snapshotter interface {
-	// Snapshot pauses the VM of process p (control socket control),
-	// writes its state to to.State and its RAM to to.Memory (or into
-	// State for a VM whose RAM is not its own to copy, a clone's: then
-	// to.Memory is left empty and the returned files say so), and copies
-	// disk to diskCopy while it is paused. Unless keepPaused, the VM runs
-	// on. It returns the files written and how long the VM was paused.
-	Snapshot(ctx context.Context, p Process, control, disk, diskCopy string, to SnapshotFiles, keepPaused bool) (SnapshotFiles, time.Duration, error)
+	// Snapshot stops the VM of process p (control socket control) and
+	// writes its state to to.State and its RAM to to.Memory, or into the
+	// state for a VM whose RAM is not its own to copy (a clone's: the files
+	// returned then have no Memory). The VM stays stopped, so that the
+	// caller can copy its disk to match; the caller resumes it.
+	Snapshot(ctx context.Context, p Process, control string, to SnapshotFiles) (SnapshotFiles, error)
 }
 
 // NamePrefix starts every VM process name.

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/smolvm/smolvm/internal/hypervisor"
+	"github.com/smolvm/smolvm/internal/unixsock"
 )
 
 // Start implements hypervisor.Backend.
@@ -279,25 +280,6 @@ func openTAP(name string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), "tap:"+name), nil
 }
 
-// maxSocketPath is what fits in sockaddr_un.sun_path with its NUL.
-const maxSocketPath = 107
-
-// shortPath calls fn with a path that reaches path and fits a UNIX socket
-// address: path itself, or /proc/self/fd/N/NAME through a descriptor of its
-// directory when a long state directory would overflow sun_path.
-func shortPath(path string, fn func(string) error) error {
-	if len(path) <= maxSocketPath {
-		return fn(path)
-	}
-	dir, base := path[:strings.LastIndexByte(path, '/')+1], path[strings.LastIndexByte(path, '/')+1:]
-	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return &os.PathError{Op: "open", Path: dir, Err: err}
-	}
-	defer unix.Close(fd)
-	return fn("/proc/self/fd/" + strconv.Itoa(fd) + "/" + base)
-}
-
 // listenUnix binds a listening UNIX socket at path (replacing a stale one)
 // and returns it as a file for QEMU to inherit.
 func listenUnix(path string) (*os.File, error) {
@@ -306,9 +288,9 @@ func listenUnix(path string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = shortPath(path, func(p string) error { return unix.Bind(fd, &unix.SockaddrUnix{Name: p}) })
+	err = unixsock.Path(path, func(p string) error { return unix.Bind(fd, &unix.SockaddrUnix{Name: p}) })
 	if err == nil { // only root (or the caller) may talk to the monitor
-		err = shortPath(path, func(p string) error { return unix.Chmod(p, 0o600) })
+		err = unixsock.Path(path, func(p string) error { return unix.Chmod(p, 0o600) })
 	}
 	if err == nil {
 		err = unix.Listen(fd, 8)

@@ -9,6 +9,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/smolvm/smolvm/internal/unixsock"
 )
 
 // QMP is one connection to a VM's QEMU Machine Protocol socket.
@@ -21,7 +23,7 @@ type QMP struct {
 func DialQMP(ctx context.Context, path string) (*QMP, error) {
 	var d net.Dialer
 	var conn net.Conn
-	err := shortPath(path, func(p string) (err error) {
+	err := unixsock.Path(path, func(p string) (err error) {
 		conn, err = d.DialContext(ctx, "unix", p)
 		return err
 	})

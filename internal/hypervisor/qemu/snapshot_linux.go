@@ -26,50 +26,36 @@ var _ hypervisor.Snapshotter = (*QEMU)(nil)
 // of KiB, milliseconds), and the RAM is copied aside from the memfd while
 // the VM is stopped. A VM restored from a snapshot maps that snapshot's RAM
 // privately; its RAM is not a file of its own, so it goes into the stream.
-func (q *QEMU) Snapshot(ctx context.Context, p hypervisor.Process, control, disk, diskCopy string, to hypervisor.SnapshotFiles, keepPaused bool) (hypervisor.SnapshotFiles, time.Duration, error) {
+func (q *QEMU) Snapshot(ctx context.Context, p hypervisor.Process, control string, to hypervisor.SnapshotFiles) (hypervisor.SnapshotFiles, error) {
 	m, err := DialQMP(ctx, control)
 	if err != nil {
-		return to, 0, err
+		return to, err
 	}
 	defer m.Close()
 	memfd := ownMemory(p.PID)
 	if memfd == "" {
 		to.Memory = ""
 	}
-	began := time.Now()
 	if _, err := m.Execute("stop", nil); err != nil {
-		return to, 0, err
-	}
-	resume := func() {
-		if !keepPaused {
-			m.Execute("cont", nil)
-		}
+		return to, err
 	}
 	if err := m.setIgnoreShared(memfd != ""); err != nil {
-		resume()
-		return to, 0, err
+		return to, err
 	}
 	state, err := os.OpenFile(to.State, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		resume()
-		return to, 0, err
+		return to, err
 	}
 	err = m.migrate(ctx, "migrate", state)
 	state.Close()
 	if err == nil && memfd != "" {
+		// Copied while the VM is stopped: nothing writes to its RAM.
 		err = sparseCopy(memfd, to.Memory)
 	}
-	if err == nil && diskCopy != "" {
-		err = sparseCopy(disk, diskCopy)
-	}
-	// The source's RAM must not be written to while it is copied: the
-	// copy above ran with the VM stopped.
-	paused := time.Since(began)
-	resume()
 	if err != nil {
-		return to, paused, fmt.Errorf("snapshot: %w", err)
+		return to, fmt.Errorf("snapshot: %w", err)
 	}
-	return to, paused, nil
+	return to, nil
 }
 
 // ownMemory finds the memfd of a booted VM's RAM among its descriptors;
