@@ -315,8 +315,27 @@ func (v *VM) recoverCapture(ctx context.Context) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if VMState(b) != StatePaused {
-		if _, err := q.Execute("cont", nil); err != nil {
-			return fmt.Errorf("undo an interrupted snapshot: %w", err)
+		// A migration that was still ending may stop the VM once more:
+		// continue until QEMU says it runs.
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			if _, err := q.Execute("cont", nil); err != nil {
+				return fmt.Errorf("undo an interrupted snapshot: %w", err)
+			}
+			raw, err := q.Execute("query-status", nil)
+			if err != nil {
+				return fmt.Errorf("undo an interrupted snapshot: %w", err)
+			}
+			var st struct {
+				Running bool `json:"running"`
+			}
+			json.Unmarshal(raw, &st)
+			if st.Running {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("undo an interrupted snapshot: the VM does not run again (%s)", raw)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
 	return os.Remove(v.paths.capturing())

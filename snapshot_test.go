@@ -17,6 +17,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/smolvm/smolvm"
+	"github.com/smolvm/smolvm/internal/hypervisor/qemu"
 	"github.com/smolvm/smolvm/internal/guest"
 )
 
@@ -593,7 +594,17 @@ func TestKilledHibernate(t *testing.T) {
 			t.Fatalf("state %s after a hibernation killed after %s", state, d)
 		}
 		if got, err := cli("exec", vm.ID(), "--", "cat", "/dev/shm/count"); err != nil || strings.TrimSpace(got) == "" {
-			t.Fatalf("VM after a hibernation killed after %s (%s): %q, %v", d, state, got, err)
+			// What QEMU says of it, and whether a capture marker is left.
+			qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if q, qerr := qemu.DialQMP(qctx, filepath.Join(vm.DataDir(), "qmp.sock")); qerr == nil {
+				st, _ := q.Execute("query-status", nil)
+				mig, _ := q.Execute("query-migrate", nil)
+				t.Logf("QEMU status %s, migration %s", st, mig)
+				q.Close()
+			}
+			cancel()
+			_, merr := os.Stat(filepath.Join(vm.DataDir(), "capturing"))
+			t.Fatalf("VM after a hibernation killed after %s (%s): %q, %v (capture marker: %v)", d, state, got, err, merr)
 		}
 	}
 	// The next hibernation itself undoes a killed one, whose migration
