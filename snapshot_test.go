@@ -17,8 +17,8 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/smolvm/smolvm"
-	"github.com/smolvm/smolvm/internal/hypervisor/qemu"
 	"github.com/smolvm/smolvm/internal/guest"
+	"github.com/smolvm/smolvm/internal/hypervisor/qemu"
 )
 
 // snapshotMiB is the guest memory of the snapshot tests: a memory
