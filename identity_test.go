@@ -143,14 +143,7 @@ func testIdentity(t *testing.T, mode string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	oldClientPEM, err := os.ReadFile(filepath.Join(vm.DataDir(), "id_ed25519"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	oldClient, err := ssh.ParsePrivateKey(oldClientPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
+	oldClient := clientKey(t, vm)
 	var opts []guest.DialOption
 	if info.Network.TAP != "" {
 		opts = append(opts, guest.Via(info.Network.TAP))

@@ -211,22 +211,7 @@ func TestNetworkEgressAndIsolation(t *testing.T) {
 		}
 	})
 	t.Run("host services", func(t *testing.T) {
-		ln, err := net.Listen("tcp", "0.0.0.0:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Write([]byte("host-service\n"))
-				c.Close()
-			}
-		}()
-		port := ln.Addr().(*net.TCPAddr).Port
+		port := serveLine(t, "0.0.0.0:0", "host-service")
 		host := a.Info().Network.Gateway
 		if res := run(t, ctx, a, fmt.Sprintf("nc -w 2 %s %d </dev/null", host, port)); strings.Contains(res.Stdout, "host-service") {
 			t.Fatal("a VM reached a host service on its TAP side")
@@ -270,22 +255,7 @@ func TestNetworkEgressAndIsolation(t *testing.T) {
 func TestUserModeNoHostLoopback(t *testing.T) {
 	ctx := testContext(t, 4*time.Minute)
 	vm := newVM(t, ctx, smolvm.VMConfig{}, smolvm.WithNetwork(smolvm.NetworkUser))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte("host-loopback-service\n"))
-			c.Close()
-		}
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
+	port := serveLine(t, "127.0.0.1:0", "host-loopback-service")
 	fwd, err := vm.Expose(ctx, 8001, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -379,4 +349,26 @@ func TestTAPGoneDialFails(t *testing.T) {
 	if after := tx(); after != before {
 		t.Errorf("%s sent %s -> %s packets: the dial left through another interface", veth, before, after)
 	}
+}
+
+// serveLine listens on addr until the test ends, answering each
+// connection with line, and returns the port.
+func serveLine(t *testing.T, addr, line string) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte(line + "\n"))
+			c.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
 }
