@@ -257,14 +257,7 @@ func TestIdentityRestoredClone(t *testing.T) {
 	if err := vm.Stop(ctx, 10*time.Second); err != nil {
 		t.Fatalf("stop the source: %v", err)
 	}
-	oldClientPEM, err := os.ReadFile(filepath.Join(vm.DataDir(), "id_ed25519"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	oldClient, err := ssh.ParsePrivateKey(oldClientPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
+	oldClient := clientKey(t, vm)
 
 	type clone struct {
 		ctrl      *guest.Control

@@ -45,20 +45,7 @@ func newOutsideHost(t *testing.T) *outsideHost {
 	if os.Geteuid() != 0 {
 		t.Skip("network test skipped: needs root for network namespaces and TAP devices")
 	}
-	name := fmt.Sprintf("smoltest-out-%d", os.Getpid())
-	veth := fmt.Sprintf("sout%d", os.Getpid()%100000)
-	sh := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %v: %v: %s", args, err, out)
-		}
-	}
-	sh("netns", "add", name)
-	t.Cleanup(func() {
-		exec.Command("ip", "link", "del", veth).Run()
-		exec.Command("ip", "netns", "del", name).Run()
-	})
-	sh("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
+	name, veth, sh := vethNamespace(t, "out")
 	sh("addr", "add", outsideHostIP+"/24", "dev", veth)
 	sh("link", "set", veth, "up")
 	sh("-n", name, "addr", "add", outsideFarIP+"/24", "dev", "eth0")
@@ -289,20 +276,7 @@ func TestTAPGoneDialFails(t *testing.T) {
 	startVM(t, ctx, vm)
 	info := vm.Info()
 
-	name := fmt.Sprintf("smoltest-watch-%d", os.Getpid())
-	veth := fmt.Sprintf("swat%d", os.Getpid()%100000)
-	sh := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %v: %v: %s", args, err, out)
-		}
-	}
-	sh("netns", "add", name)
-	t.Cleanup(func() {
-		exec.Command("ip", "link", "del", veth).Run()
-		exec.Command("ip", "netns", "del", name).Run()
-	})
-	sh("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
+	name, veth, sh := vethNamespace(t, "wat")
 	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+veth+"/disable_ipv6", []byte("1"), 0o644); err != nil {
 		t.Fatal(err) // quiet: no router solicitations to count
 	}
@@ -371,4 +345,26 @@ func serveLine(t *testing.T, addr, line string) int {
 		}
 	}()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// vethNamespace makes a network namespace of the test's own with a veth
+// pair: eth0 inside it, the returned veth on the host; both go when the
+// test ends. sh runs `ip` and fails the test on error.
+func vethNamespace(t *testing.T, tag string) (ns, veth string, sh func(args ...string)) {
+	t.Helper()
+	ns = fmt.Sprintf("smoltest-%s-%d", tag, os.Getpid())
+	veth = fmt.Sprintf("s%s%d", tag, os.Getpid()%100000)
+	sh = func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	sh("netns", "add", ns)
+	t.Cleanup(func() {
+		exec.Command("ip", "link", "del", veth).Run()
+		exec.Command("ip", "netns", "del", ns).Run()
+	})
+	sh("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+	return ns, veth, sh
 }
