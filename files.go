@@ -2,8 +2,13 @@ package smolvm
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
 	"strings"
 
 	"github.com/pkg/sftp"
@@ -41,6 +46,107 @@ func (v *VM) Download(ctx context.Context, guestPath, local string) error {
 	return opError("download", v.id, v.withSFTP(ctx, func(c *sftp.Client) error {
 		return destinationError(guest.Download(ctx, c, guestPath, local, v.log()))
 	}))
+}
+
+// WriteFile streams r into the guest file guestPath (an absolute path),
+// replacing it atomically: the bytes go to a temporary file beside it,
+// which is renamed over guestPath only once complete, so a failure or a
+// cancelled ctx leaves the old file (or none) in place. Missing parent
+// directories are made; perm 0 means 0644. It returns the bytes written.
+func (v *VM) WriteFile(ctx context.Context, guestPath string, r io.Reader, perm fs.FileMode) (int64, error) {
+	if err := checkGuestPath(guestPath); err != nil {
+		return 0, opError("write file", v.id, err)
+	}
+	if perm == 0 {
+		perm = 0o644
+	}
+	var n int64
+	err := v.withSFTP(ctx, func(c *sftp.Client) error {
+		dir := path.Dir(guestPath)
+		if err := c.MkdirAll(dir); err != nil {
+			return fmt.Errorf("create %s in the guest: %w", dir, err)
+		}
+		tmp := path.Join(dir, ".smolvm-"+rand.Text())
+		f, err := c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+		if err != nil {
+			return fmt.Errorf("%s: %w", guestPath, err)
+		}
+		n, err = f.ReadFrom(r)
+		if err == nil {
+			err = f.Chmod(perm.Perm())
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = c.PosixRename(tmp, guestPath)
+		}
+		if err != nil {
+			c.Remove(tmp)
+			return fmt.Errorf("%s: %w", guestPath, err)
+		}
+		return nil
+	})
+	return n, opError("write file", v.id, err)
+}
+
+// ReadFile streams the guest file guestPath (an absolute path) to w and
+// returns the bytes copied. A missing file matches fs.ErrNotExist; a
+// directory or special file is ErrInvalid.
+func (v *VM) ReadFile(ctx context.Context, guestPath string, w io.Writer) (int64, error) {
+	if err := checkGuestPath(guestPath); err != nil {
+		return 0, opError("read file", v.id, err)
+	}
+	var n int64
+	err := v.withSFTP(ctx, func(c *sftp.Client) error {
+		// Stat first: opening a FIFO would block until the guest writes.
+		if fi, err := c.Stat(guestPath); err != nil {
+			return fmt.Errorf("%s: %w", guestPath, err)
+		} else if !fi.Mode().IsRegular() {
+			return &ValidationError{Field: "path", Value: guestPath, Reason: "is a " + fileKind(fi.Mode()) + ", not a file"}
+		}
+		f, err := c.Open(guestPath)
+		if err != nil {
+			return fmt.Errorf("%s: %w", guestPath, err)
+		}
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			return fmt.Errorf("%s: %w", guestPath, err)
+		}
+		if !fi.Mode().IsRegular() {
+			return &ValidationError{Field: "path", Value: guestPath, Reason: "is a " + fileKind(fi.Mode()) + ", not a file"}
+		}
+		n, err = f.WriteTo(w)
+		if err != nil {
+			return fmt.Errorf("%s: %w", guestPath, err)
+		}
+		return nil
+	})
+	return n, opError("read file", v.id, err)
+}
+
+func checkGuestPath(p string) error {
+	if !path.IsAbs(p) || strings.ContainsRune(p, 0) || path.Clean(p) == "/" {
+		return &ValidationError{Field: "guest path", Value: p, Reason: "must be an absolute path to a file, such as /tmp/data.txt"}
+	}
+	return nil
+}
+
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "directory"
+	case m&fs.ModeSymlink != 0:
+		return "symlink"
+	case m&fs.ModeNamedPipe != 0:
+		return "FIFO"
+	case m&fs.ModeDevice != 0:
+		return "device"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	}
+	return "special file"
 }
 
 // destinationError turns a destination that cannot take the copy into a

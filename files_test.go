@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -121,6 +122,8 @@ func TestFileTransfer(t *testing.T) {
 	t.Run("hostile guest", func(t *testing.T) { testDownloadHostileGuest(t, ctx, vm) })
 	t.Run("host links", func(t *testing.T) { testUploadHostLinks(t, ctx, vm) })
 
+	t.Run("streams", func(t *testing.T) { testFileStreams(t, ctx, vm) })
+
 	t.Run("missing", func(t *testing.T) {
 		if err := vm.Download(ctx, "/no/such/file", filepath.Join(dir, "x")); err == nil || !strings.Contains(err.Error(), "/no/such/file") {
 			t.Fatalf("got %v", err)
@@ -129,6 +132,44 @@ func TestFileTransfer(t *testing.T) {
 			t.Fatal("upload of a missing file succeeded")
 		}
 	})
+}
+
+// testFileStreams checks WriteFile and ReadFile: bytes round-trip, the
+// mode is applied, parents are made, and wrong targets are clear errors.
+func testFileStreams(t *testing.T, ctx context.Context, vm *smolvm.VM) {
+	data := make([]byte, 3<<20+17)
+	rand.Read(data)
+	n, err := vm.WriteFile(ctx, "/tmp/streams/new/data.bin", bytes.NewReader(data), 0o600)
+	if err != nil || n != int64(len(data)) {
+		t.Fatalf("WriteFile = %d, %v", n, err)
+	}
+	res, err := vm.Run(ctx, "stat -c %a /tmp/streams/new/data.bin; ls -a /tmp/streams/new")
+	if err != nil || res.Stdout != "600\n.\n..\ndata.bin\n" {
+		t.Fatalf("guest sees %q, %v (want mode 600 and no temporary file left)", res.Stdout, err)
+	}
+	var got bytes.Buffer
+	if n, err := vm.ReadFile(ctx, "/tmp/streams/new/data.bin", &got); err != nil || n != int64(len(data)) || !bytes.Equal(got.Bytes(), data) {
+		t.Fatalf("ReadFile = %d, %v; equal %v", n, err, bytes.Equal(got.Bytes(), data))
+	}
+	if _, err := vm.Run(ctx, "mkfifo /tmp/streams/fifo"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path string
+		want error
+	}{
+		{"/tmp/streams/none", os.ErrNotExist},
+		{"/tmp/streams", smolvm.ErrInvalid},
+		{"/tmp/streams/fifo", smolvm.ErrInvalid},
+		{"relative/path", smolvm.ErrInvalid},
+	} {
+		if _, err := vm.ReadFile(ctx, tc.path, io.Discard); !errors.Is(err, tc.want) {
+			t.Errorf("ReadFile(%s) = %v, want %v", tc.path, err, tc.want)
+		}
+	}
+	if _, err := vm.WriteFile(ctx, "/", strings.NewReader("x"), 0); !errors.Is(err, smolvm.ErrInvalid) {
+		t.Errorf("WriteFile(/) = %v, want ErrInvalid", err)
+	}
 }
 
 // testDownloadHostileGuest has the guest plant links, device nodes and
