@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"slices"
@@ -61,6 +60,12 @@ func TestRoundTripFigures(t *testing.T) {
 			}
 			return nil
 		}},
+		{"http api health (net/http, no guest)", func() error {
+			if r := ts.do(t, ctx, "GET", "/v1/health", nil); r.status != 200 {
+				t.Fatalf("%d %s", r.status, r.body)
+			}
+			return nil
+		}},
 	}
 	if curl != "" {
 		kinds = append(kinds,
@@ -98,5 +103,4 @@ func TestRoundTripFigures(t *testing.T) {
 			times[i][len(times[i])/10].Round(time.Microsecond), times[i][len(times[i])*9/10].Round(time.Microsecond), n)
 	}
 	t.Logf("API overhead over the Go SDK (median difference): %v", (med[1] - med[0]).Round(time.Microsecond))
-	_ = context.Background
 }
