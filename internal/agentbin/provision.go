@@ -1,0 +1,371 @@
+package agentbin
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"debug/buildinfo"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/smolvm/smolvm/internal/flock"
+	"github.com/smolvm/smolvm/internal/statedir"
+)
+
+// ModulePath is the module the agent's source comes from.
+const ModulePath = "github.com/smolvm/smolvm"
+
+// ErrNoAgent is wrapped by every failure to provide an agent: the fix is
+// always to name one (SMOLVM_AGENT or smolvm.WithAgent).
+var ErrNoAgent = errors.New("no smolvm guest agent")
+
+// howToFix is the advice every ErrNoAgent carries.
+const howToFix = "set SMOLVM_AGENT to a static smolvm-agent binary (CGO_ENABLED=0 go build -o smolvm-agent " + ModulePath + "/cmd/smolvm-agent) or pass smolvm.WithAgent"
+
+// Options configure Provision.
+type Options struct {
+	// CacheDir holds the agents built, one file per source. Required. It
+	// and its parent are made (or must be) private to this user: what is
+	// in it becomes PID 1 of every VM.
+	CacheDir string
+	// Go is the go command. Default: go on PATH, else $GOROOT/bin/go.
+	Go string
+	// Progress receives a line when a build starts and ends; nil = none.
+	Progress io.Writer
+	// Logger receives the same at info level; nil = discard.
+	Logger *slog.Logger
+}
+
+// Source is the smolvm module source an agent is built from.
+type Source struct {
+	Dir     string // module root: go.mod and cmd/smolvm-agent
+	Version string // the module's version, "(devel)" for a checkout
+}
+
+// Provision returns a static agent built from the source of the smolvm
+// module this program was built with, so that host and guest halves
+// match. It builds with the Go toolchain the first time a source is seen
+// (CGO_ENABLED=0, -trimpath) and keeps the result in o.CacheDir, keyed by
+// the module's version and a hash of its Go sources; processes asking at
+// once build it once (the others wait on a lock). Every failure wraps
+// ErrNoAgent and says how to name an agent instead.
+func Provision(ctx context.Context, o Options) (string, error) {
+	path, err := provision(ctx, o)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w; %s", ErrNoAgent, err, howToFix)
+	}
+	return path, nil
+}
+
+func provision(ctx context.Context, o Options) (string, error) {
+	if o.CacheDir == "" {
+		return "", errors.New("agentbin: no cache directory")
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	src, err := FindSource(ctx, o.Go)
+	if err != nil {
+		return "", err
+	}
+	key, err := sourceKey(src)
+	if err != nil {
+		return "", fmt.Errorf("hashing the agent's source in %s: %w", src.Dir, err)
+	}
+	if err := privateDir(o.CacheDir); err != nil {
+		return "", err
+	}
+	path := filepath.Join(o.CacheDir, "smolvm-agent-"+key)
+	if ok, err := cached(path); ok || err != nil {
+		return path, err
+	}
+	unlock, err := flock.Lock(ctx, filepath.Join(o.CacheDir, ".lock"), statedir.FileMode)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if ok, err := cached(path); ok || err != nil {
+		return path, err // another process built it while we waited
+	}
+	goCmd, err := goCommand(o.Go)
+	if err != nil {
+		return "", err
+	}
+	if o.Progress != nil {
+		fmt.Fprintf(o.Progress, "building the smolvm guest agent from %s (once per smolvm version)\n", src.Dir)
+	}
+	log.Info("building the guest agent", "source", src.Dir, "version", src.Version, "go", goCmd)
+	start := time.Now()
+	if err := build(ctx, goCmd, src.Dir, path); err != nil {
+		return "", err
+	}
+	took := time.Since(start).Round(100 * time.Millisecond)
+	if o.Progress != nil {
+		fmt.Fprintf(o.Progress, "  done in %s: %s\n", took, path)
+	}
+	log.Info("built the guest agent", "path", path, "took", took)
+	return path, nil
+}
+
+// build compiles cmd/smolvm-agent in dir into path, through a temporary
+// file in path's directory, so a killed build never leaves a file under
+// the final name.
+func build(ctx context.Context, goCmd, dir, path string) error {
+	tmp, err := os.MkdirTemp(filepath.Dir(path), ".build-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	out := filepath.Join(tmp, "smolvm-agent")
+	cmd := exec.CommandContext(ctx, goCmd, "build", "-trimpath", "-ldflags=-s -w", "-o", out, "./cmd/smolvm-agent")
+	cmd.Dir = dir
+	// The guest's init: static, for the guest's platform, from the
+	// module's own go.mod (no workspace, no vendor directory, no VCS
+	// stamping, which fails in copies of a repository).
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOWORK=off", "GOFLAGS=-mod=readonly -buildvcs=false")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build ./cmd/smolvm-agent in %s: %w\n%s", dir, err, strings.TrimSpace(string(b)))
+	}
+	if err := os.Chmod(out, 0o700); err != nil {
+		return err
+	}
+	return os.Rename(out, path)
+}
+
+// cached reports whether path is a built agent this user can trust: a
+// regular file of its own that nobody else can write.
+func cached(path string) (bool, error) {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o022 != 0 || !ownedByMe(fi) {
+		return false, fmt.Errorf("cached agent %s is not a private file of this user (%v); remove it", path, fi.Mode())
+	}
+	return true, nil
+}
+
+// privateDir makes dir (and missing parents) and checks that only this
+// user can change what is in it: dir 0700 and its own, and its parent not
+// open to others' writes either (they could swap dir itself).
+func privateDir(dir string) error {
+	parent := filepath.Dir(dir)
+	if err := os.MkdirAll(parent, statedir.DirMode); err != nil {
+		return fmt.Errorf("agent cache: %w", err)
+	}
+	fi, err := os.Stat(parent)
+	if err != nil {
+		return fmt.Errorf("agent cache: %w", err)
+	}
+	if m := fi.Mode(); m&0o022 != 0 && m&fs.ModeSticky == 0 {
+		return fmt.Errorf("agent cache: %s is writable by other users (%v), who could replace the agent", parent, m.Perm())
+	}
+	if err := statedir.Ensure(dir); err != nil {
+		return fmt.Errorf("agent cache: %w", err)
+	}
+	return nil
+}
+
+func ownedByMe(fi fs.FileInfo) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && int(st.Uid) == os.Geteuid()
+}
+
+// goCommand finds the go command: given, on PATH, or in $GOROOT/bin.
+func goCommand(given string) (string, error) {
+	if given != "" {
+		return exec.LookPath(given)
+	}
+	if p, err := exec.LookPath("go"); err == nil {
+		return p, nil
+	}
+	if root := os.Getenv("GOROOT"); root != "" {
+		if p, err := exec.LookPath(filepath.Join(root, "bin", "go")); err == nil {
+			return p, nil
+		}
+	}
+	return "", errors.New("no Go toolchain to build one with (go is not on PATH)")
+}
+
+// FindSource locates the source of the smolvm module this program was
+// built with: the directory it was compiled from when that still exists
+// (a checkout, a replace directive's directory, the module cache), else
+// the module cache's copy of its version (go mod download, which may
+// fetch it through GOPROXY).
+func FindSource(ctx context.Context, goCmd string) (Source, error) {
+	version, replaceDir := selfModule()
+	src := Source{Version: version}
+	// Without -trimpath, the compiler recorded this file's absolute path:
+	// <module root>/internal/agentbin/provision.go.
+	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
+		if root := filepath.Dir(filepath.Dir(filepath.Dir(file))); isModuleRoot(root) {
+			src.Dir = root
+			return src, nil
+		}
+	}
+	if replaceDir != "" && filepath.IsAbs(replaceDir) && isModuleRoot(replaceDir) {
+		src.Dir = replaceDir
+		return src, nil
+	}
+	if version == "" || version == "(devel)" || replaceDir != "" {
+		return src, errors.New("cannot find the source of the smolvm module this program was built from (built with -trimpath from a checkout or a relative replace directory that is not here)")
+	}
+	g, err := goCommand(goCmd)
+	if err != nil {
+		return src, err
+	}
+	cmd := exec.CommandContext(ctx, g, "mod", "download", "-json", ModulePath+"@"+version)
+	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=")
+	cmd.Dir = os.TempDir() // outside any module
+	out, err := cmd.Output()
+	var info struct{ Dir, Error string }
+	if jerr := json.Unmarshal(out, &info); jerr == nil && info.Error != "" {
+		err = errors.New(info.Error)
+	}
+	if err != nil {
+		return src, fmt.Errorf("go mod download %s@%s: %w", ModulePath, version, err)
+	}
+	if !isModuleRoot(info.Dir) {
+		return src, fmt.Errorf("go mod download %s@%s: %q holds no cmd/smolvm-agent", ModulePath, version, info.Dir)
+	}
+	src.Dir = info.Dir
+	return src, nil
+}
+
+// selfModule returns the version of the smolvm module in this program's
+// build info ("(devel)" when it is the main module or a directory
+// replacement) and, for a directory replacement, its directory as the
+// main module's go.mod wrote it.
+func selfModule() (version, replaceDir string) {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "", ""
+	}
+	if bi.Main.Path == ModulePath {
+		return bi.Main.Version, ""
+	}
+	for _, m := range bi.Deps {
+		if m.Path != ModulePath {
+			continue
+		}
+		if r := m.Replace; r != nil {
+			if r.Version == "" {
+				return "(devel)", r.Path
+			}
+			return r.Version, ""
+		}
+		return m.Version, ""
+	}
+	return "", ""
+}
+
+// ModuleVersion returns the smolvm module version in the build info of
+// the binary at path ("" if it has none, or is not smolvm's), so a
+// smolvm found on PATH can be compared with this program's.
+func ModuleVersion(path string) string {
+	bi, err := buildinfo.ReadFile(path)
+	if err != nil || bi.Main.Path != ModulePath {
+		return ""
+	}
+	return bi.Main.Version
+}
+
+// SelfVersion returns the version of the smolvm module this program was
+// built with, "(devel)" for a checkout.
+func SelfVersion() string {
+	v, _ := selfModule()
+	return v
+}
+
+// isModuleRoot reports whether dir holds the smolvm module's go.mod and
+// the agent's main package.
+func isModuleRoot(dir string) bool {
+	if _, err := os.Stat(filepath.Join(dir, "cmd", "smolvm-agent", "main.go")); err != nil {
+		return false
+	}
+	f, err := os.Open(filepath.Join(dir, "go.mod"))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if m, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "module "); ok {
+			return strings.Trim(strings.TrimSpace(m), `"`) == ModulePath
+		}
+	}
+	return false
+}
+
+// sourceKey names an agent build: the module version (readable) and a
+// hash of every non-test Go file, go.mod and go.sum of the module, which
+// is what the build reads. A whole-module hash rebuilds the agent for
+// host-only edits too, but never misses a change; the rebuilt binary is
+// byte-identical then, so images and templates keyed by the agent's hash
+// stay valid.
+func sourceKey(src Source) (string, error) {
+	h := sha256.New()
+	err := filepath.WalkDir(src.Dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		name := d.Name()
+		if d.IsDir() {
+			if p == src.Dir {
+				return nil
+			}
+			if strings.HasPrefix(name, ".") || strings.HasPrefix(name, "_") || name == "testdata" {
+				return filepath.SkipDir
+			}
+			if _, err := os.Stat(filepath.Join(p, "go.mod")); err == nil {
+				return filepath.SkipDir // another module, not built with this one
+			}
+			return nil
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		isGo := strings.HasSuffix(name, ".go") && !strings.HasSuffix(name, "_test.go")
+		rel, _ := filepath.Rel(src.Dir, p)
+		if !isGo && rel != "go.mod" && rel != "go.sum" {
+			return nil
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(h, "%s\x00%d\x00", rel, len(data))
+		h.Write(data)
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	v := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' {
+			return r
+		}
+		return -1
+	}, src.Version)
+	if v == "" || v == "devel" {
+		v = "devel"
+	}
+	return v + "-" + hex.EncodeToString(h.Sum(nil)[:8]), nil
+}
