@@ -1,0 +1,153 @@
+package smolvm_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/smolvm/smolvm"
+)
+
+// TestImportGraphLean: a program that only creates VMs links no registry
+// client, Docker config code or CLI framework (they come with image/oci
+// and cmd/smolvm, which wire them in explicitly).
+func TestImportGraphLean(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "github.com/smolvm/smolvm").Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	for _, bad := range []string{
+		"github.com/google/go-containerregistry/",
+		"github.com/docker/",
+		"github.com/sirupsen/logrus",
+		"github.com/spf13/cobra",
+		"github.com/smolvm/smolvm/image/oci",
+	} {
+		for _, d := range deps {
+			if strings.HasPrefix(d, bad) {
+				t.Errorf("the root package depends on %s", d)
+			}
+		}
+	}
+	t.Logf("%d packages in go list -deps github.com/smolvm/smolvm", len(deps))
+}
+
+// readmeProgram returns the Go program in the README's Library section.
+func readmeProgram(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, lib, ok := strings.Cut(string(data), "\n## Library\n")
+	_, code, ok2 := strings.Cut(lib, "```go\n")
+	code, _, ok3 := strings.Cut(code, "```\n")
+	if !ok || !ok2 || !ok3 || !strings.Contains(code, "package main") {
+		t.Fatal("README.md has no complete Go program in its Library section")
+	}
+	return code
+}
+
+// TestReadmeProgram builds the README's library program in a fresh module
+// outside the repository, as a user would after go get, and runs it with
+// no agent configured and no smolvm on PATH: the SDK has to build its own
+// guest agent, and a real VM has to boot with it and answer.
+func TestReadmeProgram(t *testing.T) {
+	requireVM(t)
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("go is not on PATH")
+	}
+	checkout, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod := t.TempDir()
+	goMod := "module example.com/hello\n\ngo 1.26.8\n\nrequire github.com/smolvm/smolvm v0.0.0\n\nreplace github.com/smolvm/smolvm => " + checkout + "\n"
+	// smolvm's go.sum covers every module the program needs, so nothing
+	// is looked up in the checksum database.
+	sum, err := os.ReadFile(filepath.Join(checkout, "go.sum"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string]string{"go.mod": goMod, "go.sum": string(sum), "main.go": readmeProgram(t)} {
+		if err := os.WriteFile(filepath.Join(mod, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := testContext(t, 10*time.Minute)
+	prog := filepath.Join(mod, "hello")
+	build := exec.CommandContext(ctx, goBin, "build", "-o", prog, ".")
+	build.Dir = mod
+	build.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOWORK=off")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the README program: %v\n%s", err, out)
+	}
+	if fi, err := os.Stat(prog); err == nil {
+		t.Logf("README program: %.1f MiB", float64(fi.Size())/(1<<20))
+	}
+
+	// A user's environment: Go and the system on PATH, no smolvm, no
+	// SMOLVM_AGENT; a state directory and an agent cache of its own (the
+	// Go build cache stays shared, or this would compile for minutes).
+	home, cache := t.TempDir(), t.TempDir()
+	goCache, err := exec.Command(goBin, "env", "GOCACHE").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Dir(goBin) + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	for _, dir := range filepath.SplitList(path) {
+		for _, name := range []string{"smolvm", "smolvm-agent"} {
+			if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+				t.Skipf("%s is on PATH in %s; this test needs a machine without one", name, dir)
+			}
+		}
+	}
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case "PATH", "SMOLVM_AGENT", "SMOLVM_HOME", "XDG_CACHE_HOME", "GOCACHE":
+		default:
+			env = append(env, kv)
+		}
+	}
+	env = append(env, "PATH="+path, "SMOLVM_HOME="+home, "XDG_CACHE_HOME="+cache, "GOCACHE="+strings.TrimSpace(string(goCache)))
+	t.Cleanup(func() {
+		// The program deletes its VM; whatever it could not is a failure.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		vms, _ := smolvm.List(ctx, smolvm.WithHome(home))
+		for _, info := range vms {
+			t.Errorf("the README program left VM %s (%s)", info.ID, info.State)
+			if vm, err := smolvm.FromID(ctx, info.ID, smolvm.WithHome(home)); err == nil {
+				vm.Delete(ctx)
+			}
+		}
+	})
+	run := exec.CommandContext(ctx, prog)
+	run.Dir = mod
+	run.Env = env
+	start := time.Now()
+	out, err := run.Output()
+	if err != nil {
+		stderr := ""
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		t.Fatalf("README program: %v\nstdout: %s\nstderr: %s", err, out, stderr)
+	}
+	t.Logf("first run (agent build, image build, boot, command) took %v:\n%s", time.Since(start).Round(time.Millisecond), out)
+	if !strings.HasPrefix(string(out), "Linux ") || !strings.HasSuffix(string(out), "\n0") {
+		t.Errorf("output %q: want `uname -a` from the guest, then exit code 0", out)
+	}
+	agents, _ := filepath.Glob(filepath.Join(cache, "smolvm", "agent", "smolvm-agent-*"))
+	if len(agents) != 1 {
+		t.Errorf("agents built into the user's cache: %v; want one", agents)
+	}
+}
