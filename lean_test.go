@@ -1,7 +1,9 @@
 package smolvm_test
 
 import (
+	"archive/zip"
 	"context"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,9 +56,12 @@ func readmeProgram(t *testing.T) string {
 }
 
 // TestReadmeProgram builds the README's library program in a fresh module
-// outside the repository, as a user would after go get, and runs it with
-// no agent configured and no smolvm on PATH: the SDK has to build its own
-// guest agent, and a real VM has to boot with it and answer.
+// outside the repository, as a user would, and runs it with no agent
+// configured and no smolvm on PATH: the SDK has to build its own guest
+// agent, and a real VM has to boot with it and answer. Two ways to get
+// the module: a replace directive pointing at this checkout (source found
+// where it was compiled from), and a released version from a module proxy
+// built with -trimpath (source found with go mod download).
 func TestReadmeProgram(t *testing.T) {
 	requireVM(t)
 	goBin, err := exec.LookPath("go")
@@ -67,8 +72,45 @@ func TestReadmeProgram(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Run("replace", func(t *testing.T) {
+		goMod := "module example.com/hello\n\ngo 1.26.8\n\nrequire github.com/smolvm/smolvm v0.0.0\n\nreplace github.com/smolvm/smolvm => " + checkout + "\n"
+		runReadmeProgram(t, goBin, checkout, goMod, nil, nil)
+	})
+	t.Run("release", func(t *testing.T) {
+		// A proxy serving this checkout as v0.0.1, in front of the local
+		// module cache's download directory (itself a valid GOPROXY), so
+		// nothing is fetched from the network; a module cache of its own,
+		// where the module lands read-only as from any proxy.
+		const version = "v0.0.1"
+		proxy := moduleProxy(t, checkout, version)
+		realCache, err := exec.Command(goBin, "env", "GOMODCACHE").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		modCache := t.TempDir()
+		env := []string{
+			"GOPROXY=file://" + proxy + ",file://" + filepath.Join(strings.TrimSpace(string(realCache)), "cache", "download"),
+			"GOMODCACHE=" + modCache, "GOSUMDB=off",
+			// As TestMain builds the CLI (static, -trimpath), so the Go
+			// build cache has most packages already.
+			"CGO_ENABLED=0",
+		}
+		t.Cleanup(func() {
+			clean := exec.Command(goBin, "clean", "-modcache")
+			clean.Env = append(os.Environ(), env...)
+			if out, err := clean.CombinedOutput(); err != nil {
+				t.Errorf("go clean -modcache: %v\n%s", err, out)
+			}
+		})
+		goMod := "module example.com/hello\n\ngo 1.26.8\n\nrequire github.com/smolvm/smolvm " + version + "\n"
+		runReadmeProgram(t, goBin, checkout, goMod, []string{"-trimpath"}, env)
+	})
+}
+
+// runReadmeProgram builds the README program in a module with goMod and
+// runs it as a user without smolvm would; env is added to both.
+func runReadmeProgram(t *testing.T, goBin, checkout, goMod string, buildFlags, env []string) {
 	mod := t.TempDir()
-	goMod := "module example.com/hello\n\ngo 1.26.8\n\nrequire github.com/smolvm/smolvm v0.0.0\n\nreplace github.com/smolvm/smolvm => " + checkout + "\n"
 	// smolvm's go.sum covers every module the program needs, so nothing
 	// is looked up in the checksum database.
 	sum, err := os.ReadFile(filepath.Join(checkout, "go.sum"))
@@ -82,14 +124,15 @@ func TestReadmeProgram(t *testing.T) {
 	}
 	ctx := testContext(t, 10*time.Minute)
 	prog := filepath.Join(mod, "hello")
-	build := exec.CommandContext(ctx, goBin, "build", "-o", prog, ".")
+	build := exec.CommandContext(ctx, goBin, append(append([]string{"build"}, buildFlags...), "-o", prog, ".")...)
 	build.Dir = mod
-	build.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOWORK=off")
+	build.Env = append(append(os.Environ(), "GOFLAGS=-mod=mod", "GOWORK=off"), env...)
+	start := time.Now()
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building the README program: %v\n%s", err, out)
 	}
 	if fi, err := os.Stat(prog); err == nil {
-		t.Logf("README program: %.1f MiB", float64(fi.Size())/(1<<20))
+		t.Logf("README program: %.1f MiB, built in %v", float64(fi.Size())/(1<<20), time.Since(start).Round(time.Millisecond))
 	}
 
 	// A user's environment: Go and the system on PATH, no smolvm, no
@@ -108,16 +151,16 @@ func TestReadmeProgram(t *testing.T) {
 			}
 		}
 	}
-	var env []string
+	var runEnv []string
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
 		case "PATH", "SMOLVM_AGENT", "SMOLVM_HOME", "XDG_CACHE_HOME", "GOCACHE":
 		default:
-			env = append(env, kv)
+			runEnv = append(runEnv, kv)
 		}
 	}
-	env = append(env, "PATH="+path, "SMOLVM_HOME="+home, "XDG_CACHE_HOME="+cache, "GOCACHE="+strings.TrimSpace(string(goCache)))
+	runEnv = append(append(runEnv, "PATH="+path, "SMOLVM_HOME="+home, "XDG_CACHE_HOME="+cache, "GOCACHE="+strings.TrimSpace(string(goCache))), env...)
 	t.Cleanup(func() {
 		// The program deletes its VM; whatever it could not is a failure.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -132,8 +175,8 @@ func TestReadmeProgram(t *testing.T) {
 	})
 	run := exec.CommandContext(ctx, prog)
 	run.Dir = mod
-	run.Env = env
-	start := time.Now()
+	run.Env = runEnv
+	start = time.Now()
 	out, err := run.Output()
 	if err != nil {
 		stderr := ""
@@ -150,4 +193,77 @@ func TestReadmeProgram(t *testing.T) {
 	if len(agents) != 1 {
 		t.Errorf("agents built into the user's cache: %v; want one", agents)
 	}
+	t.Logf("agent: %v", agents)
+}
+
+// moduleProxy writes a GOPROXY directory (file://) serving the module in
+// dir as version: its go.mod, and a zip of its files as the go command
+// makes them (no VCS metadata, no nested modules, no build output).
+func moduleProxy(t *testing.T, dir, version string) string {
+	t.Helper()
+	const modPath = "github.com/smolvm/smolvm"
+	proxy := t.TempDir()
+	at := filepath.Join(proxy, filepath.FromSlash(modPath), "@v")
+	if err := os.MkdirAll(at, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	goMod, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(at, version+".zip"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zw := zip.NewWriter(f)
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if d.IsDir() {
+			if p == dir {
+				return nil
+			}
+			if strings.HasPrefix(d.Name(), ".") || rel == "bin" {
+				return filepath.SkipDir
+			}
+			if _, err := os.Stat(filepath.Join(p, "go.mod")); err == nil {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !d.Type().IsRegular() || rel == filepath.Join("internal", "agentbin", "smolvm-agent") {
+			return nil
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		w, err := zw.Create(modPath + "@" + version + "/" + filepath.ToSlash(rel))
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(data)
+		return err
+	})
+	if cerr := zw.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string]string{
+		"list":            version + "\n",
+		version + ".info": `{"Version":"` + version + `","Time":"2026-12-01T00:00:00Z"}`,
+		version + ".mod":  string(goMod),
+	} {
+		if err := os.WriteFile(filepath.Join(at, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return proxy
 }
