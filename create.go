@@ -77,7 +77,7 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	}
 	if s.snapshot == nil && (cfg.KernelPath == "" || cfg.InitrdPath == "") {
 		// Once, before the warm template and the cold path both need it.
-		if s.agent, err = resolveAgent(ctx, s); err != nil {
+		if s.agent, err = newBuilder(s).ResolveAgent(ctx); err != nil {
 			return nil, opError("create", cfg.ID, err)
 		}
 	}
@@ -386,7 +386,7 @@ func randomID() string {
 // analogue of the reference's (kernel, rootfs) and SSH_BOOT_ARGS).
 func DefaultImage(ctx context.Context, opts ...Option) (*image.Image, error) {
 	s := newSettings(opts)
-	agent, err := resolveAgent(ctx, s)
+	agent, err := newBuilder(s).ResolveAgent(ctx)
 	if err != nil {
 		return nil, opError("default image", "", err)
 	}

@@ -223,7 +223,7 @@ func checkStateDir(home string) Check {
 
 func checkAgent(ctx context.Context, s settings) Check {
 	c := Check{Name: "agent", Fix: "set SMOLVM_AGENT to a static smolvm-agent binary (./scripts/build.sh makes bin/smolvm-agent), or install Go so smolvm builds one"}
-	path := findAgent(s)
+	path := newBuilder(s).AgentPath()
 	if path == "" {
 		// None to be found: the first create builds one, if it can.
 		src, err := agentbin.FindSource(ctx, "")

@@ -138,7 +138,7 @@ func (b *Builder) build(ctx context.Context, name string, opts BuildOptions) (*I
 	if err != nil {
 		return nil, err
 	}
-	a, err := b.readAgent()
+	a, err := b.readAgent(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -15,7 +15,7 @@ import (
 // VM's key), then a VM booted from it by name.
 func ExampleBuilder_BuildAlpineSSH() {
 	ctx := context.Background()
-	b := &image.Builder{} // cache under $SMOLVM_HOME; agent: this smolvm
+	b := &image.Builder{} // cache under $SMOLVM_HOME; agent: see ResolveAgent
 	img, err := b.BuildAlpineSSH(ctx, "alpine-ssh", "s3cret", 256)
 	if err != nil {
 		log.Fatal(err)

@@ -106,7 +106,7 @@ type Builder struct {
 	// Default: DefaultCacheDir().
 	CacheDir string
 	// Agent is the static smolvm binary that becomes the guest's init.
-	// Default: see AgentPath.
+	// Default: see ResolveAgent.
 	Agent string
 	// Kernel is the kernel to boot; empty = $SMOLVM_KERNEL, else the
 	// newest /boot/vmlinuz-*.
