@@ -267,3 +267,40 @@ func moduleProxy(t *testing.T, dir, version string) string {
 	}
 	return proxy
 }
+
+// TestNoAgentNoToolchain: with no agent to be found and no Go toolchain to
+// build one, create fails up front, says how to name an agent, and
+// leaves nothing behind.
+func TestNoAgentNoToolchain(t *testing.T) {
+	requireVM(t)
+	for _, dir := range []string{"/usr/bin", "/bin"} {
+		for _, name := range []string{"go", "smolvm", "smolvm-agent"} {
+			if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+				t.Skipf("%s is in %s; this test needs a PATH without it", name, dir)
+			}
+		}
+	}
+	t.Setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin") // QEMU, no go
+	t.Setenv("SMOLVM_AGENT", "")
+	t.Setenv("GOROOT", "")
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	home := t.TempDir()
+	ctx := testContext(t, time.Minute)
+	vm, err := smolvm.New(ctx, smolvm.WithHome(home))
+	if err == nil {
+		vm.Delete(ctx)
+		t.Fatal("created a VM with no agent")
+	}
+	t.Logf("create: %v", err)
+	for _, want := range []string{"no Go toolchain", "SMOLVM_AGENT", "smolvm.WithAgent"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	if vms, err := smolvm.List(ctx, smolvm.WithHome(home)); err != nil || len(vms) != 0 {
+		t.Errorf("after the failed create: %v, %v; want no VMs", vms, err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(home, "vms")); len(ents) != 0 {
+		t.Errorf("the failed create left %d VM directories", len(ents))
+	}
+}
