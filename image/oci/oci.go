@@ -25,7 +25,7 @@ import (
 )
 
 // platform is the platform smolvm's guests run.
-var platform = v1.Platform{OS: "linux", Architecture: "amd64"}
+func platform() v1.Platform { return v1.Platform{OS: "linux", Architecture: "amd64"} }
 
 // Puller implements image.OCIPuller. The zero value is ready: registry
 // credentials come from the Docker config (~/.docker/config.json and its
@@ -77,7 +77,7 @@ func (Puller) OpenOCI(ctx context.Context, req image.OCIRequest) (image.OCIImage
 	}
 	ropts := []remote.Option{
 		remote.WithAuthFromKeychain(authn.DefaultKeychain),
-		remote.WithPlatform(platform),
+		remote.WithPlatform(platform()),
 		remote.WithRetryBackoff(remote.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Steps: 2}),
 		remote.WithUserAgent("smolvm"),
 	}
@@ -202,7 +202,7 @@ func layoutImage(dir, tag string) (v1.Image, error) {
 					return err
 				}
 			case d.MediaType.IsImage():
-				if d.Platform != nil && !d.Platform.Satisfies(platform) {
+				if d.Platform != nil && !d.Platform.Satisfies(platform()) {
 					continue
 				}
 				img, err := ii.Image(d.Digest)

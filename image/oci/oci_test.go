@@ -256,7 +256,7 @@ func TestOCIFromLayoutAndTarball(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := lp.AppendImage(img, layout.WithPlatform(platform)); err != nil {
+	if err := lp.AppendImage(img, layout.WithPlatform(platform())); err != nil {
 		t.Fatal(err)
 	}
 	fromLayout := mustBuild(t, b, "layout", image.BuildOptions{From: "oci:" + filepath.Join(dir, "layout"), SizeMiB: 64})
