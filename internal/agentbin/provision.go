@@ -177,8 +177,25 @@ func privateDir(dir string) error {
 	if m := fi.Mode(); m&0o022 != 0 && m&fs.ModeSticky == 0 {
 		return fmt.Errorf("agent cache: %s is writable by other users (%v), who could replace the agent", parent, m.Perm())
 	}
-	if err := statedir.Ensure(dir); err != nil {
+	if err := os.MkdirAll(dir, statedir.DirMode); err != nil {
 		return fmt.Errorf("agent cache: %w", err)
+	}
+	fi, err = os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("agent cache: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("agent cache %s is not a directory (%v); remove it", dir, fi.Mode())
+	}
+	if !ownedByMe(fi) {
+		return fmt.Errorf("agent cache %s belongs to uid %d, not to this user (uid %d), who could replace the agent: remove it, or set XDG_CACHE_HOME", dir, fi.Sys().(*syscall.Stat_t).Uid, os.Geteuid())
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		// Files others may have planted meanwhile are theirs, and cached
+		// refuses them.
+		if err := os.Chmod(dir, statedir.DirMode); err != nil {
+			return fmt.Errorf("agent cache %s is open to other users and cannot be made private: %w", dir, err)
+		}
 	}
 	return nil
 }

@@ -148,6 +148,14 @@ func TestProvisionRefuses(t *testing.T) {
 			want: "belongs to uid 65534",
 		},
 		{
+			name: "cache is a symlink",
+			setup: func(t *testing.T, dir string) {
+				os.MkdirAll(filepath.Dir(dir), 0o700)
+				os.Symlink(t.TempDir(), dir)
+			},
+			want: "not a directory",
+		},
+		{
 			name: "cached agent writable by others",
 			setup: func(t *testing.T, dir string) {
 				os.MkdirAll(dir, 0o700)
