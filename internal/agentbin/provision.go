@@ -82,6 +82,9 @@ func provision(ctx context.Context, o Options) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if err := trustedSource(src.Dir); err != nil {
+		return "", err
+	}
 	key, err := sourceKey(src)
 	if err != nil {
 		return "", fmt.Errorf("hashing the agent's source in %s: %w", src.Dir, err)
@@ -195,6 +198,25 @@ func privateDir(dir string) error {
 		// refuses them.
 		if err := os.Chmod(dir, statedir.DirMode); err != nil {
 			return fmt.Errorf("agent cache %s is open to other users and cannot be made private: %w", dir, err)
+		}
+	}
+	return nil
+}
+
+// trustedSource refuses to build from a source another user could have
+// written: the module root, its go.mod and the agent's directory must
+// belong to this user (or root) and be closed to others' writes. (A
+// program compiled in a directory since removed, say in /tmp, must not
+// build whatever someone put there since.)
+func trustedSource(dir string) error {
+	for _, p := range []string{dir, filepath.Join(dir, "go.mod"), filepath.Join(dir, "cmd", "smolvm-agent")} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok || (int(st.Uid) != os.Geteuid() && st.Uid != 0) || fi.Mode().Perm()&0o022 != 0 {
+			return fmt.Errorf("not building the agent from %s: %s belongs to another user or others can write it (%v)", dir, p, fi.Mode())
 		}
 	}
 	return nil

@@ -195,6 +195,28 @@ func TestProvisionRefuses(t *testing.T) {
 	}
 }
 
+// TestUntrustedSource: a module source another user owns, or anyone may
+// write, is not built.
+func TestUntrustedSource(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "cmd", "smolvm-agent"), 0o755)
+	os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module "+ModulePath+"\n"), 0o644)
+	if err := trustedSource(dir); err != nil {
+		t.Fatalf("own source refused: %v", err)
+	}
+	os.Chmod(filepath.Join(dir, "go.mod"), 0o666)
+	if err := trustedSource(dir); err == nil || !strings.Contains(err.Error(), "go.mod") {
+		t.Errorf("world-writable go.mod: %v", err)
+	}
+	os.Chmod(filepath.Join(dir, "go.mod"), 0o644)
+	if os.Geteuid() == 0 {
+		os.Chown(filepath.Join(dir, "cmd", "smolvm-agent"), 65534, 65534)
+		if err := trustedSource(dir); err == nil {
+			t.Error("a directory of another user's accepted")
+		}
+	}
+}
+
 // TestSourceKey: the key follows the Go sources, go.mod and go.sum, not
 // tests, docs or nested modules.
 func TestSourceKey(t *testing.T) {
