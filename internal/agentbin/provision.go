@@ -94,6 +94,11 @@ func provision(ctx context.Context, o Options) (string, error) {
 	}
 	path := filepath.Join(o.CacheDir, "smolvm-agent-"+key)
 	if ok, err := cached(path); ok || err != nil {
+		if ok {
+			// Its mtime says when it was last used, for prune.
+			now := time.Now()
+			os.Chtimes(path, now, now)
+		}
 		return path, err
 	}
 	unlock, err := flock.Lock(ctx, filepath.Join(o.CacheDir, ".lock"), statedir.FileMode)
@@ -121,7 +126,35 @@ func provision(ctx context.Context, o Options) (string, error) {
 		fmt.Fprintf(o.Progress, "  done in %s: %s\n", took, path)
 	}
 	log.Info("built the guest agent", "path", path, "took", took)
+	prune(o.CacheDir, path, time.Now().Add(-unusedFor), log)
 	return path, nil
+}
+
+// unusedFor is how long a built agent nobody asked for is kept. Each
+// edit of a checkout's sources makes a new one; whatever is removed by
+// mistake is only rebuilt.
+const unusedFor = 7 * 24 * time.Hour
+
+// prune removes the agents other than keep last used before cutoff, and
+// build directories a killed build left. The caller holds the lock, so
+// no build is under way.
+func prune(dir, keep string, cutoff time.Time, log *slog.Logger) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		fi, err := e.Info()
+		if err != nil || p == keep || fi.ModTime().After(cutoff) {
+			continue
+		}
+		if strings.HasPrefix(e.Name(), "smolvm-agent-") || strings.HasPrefix(e.Name(), ".build-") {
+			if err := os.RemoveAll(p); err == nil {
+				log.Debug("removed an unused agent", "path", p)
+			}
+		}
+	}
 }
 
 // build compiles cmd/smolvm-agent in dir into path, through a temporary

@@ -5,6 +5,7 @@ import (
 	"context"
 	"debug/elf"
 	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -192,6 +193,41 @@ func TestProvisionRefuses(t *testing.T) {
 				t.Errorf("left build debris %v", ents)
 			}
 		})
+	}
+}
+
+// TestPrune: agents unused for unusedFor and killed builds' directories
+// go; recent agents and the one just built stay.
+func TestPrune(t *testing.T) {
+	dir := t.TempDir()
+	old := time.Now().Add(-unusedFor - time.Hour)
+	files := map[string]bool{ // name -> kept
+		"smolvm-agent-devel-old":    false,
+		"smolvm-agent-v1.0.0-old":   false,
+		"smolvm-agent-devel-recent": true,
+		"smolvm-agent-devel-keep":   true,
+		".lock":                     true,
+		"unrelated":                 true,
+	}
+	for name, kept := range files {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte("x"), 0o700)
+		if !kept || name == "smolvm-agent-devel-keep" || name == ".lock" || name == "unrelated" {
+			os.Chtimes(p, old, old)
+		}
+	}
+	debris := filepath.Join(dir, ".build-123")
+	os.Mkdir(debris, 0o700)
+	os.WriteFile(filepath.Join(debris, "smolvm-agent"), []byte("half"), 0o700)
+	os.Chtimes(debris, old, old)
+	files[".build-123"] = false
+
+	prune(dir, filepath.Join(dir, "smolvm-agent-devel-keep"), time.Now().Add(-unusedFor), slog.New(slog.DiscardHandler))
+	for name, kept := range files {
+		_, err := os.Stat(filepath.Join(dir, name))
+		if exists := err == nil; exists != kept {
+			t.Errorf("%s: exists %v, want %v", name, exists, kept)
+		}
 	}
 }
 
