@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -173,27 +174,41 @@ func runReadmeProgram(t *testing.T, goBin, checkout, goMod string, buildFlags, e
 			}
 		}
 	})
-	run := exec.CommandContext(ctx, prog)
-	run.Dir = mod
-	run.Env = runEnv
-	start = time.Now()
-	out, err := run.Output()
-	if err != nil {
-		stderr := ""
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = string(ee.Stderr)
+	runProg := func(what string, env []string) {
+		t.Helper()
+		run := exec.CommandContext(ctx, prog)
+		run.Dir = mod
+		run.Env = env
+		start := time.Now()
+		out, err := run.Output()
+		if err != nil {
+			stderr := ""
+			if ee, ok := err.(*exec.ExitError); ok {
+				stderr = string(ee.Stderr)
+			}
+			t.Fatalf("README program, %s: %v\nstdout: %s\nstderr: %s", what, err, out, stderr)
 		}
-		t.Fatalf("README program: %v\nstdout: %s\nstderr: %s", err, out, stderr)
+		t.Logf("%s took %v:\n%s", what, time.Since(start).Round(time.Millisecond), out)
+		if !strings.HasPrefix(string(out), "Linux ") || !strings.HasSuffix(string(out), "\n0") {
+			t.Errorf("%s: output %q: want `uname -a` from the guest, then exit code 0", what, out)
+		}
 	}
-	t.Logf("first run (agent build, image build, boot, command) took %v:\n%s", time.Since(start).Round(time.Millisecond), out)
-	if !strings.HasPrefix(string(out), "Linux ") || !strings.HasSuffix(string(out), "\n0") {
-		t.Errorf("output %q: want `uname -a` from the guest, then exit code 0", out)
-	}
+	runProg("first run (agent build, image build, boot, command)", runEnv)
 	agents, _ := filepath.Glob(filepath.Join(cache, "smolvm", "agent", "smolvm-agent-*"))
 	if len(agents) != 1 {
 		t.Errorf("agents built into the user's cache: %v; want one", agents)
 	}
 	t.Logf("agent: %v", agents)
+
+	// Once built, the agent is found again without a Go toolchain.
+	noGo := append(slices.Clone(runEnv), "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	if _, err := os.Stat("/usr/bin/go"); err == nil {
+		t.Skip("/usr/bin/go exists: cannot run without a Go toolchain")
+	}
+	runProg("second run, no go on PATH", noGo)
+	if again, _ := filepath.Glob(filepath.Join(cache, "smolvm", "agent", "smolvm-agent-*")); !slices.Equal(again, agents) {
+		t.Errorf("second run changed the agents: %v, was %v", again, agents)
+	}
 }
 
 // moduleProxy writes a GOPROXY directory (file://) serving the module in

@@ -59,7 +59,8 @@ type Source struct {
 // module this program was built with, so that host and guest halves
 // match. It builds with the Go toolchain the first time a source is seen
 // (CGO_ENABLED=0, -trimpath) and keeps the result in o.CacheDir, keyed by
-// the module's version and a hash of its Go sources; processes asking at
+// the module's version and its checksum (a release) or a hash of its Go
+// sources (a checkout or replace directory); processes asking at
 // once build it once (the others wait on a lock). Every failure wraps
 // ErrNoAgent and says how to name an agent instead.
 func Provision(ctx context.Context, o Options) (string, error) {
@@ -78,16 +79,19 @@ func provision(ctx context.Context, o Options) (string, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	src, err := FindSource(ctx, o.Go)
-	if err != nil {
-		return "", err
-	}
-	if err := trustedSource(src.Dir); err != nil {
-		return "", err
-	}
-	key, err := sourceKey(src)
-	if err != nil {
-		return "", fmt.Errorf("hashing the agent's source in %s: %w", src.Dir, err)
+	// A release is named by its version and checksum, so finding a built
+	// agent needs no source (which may take go mod download); anything
+	// else by a hash of its source.
+	var src Source
+	key, ok := releaseKey()
+	if !ok {
+		var err error
+		if src, err = findTrustedSource(ctx, o.Go); err != nil {
+			return "", err
+		}
+		if key, err = sourceKey(src); err != nil {
+			return "", fmt.Errorf("hashing the agent's source in %s: %w", src.Dir, err)
+		}
 	}
 	if err := privateDir(o.CacheDir); err != nil {
 		return "", err
@@ -112,6 +116,11 @@ func provision(ctx context.Context, o Options) (string, error) {
 	goCmd, err := goCommand(o.Go)
 	if err != nil {
 		return "", err
+	}
+	if src.Dir == "" {
+		if src, err = findTrustedSource(ctx, o.Go); err != nil {
+			return "", err
+		}
 	}
 	if o.Progress != nil {
 		fmt.Fprintf(o.Progress, "building the smolvm guest agent from %s (once per smolvm version)\n", src.Dir)
@@ -155,6 +164,42 @@ func prune(dir, keep string, cutoff time.Time, log *slog.Logger) {
 			}
 		}
 	}
+}
+
+func findTrustedSource(ctx context.Context, goCmd string) (Source, error) {
+	src, err := FindSource(ctx, goCmd)
+	if err != nil {
+		return src, err
+	}
+	return src, trustedSource(src.Dir)
+}
+
+// releaseKey names the agent of a released smolvm module: its version and
+// a hash of its go.sum checksum (h1:, over every file of the module). A
+// checkout, a directory replacement or a build without the checksum has
+// none.
+func releaseKey() (string, bool) {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "", false
+	}
+	for _, m := range bi.Deps {
+		if m.Path != ModulePath {
+			continue
+		}
+		if r := m.Replace; r != nil {
+			if r.Version == "" {
+				return "", false
+			}
+			m = r
+		}
+		if !isRelease(m.Version) || m.Sum == "" {
+			return "", false
+		}
+		sum := sha256.Sum256([]byte(m.Sum))
+		return label(m.Version) + "-" + hex.EncodeToString(sum[:8]), true
+	}
+	return "", false
 }
 
 // build compiles cmd/smolvm-agent in dir into path, through a temporary
@@ -430,14 +475,19 @@ func sourceKey(src Source) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return label(src.Version) + "-" + hex.EncodeToString(h.Sum(nil)[:8]), nil
+}
+
+// label is a version as a file name part: "v1.2.3", "devel".
+func label(version string) string {
 	v := strings.Map(func(r rune) rune {
 		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' {
 			return r
 		}
 		return -1
-	}, src.Version)
-	if v == "" || v == "devel" {
+	}, version)
+	if v == "" {
 		v = "devel"
 	}
-	return v + "-" + hex.EncodeToString(h.Sum(nil)[:8]), nil
+	return v
 }
