@@ -45,7 +45,7 @@ func Doctor(ctx context.Context, opts ...Option) []Check {
 		checkTAP(),
 		checkForwarding(),
 		checkStateDir(s.home),
-		checkAgent(ctx, s),
+		checkAgent(s),
 		checkAlpine(s),
 	}
 }
@@ -221,20 +221,17 @@ func checkStateDir(home string) Check {
 	return c
 }
 
-func checkAgent(ctx context.Context, s settings) Check {
+func checkAgent(s settings) Check {
 	c := Check{Name: "agent", Fix: "set SMOLVM_AGENT to a static smolvm-agent binary (./scripts/build.sh makes bin/smolvm-agent), or install Go so smolvm builds one"}
 	path := newBuilder(s).AgentPath()
 	if path == "" {
-		// None to be found: the first create builds one, if it can.
-		src, err := agentbin.FindSource(ctx, "")
-		if err == nil {
-			_, err = exec.LookPath("go")
-		}
+		// None configured: the first create builds one, if it can.
+		what, err := agentbin.Describe(agentbin.DefaultCacheDir(s.home), "")
 		if err != nil {
 			c.Detail = "no agent configured, and none can be built: " + err.Error()
 			return c
 		}
-		c.OK, c.Detail, c.Fix = true, "none configured; the first VM builds one from "+src.Dir+" with go (once per smolvm version)", ""
+		c.OK, c.Detail, c.Fix = true, "none configured: "+what, ""
 		return c
 	}
 	if _, err := image.ReadAgent(path); err != nil {

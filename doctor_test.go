@@ -30,6 +30,12 @@ func TestDoctor(t *testing.T) {
 			want: map[string]bool{"agent": true},
 		},
 		{
+			name: "no agent configured, no go",
+			opts: []smolvm.Option{smolvm.WithHome(filepath.Join(tmp, "home5"))},
+			env:  map[string]string{"SMOLVM_AGENT": "", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "GOROOT": "", "XDG_CACHE_HOME": filepath.Join(tmp, "cache5")},
+			want: map[string]bool{"agent": false},
+		},
+		{
 			name: "writable home, missing agent",
 			opts: []smolvm.Option{smolvm.WithHome(filepath.Join(tmp, "home")), smolvm.WithAgent(filepath.Join(tmp, "no-agent"))},
 			want: map[string]bool{"state dir": true, "agent": false},

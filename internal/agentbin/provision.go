@@ -328,21 +328,12 @@ func goCommand(given string) (string, error) {
 // fetch it through GOPROXY).
 func FindSource(ctx context.Context, goCmd string) (Source, error) {
 	version, replaceDir := selfModule()
-	src := Source{Version: version}
-	// Without -trimpath, the compiler recorded this file's absolute path:
-	// <module root>/internal/agentbin/provision.go.
-	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
-		if root := filepath.Dir(filepath.Dir(filepath.Dir(file))); isModuleRoot(root) {
-			src.Dir = root
-			return src, nil
-		}
-	}
-	if replaceDir != "" && filepath.IsAbs(replaceDir) && isModuleRoot(replaceDir) {
-		src.Dir = replaceDir
+	src := Source{Version: version, Dir: localSource(replaceDir)}
+	if src.Dir != "" {
 		return src, nil
 	}
-	if version == "" || version == "(devel)" || replaceDir != "" {
-		return src, errors.New("cannot find the source of the smolvm module this program was built from (built with -trimpath from a checkout or a relative replace directory that is not here)")
+	if !isRelease(version) || replaceDir != "" {
+		return src, errNoSource
 	}
 	g, err := goCommand(goCmd)
 	if err != nil {
@@ -364,6 +355,59 @@ func FindSource(ctx context.Context, goCmd string) (Source, error) {
 	}
 	src.Dir = info.Dir
 	return src, nil
+}
+
+var errNoSource = errors.New("cannot find the source of the smolvm module this program was built from (built with -trimpath from a checkout or a relative replace directory that is not here)")
+
+// localSource returns the smolvm module's source directory on this
+// machine, if known without the go command: the directory this package
+// was compiled from (recorded unless -trimpath), else an absolute replace
+// directory.
+func localSource(replaceDir string) string {
+	// <module root>/internal/agentbin/provision.go
+	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
+		if root := filepath.Dir(filepath.Dir(filepath.Dir(file))); isModuleRoot(root) {
+			return root
+		}
+	}
+	if replaceDir != "" && filepath.IsAbs(replaceDir) && isModuleRoot(replaceDir) {
+		return replaceDir
+	}
+	return ""
+}
+
+// Describe says what Provision would do, without building or downloading
+// anything: use the agent it built before, or build one from where; an
+// error when it could not.
+func Describe(cacheDir, goCmd string) (string, error) {
+	version, replaceDir := selfModule()
+	dir := localSource(replaceDir)
+	key, ok := releaseKey()
+	if !ok && dir != "" {
+		var err error
+		if key, err = sourceKey(Source{Dir: dir, Version: version}); err == nil {
+			ok = true
+		}
+	}
+	if p := filepath.Join(cacheDir, "smolvm-agent-"+key); ok {
+		if found, _ := cached(p); found {
+			return p + ", built before from this smolvm version's source", nil
+		}
+	}
+	g, err := goCommand(goCmd)
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case dir != "":
+		if err := trustedSource(dir); err != nil {
+			return "", err
+		}
+		return "none yet; the first VM builds one from " + dir + " with " + g, nil
+	case isRelease(version) && replaceDir == "":
+		return "none yet; the first VM builds one from " + ModulePath + "@" + version + " (go mod download) with " + g, nil
+	}
+	return "", errNoSource
 }
 
 // selfModule returns the version of the smolvm module in this program's
