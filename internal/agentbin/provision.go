@@ -155,12 +155,14 @@ func prune(dir, keep string, cutoff time.Time, log *slog.Logger) {
 	for _, e := range ents {
 		p := filepath.Join(dir, e.Name())
 		fi, err := e.Info()
-		if err != nil || p == keep || fi.ModTime().After(cutoff) {
+		if err != nil || p == keep {
 			continue
 		}
-		if strings.HasPrefix(e.Name(), "smolvm-agent-") || strings.HasPrefix(e.Name(), ".build-") {
+		debris := strings.HasPrefix(e.Name(), ".build-") // no build runs: we hold the lock
+		unused := strings.HasPrefix(e.Name(), "smolvm-agent-") && fi.ModTime().Before(cutoff)
+		if debris || unused {
 			if err := os.RemoveAll(p); err == nil {
-				log.Debug("removed an unused agent", "path", p)
+				log.Debug("removed from the agent cache", "path", p)
 			}
 		}
 	}
