@@ -60,14 +60,6 @@ func newServeCmd(g *globalOptions) *cobra.Command {
 	return cmd
 }
 
-// serving is what serve prints once it listens (--json).
-type serving struct {
-	URLs      []string `json:"urls"`
-	Socket    string   `json:"socket,omitempty"`
-	TokenFile string   `json:"token_file,omitempty"`
-	PID       int      `json:"pid"`
-}
-
 func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 	if o.socket == "" && o.listen == "" {
 		return usagef("nothing to serve: give --socket or --listen")
@@ -81,7 +73,7 @@ func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 			l.Close()
 		}
 	}()
-	out := serving{PID: os.Getpid()}
+	out := api.Serving{PID: os.Getpid()}
 	if o.socket != "" {
 		l, err := server.ListenUnix(o.socket)
 		if err != nil {

@@ -278,9 +278,11 @@ type activity struct {
 func (s *Server) track(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.busy.requests.Add(1)
+		start := time.Now()
 		defer func() {
 			s.busy.requests.Add(-1)
 			s.busy.last.Store(time.Now().UnixNano())
+			s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "took", time.Since(start))
 		}()
 		next.ServeHTTP(w, r)
 	})
