@@ -54,7 +54,7 @@ func newServeCmd(g *globalOptions) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&o.socket, "socket", "", "UNIX socket to serve (default $SMOLVM_HOME/"+api.SocketFile+"; with --listen, only if given)")
 	f.StringVar(&o.listen, "listen", "", "also or instead serve TCP at HOST:PORT (loopback unless --allow-remote), with a bearer token")
-	f.StringVar(&o.token, "token", "", "bearer token for --listen (env "+api.TokenEnv+"; default: made once and kept in $SMOLVM_HOME/"+api.TokenFile+")")
+	f.StringVar(&o.token, "token", "", "bearer token for --listen, visible to ps: prefer env "+api.TokenEnv+" (default: made once and kept in $SMOLVM_HOME/"+api.TokenFile+")")
 	f.BoolVar(&o.allowRemote, "allow-remote", false, "allow --listen on a non-loopback address (anyone reaching it with the token controls your VMs)")
 	f.Var(secondsFlag(&o.idle), "idle-timeout", "exit after this long with no request in flight and no connection open (0 = never)")
 	return cmd

@@ -568,6 +568,10 @@ func testFiles(t *testing.T, ctx context.Context, ts *testServer, id string) {
 				t.Errorf("over the limit: %d %s", r.status, r.body)
 			}
 		}
+		big := makeTar(t, []tarEntry{{name: "f", typ: tar.TypeReg, body: strings.Repeat("x", 5000)}})
+		if r := small.do(t, ctx, "PUT", files+"/tmp/toobig-tree", io.MultiReader(bytes.NewReader(big)), "Content-Type", api.Tar); r.status != 413 {
+			t.Errorf("tar over the limit: %d %s", r.status, r.body)
+		}
 		if res := mustExec(t, ctx, ts, id, "ls -a /tmp | grep -c -e toobig -e '^.smolvm-'"); str(res.Stdout) != "0\n" {
 			t.Errorf("a refused upload left files: %s", str(mustExec(t, ctx, ts, id, "ls -la /tmp").Stdout))
 		}
