@@ -1,0 +1,342 @@
+// Package mcpserver serves smolvm to AI agents over the Model Context
+// Protocol (https://modelcontextprotocol.io), on the official Go SDK: tools
+// to create sandboxes (VMs), run commands in them, write and read files,
+// list, snapshot, fork and delete them. It sits on the smolvm facade only.
+//
+// An agent is not fully trusted. By default a session acts only on the
+// sandboxes it made itself and on sandboxes other MCP sessions made and
+// asked to keep; the user's other VMs are invisible to it
+// (Config.AllVMs widens this). Sandboxes a session made are deleted when it
+// ends unless the agent asked to keep them.
+package mcpserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/smolvm/smolvm"
+	"github.com/smolvm/smolvm/internal/hypervisor"
+)
+
+// Config configures a Server.
+type Config struct {
+	// Home is the state directory (required): the VMs' and the MCP
+	// registry's ($Home/mcp).
+	Home string
+	// Options go to every SDK call (agent, network mode, Alpine source...).
+	// WithHome(Home) is added.
+	Options []smolvm.Option
+	// AllVMs lets sessions list, use and delete every VM and create from
+	// every snapshot of the state directory, not only those made through
+	// MCP.
+	AllVMs bool
+	// Logger receives the server's own log (default: discard). Never
+	// stdout: over stdio that is the protocol.
+	Logger *slog.Logger
+	// Version is reported to clients as the server's version.
+	Version string
+	// SessionTimeout closes an HTTP session (and deletes its unkept
+	// sandboxes) after this long without a request: 0 = 30 minutes.
+	SessionTimeout time.Duration
+}
+
+// DefaultSessionTimeout is Config.SessionTimeout's default.
+const DefaultSessionTimeout = 30 * time.Minute
+
+// cleanupTimeout bounds deleting one session's sandboxes at its end.
+const cleanupTimeout = 2 * time.Minute
+
+// Server is an MCP server on one state directory. One Server may serve
+// stdio and HTTP sessions at once; each session has its own sandboxes.
+type Server struct {
+	cfg   Config
+	opts  []smolvm.Option
+	reg   registry
+	log   *slog.Logger
+	owner owner
+
+	mu       sync.Mutex
+	sessions map[*mcp.ServerSession]*session
+	closed   bool
+}
+
+// owner identifies this server process in the registry: the PID and its
+// start time, so that a reused PID is not taken for it.
+type owner struct {
+	pid   int
+	start uint64
+}
+
+func (o owner) alive() bool {
+	if o.pid <= 0 {
+		return false
+	}
+	st, err := hypervisor.StartTime(o.pid)
+	return err == nil && st == o.start
+}
+
+// session is what one MCP session made and opened.
+type session struct {
+	mu    sync.Mutex
+	ended bool
+	// made: sandboxes this session created, by id, with whether to keep
+	// them past its end.
+	made map[string]bool
+	// open: handles this session uses, reused across calls (the SSH
+	// connection stays up between commands).
+	open map[string]*smolvm.VM
+}
+
+// New makes a Server. It first deletes the unkept sandboxes of MCP
+// servers that died without cleaning up (killed with SIGKILL).
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Home == "" {
+		return nil, fmt.Errorf("mcpserver: %w: Config.Home is empty", smolvm.ErrInvalid)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.SessionTimeout <= 0 {
+		cfg.SessionTimeout = DefaultSessionTimeout
+	}
+	pid := os.Getpid()
+	start, err := hypervisor.StartTime(pid)
+	if err != nil {
+		return nil, fmt.Errorf("mcpserver: own start time: %w", err)
+	}
+	s := &Server{
+		cfg:      cfg,
+		opts:     append(slices.Clip(cfg.Options), smolvm.WithHome(cfg.Home)),
+		reg:      registry{dir: filepath.Join(cfg.Home, "mcp")},
+		log:      cfg.Logger,
+		owner:    owner{pid: pid, start: start},
+		sessions: map[*mcp.ServerSession]*session{},
+	}
+	s.sweepOrphans(ctx)
+	return s, nil
+}
+
+// newMCP makes the protocol server with the tools. versions, when not
+// empty, restricts the protocol versions it speaks.
+func (s *Server) newMCP(versions []string) *mcp.Server {
+	srv := mcp.NewServer(&mcp.Implementation{Name: "smolvm", Title: "smolvm microVM sandboxes", Version: s.cfg.Version}, &mcp.ServerOptions{
+		Instructions:              instructions,
+		Logger:                    s.log,
+		SupportedProtocolVersions: versions,
+		Capabilities:              &mcp.ServerCapabilities{Tools: &mcp.ToolCapabilities{}},
+	})
+	s.addTools(srv)
+	return srv
+}
+
+const instructions = `smolvm gives you Linux sandboxes: real microVMs (Alpine Linux by default, root shell, network). ` +
+	`Make one with create_sandbox, then use run_command, write_file and read_file with its id. ` +
+	`Sandboxes you make are deleted when this session ends unless you pass keep: true. ` +
+	`snapshot_sandbox saves one (memory and disk) to start copies from later; fork_sandbox makes running copies now.`
+
+// ServeStdio serves one session over stdin and stdout until the client
+// closes stdin or ctx is cancelled, then deletes the session's unkept
+// sandboxes.
+func (s *Server) ServeStdio(ctx context.Context) error {
+	return s.Serve(ctx, &mcp.StdioTransport{})
+}
+
+// Serve serves one session over t, as ServeStdio does.
+func (s *Server) Serve(ctx context.Context, t mcp.Transport) error {
+	ss, err := s.newMCP(nil).Connect(ctx, t, nil)
+	if err != nil {
+		return fmt.Errorf("mcp: %w", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- ss.Wait() }()
+	select {
+	case <-ctx.Done():
+		ss.Close()
+		<-done
+		err = nil // asked to stop: not a failure
+	case err = <-done:
+	}
+	s.endSession(context.WithoutCancel(ctx), ss)
+	if errors.Is(err, mcp.ErrConnectionClosed) {
+		err = nil
+	}
+	return err
+}
+
+// Handler serves MCP's streamable HTTP transport (mounted at /mcp by
+// smolvm serve). It speaks the protocol versions that have sessions
+// (up to 2025-11-25): in the sessionless 2026-07-28 protocol every request
+// is a session of its own, and there would be no "end of the session" for
+// an agent's sandboxes to last until. A session ends with the client's
+// DELETE, or after Config.SessionTimeout without requests.
+func (s *Server) Handler() http.Handler {
+	var legacy []string
+	for _, v := range mcp.SupportedProtocolVersions() {
+		if v < "2026-07-28" {
+			legacy = append(legacy, v)
+		}
+	}
+	srv := s.newMCP(legacy)
+	return mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, &mcp.StreamableHTTPOptions{
+		Logger:         s.log,
+		SessionTimeout: s.cfg.SessionTimeout,
+	})
+}
+
+// Close ends every session: their unkept sandboxes are deleted. Later
+// calls make nothing.
+func (s *Server) Close(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	var all []*mcp.ServerSession
+	for ss := range s.sessions {
+		all = append(all, ss)
+	}
+	s.mu.Unlock()
+	for _, ss := range all {
+		ss.Close()
+		s.endSession(ctx, ss)
+	}
+	return nil
+}
+
+// session returns the state of ss, made on first use. A goroutine waits
+// for ss to end and then cleans up after it.
+func (s *Server) session(ss *mcp.ServerSession) (*session, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errors.New("the MCP server is shutting down")
+	}
+	if st, ok := s.sessions[ss]; ok {
+		return st, nil
+	}
+	st := &session{made: map[string]bool{}, open: map[string]*smolvm.VM{}}
+	s.sessions[ss] = st
+	go func() {
+		ss.Wait()
+		s.endSession(context.Background(), ss)
+	}()
+	return st, nil
+}
+
+// endSession deletes the sandboxes ss made and did not keep, and closes
+// its handles. It runs once per session, whoever calls it first.
+func (s *Server) endSession(ctx context.Context, ss *mcp.ServerSession) {
+	s.mu.Lock()
+	st, ok := s.sessions[ss]
+	s.mu.Unlock()
+	if !ok {
+		return
+	}
+	st.mu.Lock()
+	if st.ended {
+		st.mu.Unlock()
+		return
+	}
+	st.ended = true
+	made, open := st.made, st.open
+	st.made, st.open = map[string]bool{}, map[string]*smolvm.VM{}
+	st.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(ctx, cleanupTimeout)
+	defer cancel()
+	for id, keep := range made {
+		if keep {
+			continue
+		}
+		vm := open[id]
+		delete(open, id)
+		if err := s.deleteVM(ctx, vm, id); err != nil {
+			s.log.Warn("mcp: delete sandbox at session end", "vm", id, "err", err)
+		} else {
+			s.log.Info("mcp: deleted sandbox at session end", "vm", id)
+		}
+	}
+	for _, vm := range open {
+		vm.Close()
+	}
+	s.mu.Lock()
+	delete(s.sessions, ss)
+	s.mu.Unlock()
+}
+
+// deleteVM deletes the VM id (through vm when it is open) and its
+// registry record. A VM already gone is not an error.
+func (s *Server) deleteVM(ctx context.Context, vm *smolvm.VM, id string) error {
+	if vm == nil {
+		var err error
+		vm, err = smolvm.FromID(ctx, id, s.opts...)
+		if errors.Is(err, smolvm.ErrNotFound) {
+			s.reg.removeVM(id)
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+	err := vm.Delete(ctx)
+	if errors.Is(err, smolvm.ErrNotFound) {
+		err = nil
+	}
+	if err == nil {
+		s.reg.removeVM(id)
+	}
+	return err
+}
+
+// sweepOrphans deletes the unkept sandboxes whose server died without
+// cleaning up, and forgets records of VMs that no longer exist.
+func (s *Server) sweepOrphans(ctx context.Context) {
+	for _, id := range s.reg.names("vms") {
+		rec, ok, err := s.reg.vm(id)
+		if err != nil || !ok || rec.Keep {
+			continue
+		}
+		if (owner{pid: rec.OwnerPID, start: rec.OwnerStart}).alive() {
+			continue
+		}
+		vm, err := smolvm.FromID(ctx, id, s.opts...)
+		if errors.Is(err, smolvm.ErrNotFound) {
+			s.reg.removeVM(id)
+			continue
+		}
+		if err != nil {
+			s.log.Warn("mcp: orphaned sandbox", "vm", id, "err", err)
+			continue
+		}
+		if !recordMatches(rec, vm.Info()) {
+			// The id now names a VM that is not the one recorded (the
+			// sandbox was deleted and the name reused): not ours.
+			vm.Close()
+			s.reg.removeVM(id)
+			continue
+		}
+		if err := vm.Delete(ctx); err != nil && !errors.Is(err, smolvm.ErrNotFound) {
+			s.log.Warn("mcp: delete orphaned sandbox", "vm", id, "err", err)
+			continue
+		}
+		s.log.Info("mcp: deleted orphaned sandbox", "vm", id)
+		s.reg.removeVM(id)
+	}
+}
+
+// recordMatches reports whether rec describes the VM info shows: the
+// same creation time, or, for a record written before its VM existed
+// (CreatedAt zero), a VM made after the record.
+func recordMatches(rec vmRecord, info smolvm.VMInfo) bool {
+	if rec.CreatedAt.IsZero() {
+		return !rec.Since.IsZero() && !info.CreatedAt.Before(rec.Since)
+	}
+	return rec.CreatedAt.Equal(info.CreatedAt)
+}
