@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -132,6 +133,7 @@ func (c client) ok(ctx context.Context, tool string, args map[string]any, out an
 		c.t.Fatalf("%s %v: tool error: %s", tool, args, resultText(res))
 	}
 	if out != nil {
+		reflect.ValueOf(out).Elem().SetZero() // no field left from an earlier call
 		b, err := json.Marshal(res.StructuredContent)
 		if err != nil {
 			c.t.Fatal(err)
@@ -191,3 +193,12 @@ func inProcess(t *testing.T, cfg mcpserver.Config) client {
 }
 
 func filepathGlob(p string) ([]string, error) { return filepath.Glob(p) }
+
+func jsonOf(v any) ([]byte, error) { return json.Marshal(v) }
+
+func jsonInto(t *testing.T, b []byte, v any) {
+	t.Helper()
+	if err := json.Unmarshal(b, v); err != nil {
+		t.Fatalf("decode %s: %v", b, err)
+	}
+}

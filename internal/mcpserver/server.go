@@ -89,6 +89,8 @@ func (o owner) alive() bool {
 type session struct {
 	mu    sync.Mutex
 	ended bool
+	// cleaned is closed once the session's sandboxes are deleted.
+	cleaned chan struct{}
 	// made: sandboxes this session created, by id, with whether to keep
 	// them past its end.
 	made map[string]bool
@@ -221,7 +223,7 @@ func (s *Server) session(ss *mcp.ServerSession) (*session, error) {
 	if st, ok := s.sessions[ss]; ok {
 		return st, nil
 	}
-	st := &session{made: map[string]bool{}, open: map[string]*smolvm.VM{}}
+	st := &session{made: map[string]bool{}, open: map[string]*smolvm.VM{}, cleaned: make(chan struct{})}
 	s.sessions[ss] = st
 	go func() {
 		ss.Wait()
@@ -231,7 +233,8 @@ func (s *Server) session(ss *mcp.ServerSession) (*session, error) {
 }
 
 // endSession deletes the sandboxes ss made and did not keep, and closes
-// its handles. It runs once per session, whoever calls it first.
+// its handles. It runs once per session, whoever calls it first; other
+// callers wait until it is done (the process must not exit meanwhile).
 func (s *Server) endSession(ctx context.Context, ss *mcp.ServerSession) {
 	s.mu.Lock()
 	st, ok := s.sessions[ss]
@@ -242,6 +245,7 @@ func (s *Server) endSession(ctx context.Context, ss *mcp.ServerSession) {
 	st.mu.Lock()
 	if st.ended {
 		st.mu.Unlock()
+		<-st.cleaned
 		return
 	}
 	st.ended = true
@@ -269,6 +273,7 @@ func (s *Server) endSession(ctx context.Context, ss *mcp.ServerSession) {
 	s.mu.Lock()
 	delete(s.sessions, ss)
 	s.mu.Unlock()
+	close(st.cleaned)
 }
 
 // deleteVM deletes the VM id (through vm when it is open) and its

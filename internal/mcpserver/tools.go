@@ -446,10 +446,20 @@ func (s *Server) run(ctx context.Context, req *mcp.CallToolRequest, in runIn) (*
 		out.TimedOut, out.ExitCode = true, -1
 		res := &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{Text: fmt.Sprintf(
 			"the command timed out after %gs and was killed: raise timeout_seconds (at most %g), or start it in the background (nohup CMD >/tmp/log 2>&1 &) and poll.\n--- stdout so far ---\n%s\n--- stderr so far ---\n%s",
-			in.TimeoutSeconds, MaxCommandTimeout.Seconds(), out.Stdout, out.Stderr)}}}
+			in.TimeoutSeconds, MaxCommandTimeout.Seconds(), tail(out.Stdout), tail(out.Stderr))}}}
 		return res, out, nil
 	}
 	return nil, out, nil
+}
+
+// tail is the end of what a timed-out command printed, for the error
+// text; the result's fields hold all that was kept.
+func tail(s string) string {
+	const n = 4 << 10
+	if len(s) <= n {
+		return s
+	}
+	return "[...]" + strings.ToValidUTF8(s[len(s)-n:], "")
 }
 
 func (s *Server) writeFile(ctx context.Context, req *mcp.CallToolRequest, in writeIn) (*mcp.CallToolResult, writeOut, error) {
