@@ -45,13 +45,19 @@ type Config struct {
 	Logger *slog.Logger
 	// Version is reported to clients as the server's version.
 	Version string
+	// MaxSandboxes bounds how many sandboxes one session may have at
+	// once (made and not yet deleted, kept ones included): 0 = 16.
+	MaxSandboxes int
 	// SessionTimeout closes an HTTP session (and deletes its unkept
 	// sandboxes) after this long without a request: 0 = 30 minutes.
 	SessionTimeout time.Duration
 }
 
-// DefaultSessionTimeout is Config.SessionTimeout's default.
-const DefaultSessionTimeout = 30 * time.Minute
+// Defaults of Config.
+const (
+	DefaultSessionTimeout = 30 * time.Minute
+	DefaultMaxSandboxes   = 16
+)
 
 // cleanupTimeout bounds deleting one session's sandboxes at its end.
 const cleanupTimeout = 2 * time.Minute
@@ -97,6 +103,24 @@ type session struct {
 	// open: handles this session uses, reused across calls (the SSH
 	// connection stays up between commands).
 	open map[string]*smolvm.VM
+	// pending counts sandboxes being made, against Config.MaxSandboxes.
+	pending int
+}
+
+// reserve claims room for n more sandboxes of the session; release gives
+// it back once they are made (and counted in made) or failed.
+func (st *session) reserve(n, max int) (release func(), err error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if have := len(st.made) + st.pending; have+n > max {
+		return nil, fmt.Errorf("this session has %d sandboxes, and may have at most %d at once: delete_sandbox the ones it no longer needs", have, max)
+	}
+	st.pending += n
+	return func() {
+		st.mu.Lock()
+		st.pending -= n
+		st.mu.Unlock()
+	}, nil
 }
 
 // New makes a Server. It first deletes the unkept sandboxes of MCP
@@ -110,6 +134,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if cfg.SessionTimeout <= 0 {
 		cfg.SessionTimeout = DefaultSessionTimeout
+	}
+	if cfg.MaxSandboxes <= 0 {
+		cfg.MaxSandboxes = DefaultMaxSandboxes
 	}
 	pid := os.Getpid()
 	start, err := hypervisor.StartTime(pid)

@@ -262,6 +262,11 @@ func (s *Server) create(ctx context.Context, req *mcp.CallToolRequest, in create
 			return nil, sandbox{}, errors.New("from_snapshot takes the image and sizes from the snapshot: leave image, vcpus, memory_mib and disk_mib out")
 		}
 	}
+	release, err := st.reserve(1, s.cfg.MaxSandboxes)
+	if err != nil {
+		return nil, sandbox{}, err
+	}
+	defer release()
 	id := in.Name
 	if id == "" {
 		id = "mcp-" + randomSuffix()
@@ -615,6 +620,11 @@ func (s *Server) fork(ctx context.Context, req *mcp.CallToolRequest, in forkIn) 
 	if err != nil {
 		return nil, forkOut{}, err
 	}
+	release, err := st.reserve(in.Count, s.cfg.MaxSandboxes)
+	if err != nil {
+		return nil, forkOut{}, err
+	}
+	defer release()
 	kids, err := vm.Fork(ctx, in.Count)
 	if err != nil {
 		return nil, forkOut{}, explain(err)
