@@ -84,6 +84,15 @@ func TestHTTP(t *testing.T) {
 	c.ok(ctx, "create_sandbox", map[string]any{}, &made)
 	c.ok(ctx, "create_sandbox", map[string]any{"keep": true}, &kept)
 	c.fails(ctx, "create_sandbox", map[string]any{}, "at most 2 at once")
+	// Another session sees the kept sandbox, not this one's own.
+	other := connectHTTP(t, ctx, dial())
+	var l listResult
+	other.ok(ctx, "list_sandboxes", map[string]any{}, &l)
+	if !slices.Equal(l.ids(), []string{kept.ID}) {
+		t.Errorf("another session lists %v, want only the kept %s", l.ids(), kept.ID)
+	}
+	other.fails(ctx, "run_command", map[string]any{"sandbox": made.ID, "command": "true"}, "no sandbox")
+	other.cs.Close()
 	var r runResult
 	c.ok(ctx, "run_command", map[string]any{"sandbox": made.ID, "command": "echo over http"}, &r)
 	if r.Stdout != "over http\n" {

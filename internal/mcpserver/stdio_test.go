@@ -157,6 +157,19 @@ func TestStdio(t *testing.T) {
 		}
 	})
 
+	t.Run("round trip", func(t *testing.T) {
+		// What an agent waits for one trivial command, through the MCP
+		// client, the stdio pipe and the server: logged, not asserted.
+		var ds []time.Duration
+		for range 15 {
+			start := time.Now()
+			s.ok(ctx, "run_command", sb(map[string]any{"command": "true"}), nil)
+			ds = append(ds, time.Since(start))
+		}
+		slices.Sort(ds)
+		t.Logf("run_command true over stdio MCP: median %v (min %v, max %v, n=%d)", ds[len(ds)/2], ds[0], ds[len(ds)-1], len(ds))
+	})
+
 	t.Run("timeout", func(t *testing.T) {
 		start := time.Now()
 		res := s.fails(ctx, "run_command", sb(map[string]any{"command": "echo before; sleep 60", "timeout_seconds": 1}), "timed out after 1s")
@@ -202,7 +215,7 @@ func TestStdio(t *testing.T) {
 		var r runResult
 		b, _ := jsonOf(res.StructuredContent)
 		jsonInto(t, b, &r)
-		if !r.TimedOut || !r.StdoutTruncated || r.StdoutBytes <= 8<<20 || r.StdoutBase64 == "" {
+		if !r.TimedOut || !r.StdoutTruncated || r.StdoutBytes <= 100*4096 || r.StdoutBase64 == "" {
 			t.Errorf("endless output: timed_out=%v truncated=%v bytes=%d", r.TimedOut, r.StdoutTruncated, r.StdoutBytes)
 		}
 		after := peakRSS(t, s.cmd.Process.Pid)
