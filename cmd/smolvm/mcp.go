@@ -5,7 +5,6 @@ import (
 	"os"
 	"runtime/debug"
 
-	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/spf13/cobra"
 
 	"github.com/smolvm/smolvm/internal/mcpserver"
@@ -44,7 +43,7 @@ every VM and snapshot in the state directory.`,
 			if err != nil {
 				return err
 			}
-			return srv.Serve(ctx, &mcp.IOTransport{Reader: readCloser(cmd.InOrStdin()), Writer: writeCloser(cmd.OutOrStdout())})
+			return srv.ServeIO(ctx, readCloser(cmd.InOrStdin()), writeCloser(cmd.OutOrStdout()))
 		},
 	}
 	cmd.Flags().BoolVar(&o.allVMs, "all-vms", false, "let the agent list, use and delete every VM and snapshot, not only those made through MCP")

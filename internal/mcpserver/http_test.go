@@ -17,7 +17,7 @@ import (
 
 // serveHTTP serves srv's Handler at /mcp on a UNIX socket, as smolvm
 // serve mounts it, and returns a client transport factory for it.
-func serveHTTP(t *testing.T, srv *mcpserver.Server) func() *mcp.StreamableClientTransport {
+func serveHTTP(t *testing.T, srv *mcpserver.Server) (func() *mcp.StreamableClientTransport, *http.Client) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "smolvm.sock")
 	ln, err := net.Listen("unix", sock)
@@ -34,7 +34,7 @@ func serveHTTP(t *testing.T, srv *mcpserver.Server) func() *mcp.StreamableClient
 	}}}
 	return func() *mcp.StreamableClientTransport {
 		return &mcp.StreamableClientTransport{Endpoint: "http://localhost/mcp", HTTPClient: hc, DisableStandaloneSSE: true}
-	}
+	}, hc
 }
 
 func connectHTTP(t *testing.T, ctx context.Context, tr *mcp.StreamableClientTransport) client {
@@ -73,7 +73,7 @@ func TestHTTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dial := serveHTTP(t, srv)
+	dial, hc := serveHTTP(t, srv)
 
 	// A session the client ends (DELETE).
 	c := connectHTTP(t, ctx, dial())
@@ -98,9 +98,36 @@ func TestHTTP(t *testing.T) {
 	if r.Stdout != "over http\n" {
 		t.Errorf("run: %+v", r)
 	}
-	if err := c.cs.Close(); err != nil {
-		t.Logf("close: %v", err)
+	// The client ends the session (DELETE) while a long command runs:
+	// the command is cancelled, the session ends at once. (The SDK
+	// client's own Close first waits for its calls, so the test sends the
+	// DELETE itself, as a client giving up does.)
+	inflight := make(chan error, 1)
+	go func() {
+		_, err := c.cs.CallTool(ctx, &mcp.CallToolParams{Name: "run_command", Arguments: map[string]any{"sandbox": made.ID, "command": "sleep 600", "timeout_seconds": 900}})
+		inflight <- err
+	}()
+	time.Sleep(time.Second)
+	start := time.Now()
+	del, _ := http.NewRequestWithContext(ctx, http.MethodDelete, "http://localhost/mcp", nil)
+	del.Header.Set("Mcp-Session-Id", c.cs.ID())
+	resp, err := hc.Do(del)
+	if err != nil {
+		t.Fatal(err)
 	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		t.Errorf("DELETE: %s", resp.Status)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("ending the session took %v", d)
+	}
+	select {
+	case <-inflight:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the call in flight did not end with its session")
+	}
+	c.cs.Close()
 	waitVMs(t, []string{kept.ID}, time.Minute)
 
 	// A client that goes away without a word: the session times out.

@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -93,6 +94,11 @@ func (o owner) alive() bool {
 
 // session is what one MCP session made and opened.
 type session struct {
+	// ctx is cancelled when the session ends, and with it every call in
+	// flight (see withSession).
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	mu    sync.Mutex
 	ended bool
 	// cleaned is closed once the session's sandboxes are deleted.
@@ -105,6 +111,13 @@ type session struct {
 	open map[string]*smolvm.VM
 	// pending counts sandboxes being made, against Config.MaxSandboxes.
 	pending int
+}
+
+// bind returns ctx, cancelled also when the session ends.
+func (st *session) bind(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(st.ctx, cancel)
+	return ctx, func() { stop(); cancel() }
 }
 
 // reserve claims room for n more sandboxes of the session; release gives
@@ -173,15 +186,28 @@ const instructions = `smolvm gives you Linux sandboxes: real microVMs (Alpine Li
 	`Sandboxes you make are deleted when this session ends unless you pass keep: true. ` +
 	`snapshot_sandbox saves one (memory and disk) to start copies from later; fork_sandbox makes running copies now.`
 
-// ServeStdio serves one session over stdin and stdout until the client
-// closes stdin or ctx is cancelled, then deletes the session's unkept
-// sandboxes.
+// ServeStdio serves one session over stdin and stdout, as ServeIO does.
 func (s *Server) ServeStdio(ctx context.Context) error {
-	return s.Serve(ctx, &mcp.StdioTransport{})
+	return s.ServeIO(ctx, os.Stdin, os.Stdout)
 }
 
-// Serve serves one session over t, as ServeStdio does.
+// ServeIO serves one session of newline-delimited JSON-RPC over r and w
+// until r ends or ctx is cancelled, then deletes the session's unkept
+// sandboxes. The end of r also cancels the calls in flight: the client
+// is gone, and nobody waits for their results.
+func (s *Server) ServeIO(ctx context.Context, r io.ReadCloser, w io.WriteCloser) error {
+	eof := make(chan struct{})
+	t := &mcp.IOTransport{Reader: &eofReader{ReadCloser: r, eof: eof}, Writer: w}
+	return s.serve(ctx, t, eof)
+}
+
+// Serve serves one session over t until the client ends it or ctx is
+// cancelled, then deletes the session's unkept sandboxes.
 func (s *Server) Serve(ctx context.Context, t mcp.Transport) error {
+	return s.serve(ctx, t, nil)
+}
+
+func (s *Server) serve(ctx context.Context, t mcp.Transport, eof <-chan struct{}) error {
 	ss, err := s.newMCP(nil).Connect(ctx, t, nil)
 	if err != nil {
 		return fmt.Errorf("mcp: %w", err)
@@ -190,16 +216,34 @@ func (s *Server) Serve(ctx context.Context, t mcp.Transport) error {
 	go func() { done <- ss.Wait() }()
 	select {
 	case <-ctx.Done():
-		ss.Close()
-		<-done
-		err = nil // asked to stop: not a failure
+	case <-eof:
 	case err = <-done:
+	}
+	s.abort(ss)
+	ss.Close()
+	if ctx.Err() != nil {
+		err = nil // asked to stop: not a failure
 	}
 	s.endSession(context.WithoutCancel(ctx), ss)
 	if errors.Is(err, mcp.ErrConnectionClosed) {
 		err = nil
 	}
 	return err
+}
+
+// eofReader closes eof when its reader ends (EOF or error).
+type eofReader struct {
+	io.ReadCloser
+	eof  chan struct{}
+	once sync.Once
+}
+
+func (r *eofReader) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	if err != nil {
+		r.once.Do(func() { close(r.eof) })
+	}
+	return n, err
 }
 
 // Handler serves MCP's streamable HTTP transport (mounted at /mcp by
@@ -216,9 +260,19 @@ func (s *Server) Handler() http.Handler {
 		}
 	}
 	srv := s.newMCP(legacy)
-	return mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, &mcp.StreamableHTTPOptions{
+	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, &mcp.StreamableHTTPOptions{
 		Logger:         s.log,
 		SessionTimeout: s.cfg.SessionTimeout,
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodDelete {
+			// The SDK closes the session once its calls return: end them
+			// first. (An unknown id matches no session; the SDK answers.)
+			if id := r.Header.Get("Mcp-Session-Id"); id != "" {
+				s.abortID(id)
+			}
+		}
+		h.ServeHTTP(w, r)
 	})
 }
 
@@ -233,6 +287,7 @@ func (s *Server) Close(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	for _, ss := range all {
+		s.abort(ss)
 		ss.Close()
 		s.endSession(ctx, ss)
 	}
@@ -251,12 +306,39 @@ func (s *Server) session(ss *mcp.ServerSession) (*session, error) {
 		return st, nil
 	}
 	st := &session{made: map[string]bool{}, open: map[string]*smolvm.VM{}, cleaned: make(chan struct{})}
+	st.ctx, st.cancel = context.WithCancel(context.Background())
 	s.sessions[ss] = st
 	go func() {
 		ss.Wait()
 		s.endSession(context.Background(), ss)
 	}()
 	return st, nil
+}
+
+// abort cancels the calls in flight in ss, so that it can close: the SDK
+// closes a session only once its handlers have returned.
+func (s *Server) abort(ss *mcp.ServerSession) {
+	s.mu.Lock()
+	st := s.sessions[ss]
+	s.mu.Unlock()
+	if st != nil {
+		st.cancel()
+	}
+}
+
+// abortID is abort by session id (an HTTP DELETE names its session so).
+func (s *Server) abortID(id string) {
+	s.mu.Lock()
+	var st *session
+	for ss, v := range s.sessions {
+		if ss.ID() == id {
+			st = v
+		}
+	}
+	s.mu.Unlock()
+	if st != nil {
+		st.cancel()
+	}
 }
 
 // endSession deletes the sandboxes ss made and did not keep, and closes
@@ -276,6 +358,7 @@ func (s *Server) endSession(ctx context.Context, ss *mcp.ServerSession) {
 		return
 	}
 	st.ended = true
+	st.cancel()
 	made, open := st.made, st.open
 	st.made, st.open = map[string]bool{}, map[string]*smolvm.VM{}
 	st.mu.Unlock()
@@ -332,7 +415,19 @@ func (s *Server) deleteVM(ctx context.Context, vm *smolvm.VM, id string) error {
 func (s *Server) sweepOrphans(ctx context.Context) {
 	for _, id := range s.reg.names("vms") {
 		rec, ok, err := s.reg.vm(id)
-		if err != nil || !ok || rec.Keep {
+		if err != nil || !ok {
+			continue
+		}
+		if rec.Keep {
+			// Forget a kept sandbox that was deleted outside MCP.
+			if vm, err := smolvm.FromID(ctx, id, s.opts...); errors.Is(err, smolvm.ErrNotFound) {
+				s.reg.removeVM(id)
+			} else if err == nil {
+				if !recordMatches(rec, vm.Info()) {
+					s.reg.removeVM(id)
+				}
+				vm.Close()
+			}
 			continue
 		}
 		if (owner{pid: rec.OwnerPID, start: rec.OwnerStart}).alive() {
@@ -360,6 +455,11 @@ func (s *Server) sweepOrphans(ctx context.Context) {
 		}
 		s.log.Info("mcp: deleted orphaned sandbox", "vm", id)
 		s.reg.removeVM(id)
+	}
+	for _, name := range s.reg.names("snapshots") {
+		if _, err := smolvm.GetSnapshot(ctx, name, s.opts...); errors.Is(err, smolvm.ErrNotFound) {
+			s.reg.removeSnapshot(name)
+		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"io"
 	"os"
 	"os/exec"
 	"slices"
@@ -47,6 +48,43 @@ func startStdio(t *testing.T, ctx context.Context, args ...string) *stdioServer 
 		}
 	})
 	return s
+}
+
+// startPiped runs `smolvm mcp` on pipes the test holds, so that it can
+// close the server's stdin while a call is in flight, as a client that
+// dies does (the SDK's own Close first waits for the calls to return).
+func startPiped(t *testing.T, ctx context.Context) (*stdioServer, io.WriteCloser) {
+	t.Helper()
+	requireVM(t)
+	cmd := exec.Command(testEnv.bin, "mcp")
+	cmd.Env = append(os.Environ(), "SMOLVM_HOME="+testEnv.home, "SMOLVM_AGENT="+testEnv.agent)
+	stderr := &bytes.Buffer{}
+	cmd.Stderr = stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close()
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("smolvm mcp stderr:\n%s", stderr)
+		}
+	})
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "test-agent"}, nil).Connect(ctx,
+		&mcp.IOTransport{Reader: stdout, Writer: stdin}, nil)
+	if err != nil {
+		t.Fatalf("connect to smolvm mcp: %v\n%s", err, stderr)
+	}
+	return &stdioServer{client: client{t, cs}, cmd: cmd, stderr: stderr}, stdin
 }
 
 // end closes the session (stdin EOF) and waits for the server to exit.
@@ -370,32 +408,57 @@ func TestStdio(t *testing.T) {
 	}
 }
 
-// TestStdioSignals: SIGTERM ends the session like EOF does (its sandboxes
-// are deleted); after a SIGKILL, which leaves no chance to clean up, the
-// next server deletes the orphans, and never the kept sandboxes.
-func TestStdioSignals(t *testing.T) {
+// TestStdioEnd: SIGTERM and stdin EOF end the session at once, even with
+// a long command in flight, and delete its sandboxes; after a SIGKILL,
+// which leaves no chance to clean up, the next server deletes the
+// orphans. Kept sandboxes stay every time.
+func TestStdioEnd(t *testing.T) {
 	ctx := testContext(t, 5*time.Minute)
-	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
-		s := startStdio(t, ctx)
+	for _, how := range []string{"SIGTERM", "EOF", "SIGKILL"} {
+		var s *stdioServer
+		var stdin io.WriteCloser
+		if how == "EOF" {
+			s, stdin = startPiped(t, ctx)
+		} else {
+			s = startStdio(t, ctx)
+		}
 		var made, kept sandboxOut
 		s.ok(ctx, "create_sandbox", map[string]any{}, &made)
 		s.ok(ctx, "create_sandbox", map[string]any{"keep": true}, &kept)
-		if err := s.cmd.Process.Signal(sig); err != nil {
-			t.Fatal(err)
+		// A command that would run for ten minutes.
+		go s.cs.CallTool(ctx, &mcp.CallToolParams{Name: "run_command", Arguments: map[string]any{"sandbox": made.ID, "command": "sleep 600", "timeout_seconds": 900}})
+		time.Sleep(time.Second)
+		start := time.Now()
+		switch how {
+		case "SIGTERM":
+			if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			waitExit(t, s.cmd, 30*time.Second)
+		case "EOF":
+			stdin.Close()
+			waitExit(t, s.cmd, 30*time.Second)
+		case "SIGKILL":
+			if err := s.cmd.Process.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			waitExit(t, s.cmd, 30*time.Second)
 		}
-		waitExit(t, s.cmd, time.Minute)
+		if d := time.Since(start); d > 20*time.Second {
+			t.Errorf("%s: the server took %v to exit", how, d)
+		}
 		ids := vmIDs(t)
-		if sig == syscall.SIGTERM && !slices.Equal(ids, []string{kept.ID}) {
-			t.Errorf("after SIGTERM: VMs %v, want only the kept %s", ids, kept.ID)
-		}
-		if sig == syscall.SIGKILL {
+		switch how {
+		case "SIGTERM", "EOF":
+			if !slices.Equal(ids, []string{kept.ID}) {
+				t.Errorf("after %s: VMs %v, want only the kept %s", how, ids, kept.ID)
+			}
+		case "SIGKILL":
 			if !slices.Contains(ids, made.ID) {
 				t.Fatalf("after SIGKILL the sandbox %s is already gone: %v", made.ID, ids)
 			}
 			// The next server sweeps the orphan up at start.
 			s2 := startStdio(t, ctx)
-			var l listResult
-			s2.ok(ctx, "list_sandboxes", map[string]any{}, &l)
 			if got := vmIDs(t); !slices.Equal(got, []string{kept.ID}) {
 				t.Errorf("after the next start: VMs %v, want only the kept %s", got, kept.ID)
 			}

@@ -182,6 +182,26 @@ func addTool[In, Out any](srv *mcp.Server, t *mcp.Tool, h mcp.ToolHandlerFor[In,
 
 func ptr[T any](v T) *T { return &v }
 
+// withSession gives a tool handler its session, and a context that is
+// also cancelled when the session ends: a session that ends (stdin
+// closed, SIGTERM, HTTP DELETE) must not wait for an hour-long command.
+func withSession[In, Out any](s *Server, h func(context.Context, *session, In) (*mcp.CallToolResult, Out, error)) mcp.ToolHandlerFor[In, Out] {
+	return func(ctx context.Context, req *mcp.CallToolRequest, in In) (*mcp.CallToolResult, Out, error) {
+		st, err := s.session(req.Session)
+		if err != nil {
+			var zero Out
+			return nil, zero, err
+		}
+		ctx, stop := st.bind(ctx)
+		defer stop()
+		res, out, err := h(ctx, st, in)
+		if err != nil && st.ctx.Err() != nil {
+			err = fmt.Errorf("the MCP session ended: %w", err)
+		}
+		return res, out, err
+	}
+}
+
 func (s *Server) addTools(srv *mcp.Server) {
 	addTool(srv, &mcp.Tool{
 		Name:  "create_sandbox",
@@ -190,7 +210,7 @@ func (s *Server) addTools(srv *mcp.Server) {
 			"ready for run_command in about a second (the first one on a machine takes longer). " +
 			"Returns its id. It is deleted when this MCP session ends unless keep is true.",
 		Annotations: &mcp.ToolAnnotations{DestructiveHint: ptr(false), OpenWorldHint: ptr(false)},
-	}, s.create)
+	}, withSession(s, s.create))
 	addTool(srv, &mcp.Tool{
 		Name:  "run_command",
 		Title: "Run a command in a sandbox",
@@ -200,26 +220,26 @@ func (s *Server) addTools(srv *mcp.Server) {
 			"is killed and the call fails with what it printed so far. Each call is a new shell: " +
 			"use 'cd dir && ...' and files, not shell state, to carry things over.",
 		Annotations: &mcp.ToolAnnotations{OpenWorldHint: ptr(false)},
-	}, s.run)
+	}, withSession(s, s.run))
 	addTool(srv, &mcp.Tool{
 		Name:        "write_file",
 		Title:       "Write a file into a sandbox",
 		Description: "Create or replace a file in a sandbox with the given content (text, or base64 for binary), atomically. Up to 8 MiB.",
 		Annotations: &mcp.ToolAnnotations{IdempotentHint: true, OpenWorldHint: ptr(false)},
-	}, s.writeFile)
+	}, withSession(s, s.writeFile))
 	addTool(srv, &mcp.Tool{
 		Name:  "read_file",
 		Title: "Read a file from a sandbox",
 		Description: "Read a regular file from a sandbox: up to max_bytes (default 64 KiB) from offset. " +
 			"Text comes as text; other bytes also as base64. Devices, FIFOs and directories are refused (use run_command with ls for directories).",
 		Annotations: &mcp.ToolAnnotations{ReadOnlyHint: true, OpenWorldHint: ptr(false)},
-	}, s.readFile)
+	}, withSession(s, s.readFile))
 	addTool(srv, &mcp.Tool{
 		Name:        "list_sandboxes",
 		Title:       "List sandboxes and snapshots",
 		Description: "List the sandboxes this session may use (the ones it made, and ones kept by earlier MCP sessions) with their state, and the snapshots it may start from.",
 		Annotations: &mcp.ToolAnnotations{ReadOnlyHint: true, OpenWorldHint: ptr(false)},
-	}, s.list)
+	}, withSession(s, s.list))
 	addTool(srv, &mcp.Tool{
 		Name:  "snapshot_sandbox",
 		Title: "Snapshot a sandbox",
@@ -227,33 +247,29 @@ func (s *Server) addTools(srv *mcp.Server) {
 			"create_sandbox with from_snapshot then starts copies that resume exactly there, in well under a second. " +
 			"Snapshots stay until delete_snapshot.",
 		Annotations: &mcp.ToolAnnotations{DestructiveHint: ptr(false), OpenWorldHint: ptr(false)},
-	}, s.snapshot)
+	}, withSession(s, s.snapshot))
 	addTool(srv, &mcp.Tool{
 		Name:  "fork_sandbox",
 		Title: "Fork a sandbox",
 		Description: "Make running copies of a sandbox as it is now: processes, memory and files; each copy has its own id, address and disk. " +
 			"The original runs on. Copies are deleted when this session ends unless keep is true.",
 		Annotations: &mcp.ToolAnnotations{DestructiveHint: ptr(false), OpenWorldHint: ptr(false)},
-	}, s.fork)
+	}, withSession(s, s.fork))
 	addTool(srv, &mcp.Tool{
 		Name:        "delete_sandbox",
 		Title:       "Delete a sandbox",
 		Description: "Stop and delete a sandbox and its disk. This cannot be undone.",
 		Annotations: &mcp.ToolAnnotations{DestructiveHint: ptr(true), IdempotentHint: true, OpenWorldHint: ptr(false)},
-	}, s.delete)
+	}, withSession(s, s.delete))
 	addTool(srv, &mcp.Tool{
 		Name:        "delete_snapshot",
 		Title:       "Delete a snapshot",
 		Description: "Delete a snapshot. Refused while sandboxes made from it exist.",
 		Annotations: &mcp.ToolAnnotations{DestructiveHint: ptr(true), IdempotentHint: true, OpenWorldHint: ptr(false)},
-	}, s.deleteSnapshot)
+	}, withSession(s, s.deleteSnapshot))
 }
 
-func (s *Server) create(ctx context.Context, req *mcp.CallToolRequest, in createIn) (*mcp.CallToolResult, sandbox, error) {
-	st, err := s.session(req.Session)
-	if err != nil {
-		return nil, sandbox{}, err
-	}
+func (s *Server) create(ctx context.Context, st *session, in createIn) (*mcp.CallToolResult, sandbox, error) {
 	if in.FromSnapshot != "" {
 		if err := s.snapshotAllowed(in.FromSnapshot); err != nil {
 			return nil, sandbox{}, err
@@ -405,11 +421,7 @@ func (s *Server) snapshotAllowed(name string) error {
 	return fmt.Errorf("no snapshot %q that this session may use: snapshot_sandbox makes one, list_sandboxes shows them", name)
 }
 
-func (s *Server) run(ctx context.Context, req *mcp.CallToolRequest, in runIn) (*mcp.CallToolResult, runOut, error) {
-	st, err := s.session(req.Session)
-	if err != nil {
-		return nil, runOut{}, err
-	}
+func (s *Server) run(ctx context.Context, st *session, in runIn) (*mcp.CallToolResult, runOut, error) {
 	vm, err := s.use(ctx, st, in.Sandbox)
 	if err != nil {
 		return nil, runOut{}, err
@@ -467,12 +479,9 @@ func tail(s string) string {
 	return "[...]" + strings.ToValidUTF8(s[len(s)-n:], "")
 }
 
-func (s *Server) writeFile(ctx context.Context, req *mcp.CallToolRequest, in writeIn) (*mcp.CallToolResult, writeOut, error) {
-	st, err := s.session(req.Session)
-	if err != nil {
-		return nil, writeOut{}, err
-	}
+func (s *Server) writeFile(ctx context.Context, st *session, in writeIn) (*mcp.CallToolResult, writeOut, error) {
 	data := []byte(in.Content)
+	var err error
 	switch in.Encoding {
 	case "", "text":
 	case "base64":
@@ -506,11 +515,7 @@ func (s *Server) writeFile(ctx context.Context, req *mcp.CallToolRequest, in wri
 	return nil, writeOut{Path: in.Path, Bytes: n}, nil
 }
 
-func (s *Server) readFile(ctx context.Context, req *mcp.CallToolRequest, in readIn) (*mcp.CallToolResult, readOut, error) {
-	st, err := s.session(req.Session)
-	if err != nil {
-		return nil, readOut{}, err
-	}
+func (s *Server) readFile(ctx context.Context, st *session, in readIn) (*mcp.CallToolResult, readOut, error) {
 	vm, err := s.use(ctx, st, in.Sandbox)
 	if err != nil {
 		return nil, readOut{}, err
@@ -535,11 +540,7 @@ func (s *Server) readFile(ctx context.Context, req *mcp.CallToolRequest, in read
 	return nil, out, nil
 }
 
-func (s *Server) list(ctx context.Context, req *mcp.CallToolRequest, _ listIn) (*mcp.CallToolResult, listOut, error) {
-	st, err := s.session(req.Session)
-	if err != nil {
-		return nil, listOut{}, err
-	}
+func (s *Server) list(ctx context.Context, st *session, _ listIn) (*mcp.CallToolResult, listOut, error) {
 	vms, err := smolvm.List(ctx, s.opts...)
 	if err != nil {
 		return nil, listOut{}, explain(err)
@@ -582,11 +583,7 @@ func (s *Server) list(ctx context.Context, req *mcp.CallToolRequest, _ listIn) (
 	return nil, out, nil
 }
 
-func (s *Server) snapshot(ctx context.Context, req *mcp.CallToolRequest, in snapshotIn) (*mcp.CallToolResult, snapshot, error) {
-	st, err := s.session(req.Session)
-	if err != nil {
-		return nil, snapshot{}, err
-	}
+func (s *Server) snapshot(ctx context.Context, st *session, in snapshotIn) (*mcp.CallToolResult, snapshot, error) {
 	vm, err := s.use(ctx, st, in.Sandbox)
 	if err != nil {
 		return nil, snapshot{}, err
@@ -605,11 +602,7 @@ func (s *Server) snapshot(ctx context.Context, req *mcp.CallToolRequest, in snap
 	return nil, describeSnapshot(info), nil
 }
 
-func (s *Server) fork(ctx context.Context, req *mcp.CallToolRequest, in forkIn) (*mcp.CallToolResult, forkOut, error) {
-	st, err := s.session(req.Session)
-	if err != nil {
-		return nil, forkOut{}, err
-	}
+func (s *Server) fork(ctx context.Context, st *session, in forkIn) (*mcp.CallToolResult, forkOut, error) {
 	if in.Count == 0 {
 		in.Count = 1
 	}
@@ -636,11 +629,7 @@ func (s *Server) fork(ctx context.Context, req *mcp.CallToolRequest, in forkIn) 
 	return nil, out, nil
 }
 
-func (s *Server) delete(ctx context.Context, req *mcp.CallToolRequest, in deleteIn) (*mcp.CallToolResult, deleted, error) {
-	st, err := s.session(req.Session)
-	if err != nil {
-		return nil, deleted{}, err
-	}
+func (s *Server) delete(ctx context.Context, st *session, in deleteIn) (*mcp.CallToolResult, deleted, error) {
 	vm, err := s.use(ctx, st, in.Sandbox)
 	if err != nil {
 		return nil, deleted{}, err
@@ -652,10 +641,7 @@ func (s *Server) delete(ctx context.Context, req *mcp.CallToolRequest, in delete
 	return nil, deleted{Deleted: in.Sandbox}, nil
 }
 
-func (s *Server) deleteSnapshot(ctx context.Context, req *mcp.CallToolRequest, in deleteSnapshotIn) (*mcp.CallToolResult, deleted, error) {
-	if _, err := s.session(req.Session); err != nil {
-		return nil, deleted{}, err
-	}
+func (s *Server) deleteSnapshot(ctx context.Context, st *session, in deleteSnapshotIn) (*mcp.CallToolResult, deleted, error) {
 	if err := s.snapshotAllowed(in.Name); err != nil {
 		return nil, deleted{}, err
 	}
