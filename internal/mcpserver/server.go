@@ -60,6 +60,9 @@ const (
 	DefaultMaxSandboxes   = 16
 )
 
+// eofGrace is how long calls in flight may go on once stdin has ended.
+const eofGrace = 5 * time.Second
+
 // cleanupTimeout bounds deleting one session's sandboxes at its end.
 const cleanupTimeout = 2 * time.Minute
 
@@ -193,8 +196,9 @@ func (s *Server) ServeStdio(ctx context.Context) error {
 
 // ServeIO serves one session of newline-delimited JSON-RPC over r and w
 // until r ends or ctx is cancelled, then deletes the session's unkept
-// sandboxes. The end of r also cancels the calls in flight: the client
-// is gone, and nobody waits for their results.
+// sandboxes. Calls in flight when r ends get a few seconds to finish,
+// then are cancelled: the client may be gone, and an hour-long command
+// must not keep its sandboxes alive.
 func (s *Server) ServeIO(ctx context.Context, r io.ReadCloser, w io.WriteCloser) error {
 	eof := make(chan struct{})
 	t := &mcp.IOTransport{Reader: &eofReader{ReadCloser: r, eof: eof}, Writer: w}
@@ -216,8 +220,16 @@ func (s *Server) serve(ctx context.Context, t mcp.Transport, eof <-chan struct{}
 	go func() { done <- ss.Wait() }()
 	select {
 	case <-ctx.Done():
-	case <-eof:
 	case err = <-done:
+	case <-eof:
+		// stdin ended. A script that pipes its requests in still reads
+		// the answers, so the calls in flight may finish; a client that
+		// died reads nothing, so they are cut short after a while.
+		select {
+		case <-ctx.Done():
+		case err = <-done:
+		case <-time.After(eofGrace):
+		}
 	}
 	s.abort(ss)
 	ss.Close()
