@@ -69,11 +69,19 @@ func waitVMs(t *testing.T, want []string, d time.Duration) {
 func TestHTTP(t *testing.T) {
 	requireVM(t)
 	ctx := testContext(t, 5*time.Minute)
-	srv, err := mcpserver.New(ctx, mcpserver.Config{Home: testEnv.home, SessionTimeout: 3 * time.Second, MaxSandboxes: 2})
+	srv, err := mcpserver.New(ctx, mcpserver.Config{Home: testEnv.home, MaxSandboxes: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
 	dial, hc := serveHTTP(t, srv)
+	// A second server on the same state directory, whose sessions time
+	// out quickly.
+	quick, err := mcpserver.New(ctx, mcpserver.Config{Home: testEnv.home, SessionTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { quick.Close(context.Background()) })
+	dialQuick, _ := serveHTTP(t, quick)
 
 	// A session the client ends (DELETE).
 	c := connectHTTP(t, ctx, dial())
@@ -131,7 +139,7 @@ func TestHTTP(t *testing.T) {
 	waitVMs(t, []string{kept.ID}, time.Minute)
 
 	// A client that goes away without a word: the session times out.
-	c2 := connectHTTP(t, ctx, dial())
+	c2 := connectHTTP(t, ctx, dialQuick())
 	c2.ok(ctx, "create_sandbox", map[string]any{}, &made)
 	c2.ok(ctx, "run_command", map[string]any{"sandbox": kept.ID, "command": "true"}, nil)
 	waitVMs(t, []string{kept.ID}, time.Minute)
