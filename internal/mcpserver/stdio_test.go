@@ -204,8 +204,24 @@ func TestStdio(t *testing.T) {
 			s.ok(ctx, "run_command", sb(map[string]any{"command": "true"}), nil)
 			ds = append(ds, time.Since(start))
 		}
+		// The same through the Go SDK in this process, for comparison.
+		vm, err := smolvm.FromID(ctx, a.ID, smolvm.WithHome(testEnv.home))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer vm.Close()
+		var sdk []time.Duration
+		for range 15 {
+			start := time.Now()
+			if _, err := vm.Run(ctx, "true"); err != nil {
+				t.Fatal(err)
+			}
+			sdk = append(sdk, time.Since(start))
+		}
 		slices.Sort(ds)
-		t.Logf("run_command true over stdio MCP: median %v (min %v, max %v, n=%d)", ds[len(ds)/2], ds[0], ds[len(ds)-1], len(ds))
+		slices.Sort(sdk)
+		t.Logf("run_command true over stdio MCP: median %v (min %v, max %v, n=%d); Go SDK vm.Run: median %v (min %v)",
+			ds[len(ds)/2], ds[0], ds[len(ds)-1], len(ds), sdk[len(sdk)/2], sdk[0])
 	})
 
 	t.Run("timeout", func(t *testing.T) {
