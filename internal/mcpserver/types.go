@@ -145,4 +145,3 @@ type deleteSnapshotIn struct {
 type deleted struct {
 	Deleted string `json:"deleted"`
 }
-
