@@ -4,6 +4,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"io"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -164,4 +166,33 @@ func TestTail(t *testing.T) {
 	if got := tail("short"); got != "short" {
 		t.Errorf("tail(short) = %q", got)
 	}
+}
+
+func TestOwnerAlive(t *testing.T) {
+	state, start, err := procStat(os.Getpid())
+	if err != nil || state == 'Z' {
+		t.Fatalf("procStat(self) = %c, %d, %v", state, start, err)
+	}
+	if !(owner{pid: os.Getpid(), start: start}).alive() {
+		t.Error("this process is not alive")
+	}
+	if (owner{pid: os.Getpid(), start: start + 1}).alive() {
+		t.Error("a reused PID (other start time) counts as alive")
+	}
+	// A zombie: exited, not yet reaped.
+	cmd := exec.Command("true")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	_, zstart, _ := procStat(cmd.Process.Pid)
+	for range 100 {
+		if st, _, _ := procStat(cmd.Process.Pid); st == 'Z' {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if (owner{pid: cmd.Process.Pid, start: zstart}).alive() {
+		t.Error("a zombie counts as alive")
+	}
+	cmd.Wait()
 }

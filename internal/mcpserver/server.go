@@ -11,6 +11,7 @@
 package mcpserver
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -20,13 +21,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/smolvm/smolvm"
-	"github.com/smolvm/smolvm/internal/hypervisor"
 )
 
 // Config configures a Server.
@@ -87,12 +89,35 @@ type owner struct {
 	start uint64
 }
 
+// alive reports whether the owner still runs. A zombie is dead: its
+// parent (the agent's MCP client) may not have reaped it yet.
 func (o owner) alive() bool {
 	if o.pid <= 0 {
 		return false
 	}
-	st, err := hypervisor.StartTime(o.pid)
-	return err == nil && st == o.start
+	state, start, err := procStat(o.pid)
+	return err == nil && start == o.start && state != 'Z' && state != 'X'
+}
+
+// procStat reads a process's state and start time (clock ticks since
+// boot) from /proc/PID/stat.
+func procStat(pid int) (state byte, start uint64, err error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	// The command name (field 2) may hold spaces and parentheses: the
+	// fields after it start past the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 || len(f[0]) != 1 {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	start, err = strconv.ParseUint(f[19], 10, 64) // field 22 overall
+	return f[0][0], start, err
 }
 
 // session is what one MCP session made and opened.
@@ -155,7 +180,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.MaxSandboxes = DefaultMaxSandboxes
 	}
 	pid := os.Getpid()
-	start, err := hypervisor.StartTime(pid)
+	_, start, err := procStat(pid)
 	if err != nil {
 		return nil, fmt.Errorf("mcpserver: own start time: %w", err)
 	}
