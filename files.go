@@ -173,11 +173,17 @@ func (v *VM) symlink(ctx context.Context, target, link string) error {
 
 // withSFTP runs fn with an SFTP client on the VM's SSH connection.
 func (v *VM) withSFTP(ctx context.Context, fn func(*sftp.Client) error) error {
+	return v.withSFTPLimited(ctx, nil, fn)
+}
+
+// withSFTPLimited is withSFTP with a client that receives through lim
+// (nil: no limit).
+func (v *VM) withSFTPLimited(ctx context.Context, lim *guest.RecvLimit, fn func(*sftp.Client) error) error {
 	conn, err := v.conn(ctx)
 	if err != nil {
 		return err
 	}
-	c, err := conn.SFTP()
+	c, err := conn.SFTPLimited(lim)
 	if err != nil {
 		v.dropClientOnError(conn)
 		return err

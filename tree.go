@@ -13,12 +13,21 @@ import (
 	"strings"
 
 	"github.com/pkg/sftp"
+
+	"github.com/smolvm/smolvm/internal/guest"
 )
 
 // Limits of a tree copied as a tar stream (WriteTree, ReadTree).
 const (
 	MaxTreeEntries = 1 << 20
 	MaxTreeDepth   = 256
+	// MaxTreeListing bounds the directory listings ReadTree holds at
+	// once (a directory's and its ancestors'), counted as the bytes the
+	// guest sent for them: pkg/sftp keeps a whole listing in memory before
+	// returning it, so without a bound a guest that never ends one would
+	// exhaust the host's. 32 MiB is about 200,000 entries of ordinary
+	// names; the memory it costs is about ten times what was received.
+	MaxTreeListing = 32 << 20
 )
 
 // Stat returns what the guest says about guestPath (an absolute path),
@@ -209,7 +218,8 @@ func (v *VM) ReadTree(ctx context.Context, guestDir string, w io.Writer) error {
 	if err := checkGuestPath(guestDir); err != nil {
 		return opError("read tree", v.id, err)
 	}
-	return opError("read tree", v.id, v.withSFTP(ctx, func(c *sftp.Client) error {
+	lim := new(guest.RecvLimit)
+	return opError("read tree", v.id, v.withSFTPLimited(ctx, lim, func(c *sftp.Client) error {
 		fi, err := c.Lstat(guestDir)
 		if err != nil {
 			return fmt.Errorf("%s: %w", guestDir, err)
@@ -218,7 +228,7 @@ func (v *VM) ReadTree(ctx context.Context, guestDir string, w io.Writer) error {
 			return &ValidationError{Field: "path", Value: guestDir, Reason: "is a " + fileKind(fi.Mode()) + ", not a directory"}
 		}
 		tw := tar.NewWriter(w)
-		t := &treeWalk{ctx: ctx, c: c, tw: tw}
+		t := &treeWalk{ctx: ctx, c: c, tw: tw, lim: lim, listLeft: MaxTreeListing}
 		if err := t.dir(guestDir, "", 0); err != nil {
 			return err
 		}
@@ -227,25 +237,43 @@ func (v *VM) ReadTree(ctx context.Context, guestDir string, w io.Writer) error {
 }
 
 type treeWalk struct {
-	ctx     context.Context
-	c       *sftp.Client
-	tw      *tar.Writer
-	entries int
+	ctx      context.Context
+	c        *sftp.Client
+	tw       *tar.Writer
+	entries  int
+	lim      *guest.RecvLimit
+	listLeft int64 // of MaxTreeListing, not held by the listings being walked
 }
 
 func (t *treeWalk) dir(guestPath, rel string, depth int) error {
 	if depth > MaxTreeDepth {
 		return fmt.Errorf("%s: the guest's tree is deeper than %d levels", guestPath, MaxTreeDepth)
 	}
+	t.lim.Arm(t.listLeft)
 	list, err := t.c.ReadDirContext(t.ctx, guestPath)
+	held := t.lim.Disarm()
+	if t.lim.Exceeded() {
+		return fmt.Errorf("%s: the guest's listings of the tree take more than %d bytes (MaxTreeListing): %w", guestPath, MaxTreeListing, guest.ErrAnswerTooLarge)
+	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", guestPath, err)
 	}
+	// This listing is held until its directory is done.
+	t.listLeft -= held
+	defer func() { t.listLeft += held }()
+	seen := make(map[string]bool, len(list))
 	for _, fi := range list {
 		name := fi.Name()
 		if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
 			return fmt.Errorf("%s: the guest listed an entry named %q, which no directory holds", guestPath, name)
 		}
+		// A name listed twice (a symlink, then a directory beneath
+		// which files follow) would make a tar that writes through the
+		// link when a client unpacks it naively.
+		if seen[name] {
+			return fmt.Errorf("%s: the guest listed %q twice, which no directory holds", guestPath, name)
+		}
+		seen[name] = true
 		if t.entries++; t.entries > MaxTreeEntries {
 			return fmt.Errorf("%s: the guest's tree has more than %d entries", guestPath, MaxTreeEntries)
 		}
@@ -253,7 +281,7 @@ func (t *treeWalk) dir(guestPath, rel string, depth int) error {
 		hdr := &tar.Header{Name: relName, Mode: int64(fi.Mode().Perm() &^ 0o022), ModTime: fi.ModTime(), Format: tar.FormatPAX}
 		switch m := fi.Mode(); {
 		case m.IsDir():
-			hdr.Typeflag, hdr.Name, hdr.Mode = tar.TypeDir, relName+"/", int64(m.Perm())
+			hdr.Typeflag, hdr.Name, hdr.Mode = tar.TypeDir, relName+"/", int64(m.Perm()&^0o022)
 			if err := t.tw.WriteHeader(hdr); err != nil {
 				return err
 			}

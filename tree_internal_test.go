@@ -4,6 +4,8 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"net"
@@ -15,6 +17,8 @@ import (
 	"time"
 
 	"github.com/pkg/sftp"
+
+	"github.com/smolvm/smolvm/internal/guest"
 )
 
 // liar is a hostile guest's SFTP server: it lists what it likes, claims
@@ -25,6 +29,18 @@ type liar struct {
 	bodies map[string]string
 	// endless makes every directory hold one more directory, "d".
 	endless bool
+	// endlessList makes the listing of /d never end.
+	endlessList bool
+}
+
+// endlessLister lists files f0, f1, ... and never says it is done.
+type endlessLister struct{}
+
+func (endlessLister) ListAt(dst []os.FileInfo, off int64) (int, error) {
+	for i := range dst {
+		dst[i] = fakeInfo{name: fmt.Sprintf("f%d", off+int64(i)), mode: 0o644}
+	}
+	return len(dst), nil
 }
 
 type fakeInfo struct {
@@ -56,6 +72,9 @@ func (l listerAt) ListAt(dst []os.FileInfo, off int64) (int, error) {
 func (l *liar) Filelist(r *sftp.Request) (sftp.ListerAt, error) {
 	switch r.Method {
 	case "List":
+		if l.endlessList {
+			return endlessLister{}, nil
+		}
 		if l.endless {
 			return listerAt{fakeInfo{name: "d", mode: fs.ModeDir | 0o755}}, nil
 		}
@@ -73,18 +92,26 @@ func (l *liar) Fileread(r *sftp.Request) (io.ReaderAt, error) {
 // readTreeFrom runs ReadTree's walk against srv over an in-memory pipe.
 func readTreeFrom(t *testing.T, srv *liar) ([]byte, error) {
 	t.Helper()
+	return readTreeLimited(t, srv, MaxTreeListing)
+}
+
+// readTreeLimited is readTreeFrom with listings bounded to listing bytes,
+// received through a guest.RecvLimit as ReadTree's are.
+func readTreeLimited(t *testing.T, srv *liar, listing int64) ([]byte, error) {
+	t.Helper()
 	a, b := net.Pipe()
 	rs := sftp.NewRequestServer(a, sftp.Handlers{FileGet: srv, FilePut: nil, FileCmd: nil, FileList: srv})
 	go rs.Serve()
 	t.Cleanup(func() { rs.Close() })
-	c, err := sftp.NewClientPipe(b, b)
+	lim := new(guest.RecvLimit)
+	c, err := sftp.NewClientPipe(lim.Reader(b), b)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	w := &treeWalk{ctx: context.Background(), c: c, tw: tw}
+	w := &treeWalk{ctx: context.Background(), c: c, tw: tw, lim: lim, listLeft: listing}
 	if err := w.dir("/d", "", 0); err != nil {
 		return buf.Bytes(), err
 	}
@@ -189,5 +216,85 @@ func TestTreeName(t *testing.T) {
 		if (err == nil) != tc.ok || got != tc.want {
 			t.Errorf("treeName(%q) = %q, %v; want %q, ok %v", tc.in, got, err, tc.want, tc.ok)
 		}
+	}
+}
+
+// TestReadTreeHostileListings: a guest's listings cost the host bounded
+// memory (MaxTreeListing, counted as received, held by a directory and
+// its ancestors only), and a name listed twice fails the copy instead of
+// making a tar that writes through a symlink when a client unpacks it.
+func TestReadTreeHostileListings(t *testing.T) {
+	files := func(n int) []os.FileInfo {
+		var out []os.FileInfo
+		for i := range n {
+			out = append(out, fakeInfo{name: fmt.Sprintf("file-with-an-ordinary-name-%05d", i), mode: 0o644})
+		}
+		return out
+	}
+	dir := func(name string) os.FileInfo { return fakeInfo{name: name, mode: fs.ModeDir | 0o755} }
+
+	t.Run("endless listing", func(t *testing.T) {
+		done := make(chan error, 1)
+		go func() { _, err := readTreeFrom(t, &liar{endlessList: true}); done <- err }()
+		select {
+		case err := <-done:
+			if !errors.Is(err, guest.ErrAnswerTooLarge) || !strings.Contains(err.Error(), "MaxTreeListing") {
+				t.Errorf("error %v, want ErrAnswerTooLarge naming MaxTreeListing", err)
+			}
+		case <-time.After(2 * time.Minute):
+			t.Fatal("ReadTree of an endless listing did not end")
+		}
+	})
+
+	// Deep: every level holds a listing while the next is read.
+	deep := &liar{list: map[string][]os.FileInfo{}}
+	p := "/d"
+	for range 10 {
+		deep.list[p] = append([]os.FileInfo{dir("d")}, files(500)...)
+		p += "/d"
+	}
+	if _, err := readTreeLimited(t, deep, 200<<10); !errors.Is(err, guest.ErrAnswerTooLarge) {
+		t.Errorf("nested listings over the limit: %v, want ErrAnswerTooLarge", err)
+	}
+
+	// Siblings: each listing is let go when its directory is done, so
+	// their sum may exceed the limit.
+	wide := &liar{list: map[string][]os.FileInfo{"/d": {dir("a"), dir("b"), dir("c")},
+		"/d/a": files(1000), "/d/b": files(1000), "/d/c": files(1000)}}
+	b, err := readTreeLimited(t, wide, 150<<10)
+	if err != nil {
+		t.Fatalf("sibling listings each under the limit: %v", err)
+	}
+	n := 0
+	for tr := tar.NewReader(bytes.NewReader(b)); ; n++ {
+		if _, err := tr.Next(); err != nil {
+			break
+		}
+	}
+	if n != 3003 {
+		t.Errorf("%d entries, want 3003", n)
+	}
+
+	twice := &liar{
+		list: map[string][]os.FileInfo{
+			"/d":   {fakeInfo{name: "a", mode: fs.ModeSymlink | 0o777}, dir("a")},
+			"/d/a": {fakeInfo{name: "passwd", mode: 0o644, size: 1}},
+		},
+		links:  map[string]string{"/d/a": "/etc"},
+		bodies: map[string]string{"/d/a/passwd": "x"},
+	}
+	if _, err := readTreeFrom(t, twice); err == nil || !strings.Contains(err.Error(), "twice") {
+		t.Errorf("a name listed twice: %v, want an error saying so", err)
+	}
+
+	// Directories lose group/other write too.
+	open := &liar{list: map[string][]os.FileInfo{"/d": {fakeInfo{name: "pub", mode: fs.ModeDir | 0o1777}}}}
+	b, err = readTreeFrom(t, open)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := tar.NewReader(bytes.NewReader(b)).Next()
+	if err != nil || h.Name != "pub/" || h.Mode != 0o755 {
+		t.Errorf("pub: %+v, %v; want mode 0755", h, err)
 	}
 }

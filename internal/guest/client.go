@@ -305,7 +305,12 @@ func (c *Client) Poweroff(ctx context.Context) error {
 // and while it is open the connection counts as in use, so a guest that
 // stops answering fails its file operations (ErrUnresponsive) instead of
 // hanging them.
-func (c *Client) SFTP() (*sftp.Client, error) {
+func (c *Client) SFTP() (*sftp.Client, error) { return c.SFTPLimited(nil) }
+
+// SFTPLimited is SFTP whose client receives through lim (nil: no limit),
+// for callers that make requests a hostile guest could answer without
+// end.
+func (c *Client) SFTPLimited(lim *RecvLimit) (*sftp.Client, error) {
 	end := c.begin()
 	type opened struct {
 		s   *ssh.Session
@@ -351,7 +356,11 @@ func (c *Client) SFTP() (*sftp.Client, error) {
 		end()
 		return nil, fmt.Errorf("guest: sftp: %w", c.cause(o.err))
 	}
-	sc, err := sftp.NewClientPipe(o.out, &sessionWriter{WriteCloser: o.in, s: o.s, end: end})
+	out := o.out
+	if lim != nil {
+		out = lim.Reader(out)
+	}
+	sc, err := sftp.NewClientPipe(out, &sessionWriter{WriteCloser: o.in, s: o.s, end: end})
 	if err != nil {
 		o.s.Close()
 		end()
