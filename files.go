@@ -43,8 +43,9 @@ func (v *VM) Upload(ctx context.Context, local, guestPath string) error {
 // devices, FIFOs and sockets are skipped with a warning; a file larger
 // than the host's free space is refused.
 func (v *VM) Download(ctx context.Context, guestPath, local string) error {
-	return opError("download", v.id, v.withSFTP(ctx, func(c *sftp.Client) error {
-		return destinationError(guest.Download(ctx, c, guestPath, local, v.log()))
+	lim := new(guest.RecvLimit)
+	return opError("download", v.id, v.withSFTPLimited(ctx, lim, func(c *sftp.Client) error {
+		return destinationError(guest.DownloadLimited(ctx, c, lim, guestPath, local, v.log()))
 	}))
 }
 

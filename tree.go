@@ -21,13 +21,11 @@ import (
 const (
 	MaxTreeEntries = 1 << 20
 	MaxTreeDepth   = 256
-	// MaxTreeListing bounds the directory listings ReadTree holds at
-	// once (a directory's and its ancestors'), counted as the bytes the
-	// guest sent for them: pkg/sftp keeps a whole listing in memory before
-	// returning it, so without a bound a guest that never ends one would
-	// exhaust the host's. 32 MiB is about 200,000 entries of ordinary
-	// names; the memory it costs is about ten times what was received.
-	MaxTreeListing = 32 << 20
+	// MaxTreeListing bounds the directory listings a copy holds at once
+	// (a directory's and its ancestors'), counted as the bytes the guest
+	// sent for them, so that a listing without end cannot exhaust the
+	// host's memory.
+	MaxTreeListing = guest.MaxListing
 )
 
 // Stat returns what the guest says about guestPath (an absolute path),
@@ -249,12 +247,7 @@ func (t *treeWalk) dir(guestPath, rel string, depth int) error {
 	if depth > MaxTreeDepth {
 		return fmt.Errorf("%s: the guest's tree is deeper than %d levels", guestPath, MaxTreeDepth)
 	}
-	t.lim.Arm(t.listLeft)
-	list, err := t.c.ReadDirContext(t.ctx, guestPath)
-	held := t.lim.Disarm()
-	if t.lim.Exceeded() {
-		return fmt.Errorf("%s: the guest's listings of the tree take more than %d bytes (MaxTreeListing): %w", guestPath, MaxTreeListing, guest.ErrAnswerTooLarge)
-	}
+	list, held, err := guest.ListDir(t.ctx, t.c, t.lim, guestPath, t.listLeft)
 	if err != nil {
 		return fmt.Errorf("%s: %w", guestPath, err)
 	}

@@ -238,8 +238,8 @@ func TestReadTreeHostileListings(t *testing.T) {
 		go func() { _, err := readTreeFrom(t, &liar{endlessList: true}); done <- err }()
 		select {
 		case err := <-done:
-			if !errors.Is(err, guest.ErrAnswerTooLarge) || !strings.Contains(err.Error(), "MaxTreeListing") {
-				t.Errorf("error %v, want ErrAnswerTooLarge naming MaxTreeListing", err)
+			if !errors.Is(err, guest.ErrAnswerTooLarge) {
+				t.Errorf("error %v, want ErrAnswerTooLarge", err)
 			}
 		case <-time.After(2 * time.Minute):
 			t.Fatal("ReadTree of an endless listing did not end")

@@ -61,6 +61,12 @@ func hostMode(m fs.FileMode) fs.FileMode { return m.Perm() &^ 0o022 }
 // warning on log. A regular file is copied up to the size the guest
 // reported, and refused if the host's file system has less room free.
 func Download(ctx context.Context, c *sftp.Client, src, dst string, log *slog.Logger) error {
+	return DownloadLimited(ctx, c, nil, src, dst, log)
+}
+
+// DownloadLimited is Download with c's listings received through lim (c
+// made by SFTPLimited(lim)), at most MaxListing held at once.
+func DownloadLimited(ctx context.Context, c *sftp.Client, lim *RecvLimit, src, dst string, log *slog.Logger) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -80,7 +86,7 @@ func Download(ctx context.Context, c *sftp.Client, src, dst string, log *slog.Lo
 		return err
 	}
 	defer root.Close()
-	d := &downloader{c: c, log: log}
+	d := &downloader{c: c, log: log, lim: lim, listLeft: MaxListing}
 	if !fi.IsDir() {
 		return d.file(ctx, root, dir, name, src, fi)
 	}
@@ -125,8 +131,10 @@ func validName(name string) bool {
 }
 
 type downloader struct {
-	c   *sftp.Client
-	log *slog.Logger
+	c        *sftp.Client
+	log      *slog.Logger
+	lim      *RecvLimit
+	listLeft int64 // of MaxListing, not held by the listings being copied
 }
 
 // top copies the guest directory src to name in parent (hostDir on the
@@ -166,10 +174,12 @@ func (d *downloader) fill(ctx context.Context, dir *os.Root, hostDir, src string
 	if depth > maxDepth {
 		return fmt.Errorf("%w: %s: nested deeper than %d directories", ErrUnsafe, src, maxDepth)
 	}
-	ents, err := d.c.ReadDirContext(ctx, src)
+	ents, held, err := ListDir(ctx, d.c, d.lim, src, d.listLeft)
 	if err != nil {
 		return fmt.Errorf("list %s in the guest: %w", src, err)
 	}
+	d.listLeft -= held
+	defer func() { d.listLeft += held }()
 	seen := make(map[string]bool, len(ents))
 	for _, e := range ents {
 		if err := ctx.Err(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -42,6 +43,18 @@ func (e fakeEntry) Sys() any           { return nil }
 type fakeGuest struct {
 	stat map[string]fakeEntry   // by the path the client asks for
 	list map[string][]fakeEntry // directory path -> entries, names verbatim
+	// endlessDir is a directory whose listing never ends.
+	endlessDir string
+}
+
+// endlessListing lists f0, f1, ... and never says it is done.
+type endlessListing struct{}
+
+func (endlessListing) ListAt(out []os.FileInfo, off int64) (int, error) {
+	for i := range out {
+		out[i] = fakeEntry{name: fmt.Sprintf("f%d", off+int64(i)), mode: 0o644}
+	}
+	return len(out), nil
 }
 
 func (g *fakeGuest) Fileread(r *sftp.Request) (io.ReaderAt, error) {
@@ -61,6 +74,9 @@ func (g *fakeGuest) Filecmd(*sftp.Request) error                  { return os.Er
 func (g *fakeGuest) Filelist(r *sftp.Request) (sftp.ListerAt, error) {
 	switch r.Method {
 	case "List":
+		if r.Filepath == g.endlessDir {
+			return endlessListing{}, nil
+		}
 		ents, ok := g.list[r.Filepath]
 		if !ok {
 			return nil, os.ErrNotExist
@@ -127,15 +143,29 @@ func (p pipeConn) Close() error {
 // dialFake connects an SFTP client to g over in-memory pipes.
 func dialFake(t *testing.T, g *fakeGuest) *sftp.Client {
 	t.Helper()
+	return dialFakeLimited(t, g, nil)
+}
+
+// dialFakeLimited is dialFake with the client receiving through lim, as
+// SFTPLimited's does.
+func dialFakeLimited(t *testing.T, g *fakeGuest, lim *guest.RecvLimit) *sftp.Client {
+	t.Helper()
 	cr, sw := io.Pipe()
 	sr, cw := io.Pipe()
 	srv := sftp.NewRequestServer(pipeConn{sr, sw}, sftp.Handlers{FileGet: g, FilePut: g, FileCmd: g, FileList: g})
 	go srv.Serve()
-	c, err := sftp.NewClientPipe(cr, cw)
+	var rd io.Reader = cr
+	if lim != nil {
+		rd = lim.Reader(cr)
+	}
+	c, err := sftp.NewClientPipe(rd, cw)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { srv.Close(); c.Close() })
+	// The client's end first: a server still writing a listing the
+	// client stopped reading (an over-limit one) then fails instead of
+	// blocking its Close.
+	t.Cleanup(func() { cr.Close(); c.Close(); srv.Close() })
 	return c
 }
 
@@ -434,6 +464,32 @@ func TestDownloadDepth(t *testing.T) {
 	err := guest.Download(context.Background(), dialFake(t, g), "/t", filepath.Join(dst, "copy"), nil)
 	if !errors.Is(err, guest.ErrUnsafe) {
 		t.Fatalf("Download: %v, want ErrUnsafe", err)
+	}
+	if ents, _ := os.ReadDir(dst); len(ents) != 0 {
+		t.Errorf("left %v behind", ents)
+	}
+}
+
+// TestDownloadEndlessListing: a directory whose listing never ends costs
+// the host bounded memory (guest.MaxListing received) and fails the copy,
+// leaving nothing.
+func TestDownloadEndlessListing(t *testing.T) {
+	g := &fakeGuest{stat: map[string]fakeEntry{"/t": dirEntry("t", 0o755)}, list: map[string][]fakeEntry{
+		"/t": {dirEntry("big", 0o755)}}, endlessDir: "/t/big"}
+	g.stat["/t/big"] = dirEntry("big", 0o755)
+	dst := t.TempDir()
+	lim := new(guest.RecvLimit)
+	done := make(chan error, 1)
+	go func() {
+		done <- guest.DownloadLimited(context.Background(), dialFakeLimited(t, g, lim), lim, "/t", filepath.Join(dst, "copy"), nil)
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, guest.ErrAnswerTooLarge) {
+			t.Fatalf("Download: %v, want ErrAnswerTooLarge", err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("Download of an endless listing did not end")
 	}
 	if ents, _ := os.ReadDir(dst); len(ents) != 0 {
 		t.Errorf("left %v behind", ents)

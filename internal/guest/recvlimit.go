@@ -1,9 +1,14 @@
 package guest
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"sync/atomic"
+
+	"github.com/pkg/sftp"
 )
 
 // ErrAnswerTooLarge is what an SFTP client's reads fail with once an
@@ -68,4 +73,30 @@ func (r limitedReader) Read(p []byte) (int, error) {
 		l.used.Add(int64(n))
 	}
 	return n, err
+}
+
+// MaxListing bounds the directory listings a tree copy holds at once (a
+// directory's and its ancestors'), counted as the bytes the guest sent
+// for them. pkg/sftp keeps a whole listing in memory before returning it,
+// so without a bound a guest that never ends one would exhaust the
+// host's. 32 MiB is about 200,000 entries of ordinary names; the memory
+// it costs is about ten times what was received.
+const MaxListing = 32 << 20
+
+// ListDir is c.ReadDirContext(ctx, dir) received through lim (the
+// client's own: SFTPLimited), allowing left bytes, and the bytes the
+// listing took. A nil lim lists without a bound. A listing over left
+// fails with ErrAnswerTooLarge and leaves c unusable.
+func ListDir(ctx context.Context, c *sftp.Client, lim *RecvLimit, dir string, left int64) ([]os.FileInfo, int64, error) {
+	if lim == nil {
+		ents, err := c.ReadDirContext(ctx, dir)
+		return ents, 0, err
+	}
+	lim.Arm(left)
+	ents, err := c.ReadDirContext(ctx, dir)
+	held := lim.Disarm()
+	if lim.Exceeded() {
+		return nil, 0, fmt.Errorf("the guest's listings take more than %d bytes: %w", MaxListing, ErrAnswerTooLarge)
+	}
+	return ents, held, err
 }
