@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -49,7 +50,9 @@ func ListenUnix(path string) (*Listener, error) {
 	}
 	// The lock, held for the server's life, settles a race of two servers
 	// starting at once; the kernel drops it when the holder dies.
-	lock, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR|syscall.O_CLOEXEC, statedir.FileMode)
+	// O_NOFOLLOW: beside a socket in a shared directory, a planted
+	// symlink would have the lock made (or taken) elsewhere.
+	lock, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR|syscall.O_CLOEXEC|syscall.O_NOFOLLOW, statedir.FileMode)
 	if err != nil {
 		return nil, fmt.Errorf("socket lock: %w", err)
 	}
@@ -169,26 +172,42 @@ func loopback(host string) bool {
 // (mode 0600) when there is none. A token file open to other users is
 // refused: anyone could have read it.
 func LoadOrCreateToken(file string) (string, error) {
-	if b, err := os.ReadFile(file); err == nil {
-		fi, err := os.Stat(file)
+	// O_NOFOLLOW and the checks on what was opened: a symlink or a file
+	// of another user holds a token someone else may know.
+	if f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0); err == nil {
+		defer f.Close()
+		fi, err := f.Stat()
 		if err != nil {
-			return "", err
+			return "", fmt.Errorf("token file: %w", err)
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); !fi.Mode().IsRegular() || !ok || int(st.Uid) != os.Geteuid() {
+			uid := -1
+			if ok {
+				uid = int(st.Uid)
+			}
+			return "", fmt.Errorf("token file %s is not a regular file of this user (%v, uid %d): remove it and a new token is made", file, fi.Mode(), uid)
 		}
 		if fi.Mode().Perm()&0o077 != 0 {
 			return "", fmt.Errorf("token file %s is readable by other users (mode %v): remove it and a new token is made", file, fi.Mode().Perm())
+		}
+		b, err := io.ReadAll(io.LimitReader(f, 4096))
+		if err != nil {
+			return "", fmt.Errorf("token file: %w", err)
 		}
 		tok := strings.TrimSpace(string(b))
 		if len(tok) < 16 {
 			return "", fmt.Errorf("token file %s holds a token shorter than 16 characters: remove it and a new token is made", file)
 		}
 		return tok, nil
+	} else if errors.Is(err, syscall.ELOOP) {
+		return "", fmt.Errorf("token file %s is a symlink: remove it and a new token is made", file)
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return "", fmt.Errorf("token file: %w", err)
 	}
 	b := make([]byte, 32)
 	rand.Read(b)
 	tok := hex.EncodeToString(b)
-	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, statedir.FileMode)
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, statedir.FileMode)
 	if errors.Is(err, fs.ErrExist) {
 		return LoadOrCreateToken(file) // another server made it meanwhile
 	}

@@ -163,6 +163,33 @@ func TestAuth(t *testing.T) {
 			}
 		})
 	}
+	// What a web page in the user's browser can send to 127.0.0.1: simple
+	// requests (text/plain, form posts), preflights, credentials in the URL
+	// or a cookie, a cross-origin WebSocket (a DNS-rebound page is one more
+	// origin without the token). None carries
+	// the bearer header, so all are 401 before anything runs.
+	for _, tc := range []struct {
+		name, method, path, body string
+		hdr                      []string
+	}{
+		{"text/plain create", "POST", "/v1/vms", `{"id":"intruder","start":true}`, []string{"Content-Type", "text/plain", "Origin", "http://evil.example"}},
+		{"form post", "POST", "/v1/vms", "id=intruder", []string{"Content-Type", "application/x-www-form-urlencoded"}},
+		{"preflight", "OPTIONS", "/v1/vms", "", []string{"Origin", "http://evil.example", "Access-Control-Request-Method", "DELETE"}},
+		{"mcp simple post", "POST", "/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call"}`, []string{"Content-Type", "text/plain"}},
+		{"token in query", "GET", "/v1/vms?token=" + token + "&access_token=" + token, "", nil},
+		{"token in cookie", "GET", "/v1/vms", "", []string{"Cookie", "token=" + token + "; smolvm_token=" + token}},
+		{"websocket", "GET", "/v1/vms/x/exec/ws", "", []string{"Connection", "Upgrade", "Upgrade", "websocket",
+			"Sec-WebSocket-Version", "13", "Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==", "Origin", "http://evil.example",
+			"Sec-WebSocket-Protocol", token}},
+	} {
+		r := ts.do(t, rctx, tc.method, tc.path, tc.body, tc.hdr...)
+		if r.status != 401 {
+			t.Errorf("%s: %s %s: %d %s, want 401", tc.name, tc.method, tc.path, r.status, r.body)
+		}
+		if h := r.header.Get("Access-Control-Allow-Origin"); h != "" {
+			t.Errorf("%s: Access-Control-Allow-Origin %q: no page may read answers", tc.name, h)
+		}
+	}
 	if vms, err := smolvm.List(rctx, smolvm.WithHome(home)); err != nil || len(vms) != 0 {
 		t.Errorf("after unauthorized creates: %v, %v; want no VM", vms, err)
 	}
@@ -198,6 +225,25 @@ func TestTokenFile(t *testing.T) {
 	os.Chmod(file, 0o644)
 	if _, err := server.LoadOrCreateToken(file); err == nil {
 		t.Error("a token file readable by others was used")
+	}
+	os.Chmod(file, 0o600)
+
+	// A token someone else could have chosen: a symlink to a file (of
+	// theirs, or one whose contents they know), or a file of another user.
+	link := filepath.Join(t.TempDir(), api.TokenFile)
+	if err := os.Symlink(file, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := server.LoadOrCreateToken(link); err == nil {
+		t.Error("a token file that is a symlink was used")
+	}
+	if os.Geteuid() == 0 {
+		if err := os.Chown(file, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := server.LoadOrCreateToken(file); err == nil || !strings.Contains(err.Error(), "uid 65534") {
+			t.Errorf("a token file of another user: %v, want refused", err)
+		}
 	}
 }
 
@@ -250,6 +296,21 @@ func TestSocket(t *testing.T) {
 		t.Errorf("ListenUnix on an answering socket: %v, want ErrServing", err)
 	}
 	ln.Close()
+
+	// A lock planted as a symlink (a shared socket directory) is not
+	// followed: nothing is made where it points.
+	other := filepath.Join(t.TempDir(), "elsewhere")
+	planted := filepath.Join(dir, "planted.sock")
+	if err := os.Symlink(other, planted+".lock"); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := server.ListenUnix(planted); err == nil {
+		l.Close()
+		t.Error("ListenUnix with a symlinked lock: no error")
+	}
+	if _, err := os.Lstat(other); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the lock's symlink was followed: %v", err)
+	}
 
 	plain := filepath.Join(dir, "plain")
 	os.WriteFile(plain, []byte("mine"), 0o600)
