@@ -65,6 +65,9 @@ func newFromSnapshot(ctx context.Context, name string, opts ...Option) (*VM, err
 
 // loadSnapshotPlan reads the snapshot and checks it can run on this host.
 func loadSnapshotPlan(ctx context.Context, s settings, name string) (*snapshotPlan, error) {
+	if err := checkSnapshotName(name); err != nil {
+		return nil, err
+	}
 	st, err := openStore(ctx, s)
 	if err != nil {
 		return nil, err

@@ -139,9 +139,20 @@ func (v *VM) Snapshot(ctx context.Context, name string, opts ...SnapshotOption) 
 	return info, opError("snapshot", v.id, err)
 }
 
-func (v *VM) snapshot(ctx context.Context, name string, o snapshotOptions) (*SnapshotInfo, error) {
+// checkSnapshotName refuses a name that is no snapshot's, before any
+// path is made from it: names reach here from API paths and MCP tools,
+// and "../../x" would put a snapshot's lock file outside the state
+// directory.
+func checkSnapshotName(name string) error {
 	if !idPattern.MatchString(name) {
-		return nil, &ValidationError{Field: "snapshot name", Value: fmt.Sprintf("%q", name), Reason: "use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"}
+		return &ValidationError{Field: "snapshot name", Value: fmt.Sprintf("%q", name), Reason: "use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"}
+	}
+	return nil
+}
+
+func (v *VM) snapshot(ctx context.Context, name string, o snapshotOptions) (*SnapshotInfo, error) {
+	if err := checkSnapshotName(name); err != nil {
+		return nil, err
 	}
 	unlock, err := v.lock(ctx)
 	if err != nil {
@@ -455,6 +466,9 @@ func GetSnapshot(ctx context.Context, name string, opts ...Option) (*SnapshotInf
 }
 
 func getSnapshot(ctx context.Context, s settings, st *store.Store, name string) (*SnapshotInfo, error) {
+	if err := checkSnapshotName(name); err != nil {
+		return nil, err
+	}
 	row, err := st.GetSnapshot(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, fmt.Errorf("%w: no snapshot %q (smolvm snapshot list shows them)", ErrNotFound, name)
@@ -524,6 +538,9 @@ func RemoveSnapshot(ctx context.Context, name string, opts ...Option) error {
 }
 
 func removeSnapshot(ctx context.Context, s settings, st *store.Store, name string) error {
+	if err := checkSnapshotName(name); err != nil {
+		return err
+	}
 	// The lock lives in snapshots/, which a fresh state directory lacks.
 	if err := statedir.MkdirAll(s.home, snapshotsDir(s.home)); err != nil {
 		return err
