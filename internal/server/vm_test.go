@@ -535,7 +535,7 @@ func testFiles(t *testing.T, ctx context.Context, ts *testServer, id string) {
 		// host's side: links stay links, devices and FIFOs are left out,
 		// setuid is dropped.
 		mustExec(t, ctx, ts, id, "mkdir -p /tmp/evil && cd /tmp/evil && ln -sf /etc/shadow shadow && ln -sf ../../../../../etc up && "+
-			"mkfifo fifo && echo s > suid && chmod 4755 suid && mknod null c 1 3")
+			"mkfifo fifo && echo s > suid && chmod 4755 suid && mknod null c 1 3 && mkdir -m 1777 pub")
 		r := ts.do(t, ctx, "GET", files+"/tmp/evil", nil)
 		if r.status != 200 {
 			t.Fatalf("%d %s", r.status, r.body)
@@ -549,6 +549,10 @@ func testFiles(t *testing.T, ctx context.Context, ts *testServer, id string) {
 		}
 		if e := got["suid"]; e.typ != tar.TypeReg || e.mode != 0o755 {
 			t.Errorf("suid: %+v, want mode 0755", e)
+		}
+		// A directory open to all in the guest is not one on the host.
+		if e := got["pub/"]; e.typ != tar.TypeDir || e.mode != 0o755 {
+			t.Errorf("pub/: %+v, want a directory of mode 0755", e)
 		}
 		for _, n := range []string{"fifo", "null"} {
 			if _, ok := got[n]; ok {
