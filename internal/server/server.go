@@ -140,6 +140,13 @@ func requireToken(token string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got := []byte(r.Header.Get("Authorization"))
 		if subtle.ConstantTimeCompare(got, want) != 1 {
+			// Hang up after the answer, without reading the body first:
+			// net/http would otherwise read an unread body of up to 256
+			// KiB, without a deadline, before answering, so a client
+			// without the token that never sends it would hold the
+			// connection (and keep an idle server alive) forever.
+			w.Header().Set("Connection", "close")
+			http.NewResponseController(w).SetReadDeadline(time.Now().Add(time.Second))
 			w.Header().Set("WWW-Authenticate", `Bearer realm="smolvm"`)
 			writeError(w, r, &apiError{code: api.CodeUnauthorized,
 				msg: "missing or wrong bearer token: send Authorization: Bearer TOKEN (smolvm serve prints where the token is kept; clients read SMOLVM_TOKEN)"})
