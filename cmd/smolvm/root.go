@@ -17,6 +17,8 @@ import (
 
 	"github.com/smolvm/smolvm"
 	"github.com/smolvm/smolvm/internal/agentbin"
+	"github.com/smolvm/smolvm/internal/api"
+	"github.com/smolvm/smolvm/internal/apiclient"
 )
 
 // globalOptions holds the persistent flags and what is derived from them
@@ -27,6 +29,10 @@ type globalOptions struct {
 	network      string
 	verbose      bool
 	json         bool
+	host         string // --host / SMOLVM_HOST: a server to talk to instead
+	token        string // --token / SMOLVM_TOKEN
+
+	remote *apiclient.Client // set in setup when host is
 
 	agent    string       // this executable: the guest agent
 	logger   *slog.Logger // set in PersistentPreRunE
@@ -54,6 +60,15 @@ func (g *globalOptions) sdk(extra ...smolvm.Option) []smolvm.Option {
 		opts = append(opts, smolvm.WithProgress(g.progress))
 	}
 	return append(opts, extra...)
+}
+
+// vms is where the commands' VMs live: a server with --host, else this
+// machine.
+func (g *globalOptions) vms() vmHost {
+	if g.remote != nil {
+		return remoteHost{g}
+	}
+	return localHost{g}
 }
 
 // output writes v as JSON in --json mode, else calls text.
@@ -87,6 +102,8 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 	pf.StringVar(&g.network, "network", smolvm.NetworkAuto, "network mode: auto (TAP as root, else user), tap or user")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logs on stderr")
 	pf.BoolVar(&g.json, "json", false, "machine-readable JSON on stdout, errors included")
+	pf.StringVar(&g.host, "host", os.Getenv(api.HostEnv), "talk to a smolvm server instead of working locally: unix:///path/smolvm.sock or tcp://HOST:PORT (env "+api.HostEnv+")")
+	pf.StringVar(&g.token, "token", "", "bearer token of a TCP server (env "+api.TokenEnv+"; default: the server's token file in --home)")
 	root.RegisterFlagCompletionFunc("network", cobra.FixedCompletions(
 		[]string{smolvm.NetworkAuto, smolvm.NetworkTAP, smolvm.NetworkUser}, cobra.ShellCompDirectiveNoFileComp))
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
@@ -123,7 +140,12 @@ func (g *globalOptions) setup(stderr io.Writer) error {
 		return usageError{fmt.Errorf("--network %q: use auto, tap or user", g.network)}
 	}
 	g.ran = true
-	if err := g.resolveAgent(); err != nil {
+	if g.host != "" {
+		// The server has its own agent, images and state.
+		if err := g.connect(); err != nil {
+			return err
+		}
+	} else if err := g.resolveAgent(); err != nil {
 		return err
 	}
 	level := slog.LevelWarn
