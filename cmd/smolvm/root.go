@@ -93,7 +93,7 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			return g.setup(cmd.ErrOrStderr())
+			return g.setup(cmd)
 		},
 	}
 	pf := root.PersistentFlags()
@@ -134,14 +134,15 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 }
 
 // setup checks the global flags and makes the logger.
-func (g *globalOptions) setup(stderr io.Writer) error {
+func (g *globalOptions) setup(cmd *cobra.Command) error {
+	stderr := cmd.ErrOrStderr()
 	switch g.network {
 	case smolvm.NetworkAuto, smolvm.NetworkTAP, smolvm.NetworkUser:
 	default:
 		return usageError{fmt.Errorf("--network %q: use auto, tap or user", g.network)}
 	}
 	g.ran = true
-	if g.host != "" {
+	if g.host != "" && !servesItself(cmd) {
 		// The server has its own agent, images and state.
 		if err := g.connect(); err != nil {
 			return err
@@ -158,6 +159,17 @@ func (g *globalOptions) setup(stderr io.Writer) error {
 		g.progress = stderr
 	}
 	return nil
+}
+
+// servesItself reports whether cmd is a server of this machine's smolvm
+// (serve, mcp), which SMOLVM_HOST, meant for its clients, does not redirect.
+func servesItself(cmd *cobra.Command) bool {
+	for c := cmd; c != nil && c.HasParent(); c = c.Parent() {
+		if c.Parent() == c.Root() {
+			return c.Name() == "serve" || c.Name() == "mcp"
+		}
+	}
+	return false
 }
 
 // execute runs the command line args and returns the exit status.
@@ -274,6 +286,10 @@ func errorKind(err error) string {
 		return "not_running"
 	case errors.Is(err, smolvm.ErrInUse):
 		return "in_use"
+	case errors.Is(err, apiclient.ErrUnauthorized):
+		return "unauthorized"
+	case errors.Is(err, apiclient.ErrUnreachable):
+		return "unreachable"
 	}
 	return "error"
 }

@@ -176,11 +176,23 @@ func (c *Client) transportError(ctx context.Context, err error) error {
 	}
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" {
-		return fmt.Errorf("%w: no smolvm server at %s (start one with `smolvm serve`, or check --host / %s): %w",
-			ErrUnreachable, c.host, api.HostEnv, err)
+		return &unreachableError{host: c.host, err: op}
 	}
 	return fmt.Errorf("smolvm server at %s: %w", c.host, err)
 }
+
+// unreachableError is a server nothing answers at.
+type unreachableError struct {
+	host string
+	err  error
+}
+
+func (e *unreachableError) Error() string {
+	return fmt.Sprintf("no smolvm server at %s (start one with `smolvm serve`, or check --host / %s): %v", e.host, api.HostEnv, e.err)
+}
+
+func (e *unreachableError) Unwrap() error        { return e.err }
+func (e *unreachableError) Is(target error) bool { return target == ErrUnreachable }
 
 // request is one call: method, path under /v1, query, body.
 type request struct {
