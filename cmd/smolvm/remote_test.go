@@ -209,26 +209,36 @@ func TestRemoteMatchesLocal(t *testing.T) {
 	})
 
 	t.Run("cp", func(t *testing.T) {
-		c, lc := overUnix, local
-		c.t, lc.t = t, t
+		c, lc, tc := overUnix, local, overTCP
+		c.t, lc.t, tc.t = t, t, t
 		src := filepath.Join(t.TempDir(), "tree")
 		writeTree(t, src)
+		dst := t.TempDir()
+		// Down through the server what was copied up locally, and the
+		// other way round: each direction checked against the SDK's.
+		lc.ok("cp", src, vm+":/root/up-local")
+		tc.ok("cp", vm+":/root/up-local", filepath.Join(dst, "down-remote"))
+		sameTree(t, src, filepath.Join(dst, "down-remote"))
 		c.ok("cp", src, vm+":/root/")
-		if out := c.ok("exec", vm, "--", "sh", "-c", "cd /root/tree && ls -l bin/run | cut -c1-10 && readlink link && cat sub/deep/f"); out != "-rwxr-x---\nsub/deep/f\ndeep\n" {
+		if out := c.ok("exec", vm, "--", "sh", "-c", "cd /root/tree && ls -l bin/run | cut -c1-10 && cat sub/deep/f"); out != "-rwxr-x---\ndeep\n" {
 			t.Errorf("the tree in the guest: %q", out)
 		}
-		dst := t.TempDir()
-		overTCP.t = t
-		overTCP.ok("cp", vm+":/root/tree", dst)
-		sameTree(t, src, filepath.Join(dst, "tree"))
-		lc.ok("cp", vm+":/root/tree", filepath.Join(dst, "local"))
-		sameTree(t, src, filepath.Join(dst, "local"))
+		lc.ok("cp", vm+":/root/tree", filepath.Join(dst, "up-remote"))
+		sameTree(t, src, filepath.Join(dst, "up-remote"))
+		// Into an existing directory, under its own name, as cp -r does.
+		tc.ok("cp", vm+":/root/tree", dst)
+		if _, err := os.Stat(filepath.Join(dst, "tree", "sub", "deep", "f")); err != nil {
+			t.Errorf("cp into an existing directory: %v", err)
+		}
 		// One file, both ways, under a new name.
 		c.ok("cp", filepath.Join(src, "big"), vm+":/tmp/big.copy")
 		c.ok("cp", vm+":/tmp/big.copy", filepath.Join(dst, "big"))
 		sameFile(t, filepath.Join(src, "big"), filepath.Join(dst, "big"))
-		if r := c.run("cp", vm+":/nope", dst); r.code != 1 || !strings.Contains(r.stderr, "/nope") {
-			t.Errorf("cp of a missing guest file: exit %d, %q", r.code, r.stderr)
+		for _, args := range [][]string{{"cp", vm + ":/nope", dst}, {"cp", filepath.Join(src, "nope"), vm + ":/tmp/"}} {
+			l, r := lc.run(args...), c.run(args...)
+			if l.code != 1 || r.code != 1 || !strings.Contains(r.stderr, "nope") {
+				t.Errorf("%q: exit %d, %q; locally exit %d, %q", args, r.code, r.stderr, l.code, l.stderr)
+			}
 		}
 	})
 
