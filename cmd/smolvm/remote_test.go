@@ -281,6 +281,79 @@ func TestRemoteMatchesLocal(t *testing.T) {
 		if out := c.ok("logs", vm); !strings.Contains(out, "smolvm-agent") {
 			t.Errorf("logs: no agent line in %q", out)
 		}
+		// logs -f goes on until the VM stops.
+		f := exec.Command(bin, "--host", srv.unix, "--json", "logs", "-f", vm)
+		f.Env = append(os.Environ(), "SMOLVM_HOME="+home)
+		var followed bytes.Buffer
+		f.Stdout = &followed
+		if err := f.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- f.Wait() }()
+		time.Sleep(time.Second)
+		c.ok("stop", vm)
+		select {
+		case err := <-done:
+			if err != nil || !strings.Contains(followed.String(), `{"line":`) {
+				t.Errorf("logs -f: %v, output %.200q", err, followed.String())
+			}
+		case <-time.After(30 * time.Second):
+			f.Process.Kill()
+			<-done
+			t.Errorf("logs -f did not end when the VM stopped")
+		}
+		c.ok("start", vm)
+	})
+
+	t.Run("interrupt", func(t *testing.T) {
+		lc := local
+		lc.t = t
+		x := exec.Command(bin, "--host", srv.tcp, "--token", srv.token, "exec", vm, "--", "sleep", "301")
+		x.Env = append(os.Environ(), "SMOLVM_HOME="+home)
+		if err := x.Start(); err != nil {
+			t.Fatal(err)
+		}
+		running := func() bool {
+			return strings.Contains(lc.ok("exec", vm, "--", "ps", "-o", "args"), "sleep 301")
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for !running() && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		x.Process.Signal(os.Interrupt)
+		err := x.Wait()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 130 {
+			t.Errorf("Ctrl-C of exec through the server: %v, want exit 130", err)
+		}
+		deadline = time.Now().Add(10 * time.Second)
+		for running() && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if running() {
+			t.Errorf("the command still runs in the guest after Ctrl-C")
+		}
+	})
+
+	t.Run("image", func(t *testing.T) {
+		c, lc := overUnix, local
+		c.t, lc.t = t, t
+		out := c.ok("image", "build", "--from", "alpine", "-t", "rb", "--size", "300")
+		if !strings.HasPrefix(out, "image rb: alpine") || !strings.Contains(out, "smolvm run --image rb") {
+			t.Errorf("image build through the server: %q", out)
+		}
+		if l, r := lc.ok("image", "inspect", "rb"), c.ok("image", "inspect", "rb"); l != r {
+			t.Errorf("image inspect through the server:\n%s\nlocally:\n%s", r, l)
+		}
+		if out := c.ok("image", "rm", "rb"); out != "rb\n" {
+			t.Errorf("image rm: %q", out)
+		}
+		if r := lc.run("image", "inspect", "rb"); r.code != 1 {
+			t.Errorf("image rm through the server left the image")
+		}
+		if r := c.run("image", "build", "--from", "nosuch:thing", "-t", "bad"); r.code != 1 || r.stderr == "" {
+			t.Errorf("a bad image source: exit %d, %q", r.code, r.stderr)
+		}
 	})
 
 	t.Run("snapshot and fork", func(t *testing.T) {
