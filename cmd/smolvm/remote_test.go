@@ -14,13 +14,34 @@ import (
 	"reflect"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/creack/pty"
+
 	"github.com/smolvm/smolvm"
 	"github.com/smolvm/smolvm/internal/api"
 )
+
+// syncBuffer is a bytes.Buffer one goroutine writes while another reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
 
 // testServer is a `smolvm serve` of the built binary on a UNIX socket and
 // loopback TCP.
@@ -388,6 +409,54 @@ func TestRemoteMatchesLocal(t *testing.T) {
 		c.in = ""
 		if r := c.run("ssh", "--print", vm); r.code != 1 || !strings.Contains(r.stderr, "not through a server") {
 			t.Errorf("ssh --print through a server: exit %d, %q", r.code, r.stderr)
+		}
+	})
+
+	t.Run("terminal", func(t *testing.T) {
+		// A real terminal: raw mode, the size at the start, a resize.
+		sh := exec.Command(bin, "--host", srv.unix, "ssh", vm)
+		sh.Env = append(os.Environ(), "SMOLVM_HOME="+home, "TERM=xterm")
+		tty, err := pty.StartWithSize(sh, &pty.Winsize{Rows: 30, Cols: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tty.Close()
+		var screen syncBuffer
+		go io.Copy(&screen, tty)
+		waitFor := func(what string) {
+			t.Helper()
+			deadline := time.Now().Add(20 * time.Second)
+			for !strings.Contains(screen.String(), what) {
+				if time.Now().After(deadline) {
+					t.Fatalf("no %q on the terminal in 20 s:\n%s", what, screen.String())
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		io.WriteString(tty, "echo size=$(stty size)=\r")
+		waitFor("size=30 100=")
+		if err := pty.Setsize(tty, &pty.Winsize{Rows: 40, Cols: 120}); err != nil {
+			t.Fatal(err)
+		}
+		sh.Process.Signal(syscall.SIGWINCH)
+		deadline := time.Now().Add(20 * time.Second)
+		for !strings.Contains(screen.String(), "size=40 120=") && time.Now().Before(deadline) {
+			io.WriteString(tty, "echo size=$(stty size)=\r")
+			time.Sleep(300 * time.Millisecond)
+		}
+		waitFor("size=40 120=")
+		io.WriteString(tty, "exit 4\r")
+		done := make(chan error, 1)
+		go func() { done <- sh.Wait() }()
+		select {
+		case err := <-done:
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 4 {
+				t.Errorf("ssh on a terminal: %v, want exit 4", err)
+			}
+		case <-time.After(20 * time.Second):
+			sh.Process.Kill()
+			<-done
+			t.Errorf("ssh did not end after exit")
 		}
 	})
 
