@@ -25,9 +25,11 @@ func (g *globalOptions) connect() error {
 	if token == "" {
 		token = os.Getenv(api.TokenEnv)
 	}
-	if token == "" && strings.HasPrefix(g.host, "tcp://") {
+	if token == "" && strings.HasPrefix(g.host, "tcp://") && g.sameMachine() {
 		// The server keeps a generated token there, mode 0600: readable
-		// by the user it runs as, which is who may use it.
+		// by the user it runs as, which is who may use it. Only a server
+		// on this machine can be the one that made it; elsewhere the token
+		// must be given, so this one is never sent away.
 		if b, err := os.ReadFile(filepath.Join(g.home, api.TokenFile)); err == nil {
 			token = strings.TrimSpace(string(b))
 		}

@@ -75,13 +75,17 @@ func New(host, token string) (*Client, error) {
 	default:
 		return nil, invalidHost(host)
 	}
-	c.hc = &http.Client{Transport: &http.Transport{
-		DialContext:           dial,
-		MaxIdleConnsPerHost:   8,
-		IdleConnTimeout:       30 * time.Second,
-		ResponseHeaderTimeout: 0, // long operations (boots, builds) answer late
-		DisableCompression:    true,
-	}}
+	c.hc = &http.Client{
+		// The API never redirects; a server that does is not followed.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		Transport: &http.Transport{
+			DialContext:           dial,
+			MaxIdleConnsPerHost:   8,
+			IdleConnTimeout:       30 * time.Second,
+			ResponseHeaderTimeout: 0, // long operations (boots, builds) answer late
+			DisableCompression:    true,
+			// Proxy stays nil: HTTP_PROXY must not see the token.
+		}}
 	return c, nil
 }
 
