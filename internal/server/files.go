@@ -134,4 +134,3 @@ func (l *lazyWriter) Write(p []byte) (int, error) {
 	}
 	return l.w.Write(p)
 }
-
