@@ -460,6 +460,28 @@ func TestRemoteMatchesLocal(t *testing.T) {
 		}
 	})
 
+	t.Run("create with ports", func(t *testing.T) {
+		c, lc := overTCP, local
+		c.t, lc.t = t, t
+		if out := c.ok("create", "--no-start", "--name", "rp", "-p", "80"); out != "rp\n" {
+			t.Errorf("create -p through the server: %q", out)
+		}
+		var fs []smolvm.PortForward
+		lc.json(&fs, "port", "list", "rp")
+		var info smolvm.VMInfo
+		lc.json(&info, "info", "rp")
+		if len(fs) != 1 || fs[0].GuestPort != 80 || fs[0].HostPort == 0 || info.State != smolvm.StateCreated {
+			t.Errorf("create --no-start -p 80 through the server: forwards %+v, state %s", fs, info.State)
+		}
+		// From another state directory: only the server knows these VMs.
+		elsewhere := c
+		elsewhere.home = t.TempDir()
+		if out := elsewhere.ok("__complete", "exec", ""); !strings.Contains(out, "rp\tcreated") || !strings.Contains(out, vm+"\trunning") {
+			t.Errorf("completion through the server: %q", out)
+		}
+		c.ok("delete", "rp")
+	})
+
 	t.Run("refused", func(t *testing.T) {
 		lc := local
 		lc.t = t

@@ -335,6 +335,15 @@ func usagef(format string, args ...any) error {
 	return usageError{fmt.Errorf(format, args...)}
 }
 
+// completing is where completions look: cobra runs no PersistentPreRunE
+// for them, so the server (--host, SMOLVM_HOST) is connected here.
+func (g *globalOptions) completing() (vmHost, bool) {
+	if g.remote == nil && g.host != "" && g.connect() != nil {
+		return nil, false
+	}
+	return g.vms(), true
+}
+
 // completeIDs completes VM ids; max limits how many ids a command takes
 // (0 = any number).
 func completeIDs(g *globalOptions, max int) cobra.CompletionFunc {
@@ -342,7 +351,11 @@ func completeIDs(g *globalOptions, max int) cobra.CompletionFunc {
 		if max > 0 && len(args) >= max {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
-		vms, err := smolvm.List(cmd.Context(), smolvm.WithHome(g.home), smolvm.WithAgent(g.agent))
+		h, ok := g.completing()
+		if !ok {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		vms, err := h.List(cmd.Context())
 		if err != nil {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}

@@ -275,7 +275,11 @@ func completeSnapshots(g *globalOptions, max int) cobra.CompletionFunc {
 		if max > 0 && len(args) >= max {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
-		snaps, err := smolvm.ListSnapshots(cmd.Context(), smolvm.WithHome(g.home), smolvm.WithAgent(g.agent))
+		h, ok := g.completing()
+		if !ok {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		snaps, err := h.ListSnapshots(cmd.Context())
 		if err != nil {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
