@@ -149,11 +149,24 @@ func (c *Client) Upload(ctx context.Context, id, local, guestPath string, log *s
 		return c.WriteFile(ctx, id, target, f, fi.Mode().Perm())
 	}
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(writeTree(ctx, pw, local, log)) }()
+	treeErr := make(chan error, 1)
+	go func() {
+		err := writeTree(ctx, pw, local, log)
+		pw.CloseWithError(err)
+		treeErr <- err
+	}()
 	err = c.WriteTar(ctx, id, target, pr)
-	pr.CloseWithError(errors.New("upload ended"))
+	pr.CloseWithError(errUploadEnded)
+	// A local failure (a file that changed, a read error) explains a
+	// failed upload better than the broken request it caused.
+	if te := <-treeErr; err != nil && te != nil && !errors.Is(te, errUploadEnded) {
+		return te
+	}
 	return err
 }
+
+// errUploadEnded stops a tree's tar once its request is over.
+var errUploadEnded = errors.New("upload ended")
 
 // writeTree writes the tree at dir to w as a tar, reading only inside dir.
 func writeTree(ctx context.Context, w io.Writer, dir string, log *slog.Logger) error {
