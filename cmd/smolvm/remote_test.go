@@ -184,6 +184,9 @@ func TestRemoteMatchesLocal(t *testing.T) {
 		{"no such snapshot", []string{"snapshot", "inspect", "nope"}, "", 1, "", true},
 		{"bad env name", []string{"env", "set", vm, "1A=x"}, "", 1, "", true},
 		{"bad size", []string{"--json", "create", "--memory", "-1"}, "", 1, "", true},
+		// The message depends on where the deadline hits: exit codes only.
+		{"boot timeout", []string{"create", "--name", "bt", "--boot-timeout", "1ms"}, "", 124, "", false},
+		{"after the boot timeout", []string{"info", "bt"}, "", 1, "", true},
 		{"run", []string{"run", "--", "sh", "-c", "echo out; echo err >&2; exit 3"}, "", 3, "out\n", true},
 		{"run stdin", []string{"run", "-i", "--", "tr", "a-z", "A-Z"}, "piped\n", 0, "PIPED\n", true},
 	}
@@ -246,10 +249,21 @@ func TestRemoteMatchesLocal(t *testing.T) {
 		}
 		lc.ok("cp", vm+":/root/tree", filepath.Join(dst, "up-remote"))
 		sameTree(t, src, filepath.Join(dst, "up-remote"))
-		// Into an existing directory, under its own name, as cp -r does.
+		// Into an existing directory, under its own name, as cp -r does;
+		// again, merging into the copy there.
 		tc.ok("cp", vm+":/root/tree", dst)
-		if _, err := os.Stat(filepath.Join(dst, "tree", "sub", "deep", "f")); err != nil {
-			t.Errorf("cp into an existing directory: %v", err)
+		sameTree(t, src, filepath.Join(dst, "tree"))
+		os.WriteFile(filepath.Join(dst, "tree", "mine"), []byte("kept"), 0o600)
+		tc.ok("cp", vm+":/root/tree", dst)
+		if b, err := os.ReadFile(filepath.Join(dst, "tree", "mine")); err != nil || string(b) != "kept" {
+			t.Errorf("a merging download lost a file of the host's: %q, %v", b, err)
+		}
+		os.Remove(filepath.Join(dst, "tree", "mine"))
+		sameTree(t, src, filepath.Join(dst, "tree"))
+		c.ok("exec", vm, "--", "touch", "/root/tree/guest-only")
+		c.ok("cp", src, vm+":/root/")
+		if out := c.ok("exec", vm, "--", "ls", "/root/tree"); !strings.Contains(out, "guest-only") || !strings.Contains(out, "big") {
+			t.Errorf("a merging upload: /root/tree holds %q", out)
 		}
 		// One file, both ways, under a new name.
 		c.ok("cp", filepath.Join(src, "big"), vm+":/tmp/big.copy")
@@ -506,6 +520,32 @@ func TestRemoteMatchesLocal(t *testing.T) {
 			t.Errorf("a bad --host: exit %d, %q", r.code, r.stderr)
 		}
 	})
+}
+
+// TestServeIgnoresHost: SMOLVM_HOST is for clients; a server started
+// with it set serves its own state directory instead of failing.
+func TestServeIgnoresHost(t *testing.T) {
+	bin := cliBinary(t)
+	home := t.TempDir()
+	cmd := exec.Command(bin, "serve", "--socket", filepath.Join(home, "s.sock"))
+	cmd.Env = append(os.Environ(), "SMOLVM_HOME="+home, "SMOLVM_HOST=unix:///nonexistent/smolvm.sock")
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}()
+	line := make([]byte, 200)
+	n, _ := out.Read(line)
+	if !strings.Contains(string(line[:n]), "listening on unix://"+home) {
+		t.Fatalf("serve with SMOLVM_HOST set: %q", line[:n])
+	}
+	c := cli{t: t, bin: bin, home: home, pre: []string{"--host", "unix://" + filepath.Join(home, "s.sock")}}
+	if r := c.run("--json", "list"); r.code != 0 || strings.TrimSpace(r.stdout) != "[]" {
+		t.Errorf("list through it: exit %d, %q %q", r.code, r.stdout, r.stderr)
+	}
 }
 
 // writeTree makes a small tree: a big random file, an executable, a
