@@ -421,8 +421,10 @@ func TestRemoteMatchesLocal(t *testing.T) {
 			t.Errorf("ssh through the server: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 		}
 		c.in = ""
-		if r := c.run("ssh", "--print", vm); r.code != 1 || !strings.Contains(r.stderr, "not through a server") {
-			t.Errorf("ssh --print through a server: exit %d, %q", r.code, r.stderr)
+		for _, args := range [][]string{{"ssh", "--print", vm}, {"delete", "--disk", vm}} {
+			if r := c.run(args...); r.code != 1 || !strings.Contains(r.stderr, "not through a server") {
+				t.Errorf("%q through a server: exit %d, %q", args, r.code, r.stderr)
+			}
 		}
 	})
 
@@ -520,6 +522,24 @@ func TestRemoteMatchesLocal(t *testing.T) {
 			t.Errorf("a bad --host: exit %d, %q", r.code, r.stderr)
 		}
 	})
+}
+
+func TestSameMachine(t *testing.T) {
+	for host, want := range map[string]bool{
+		"unix:///run/smolvm.sock":  true,
+		"tcp://127.0.0.1:7070":     true,
+		"tcp://127.9.9.9:7070":     true,
+		"tcp://[::1]:7070":         true,
+		"tcp://localhost:7070":     true,
+		"tcp://10.0.0.5:7070":      false,
+		"tcp://example.com:7070":   false,
+		"tcp://127.0.0.1.nip.io:1": false,
+	} {
+		g := &globalOptions{host: host}
+		if got := g.sameMachine(); got != want {
+			t.Errorf("sameMachine(%s) = %v, want %v", host, got, want)
+		}
+	}
 }
 
 // TestServeIgnoresHost: SMOLVM_HOST is for clients; a server started

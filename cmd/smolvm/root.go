@@ -103,7 +103,7 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logs on stderr")
 	pf.BoolVar(&g.json, "json", false, "machine-readable JSON on stdout, errors included")
 	pf.StringVar(&g.host, "host", os.Getenv(api.HostEnv), "talk to a smolvm server instead of working locally: unix:///path/smolvm.sock or tcp://HOST:PORT (env "+api.HostEnv+")")
-	pf.StringVar(&g.token, "token", "", "bearer token of a TCP server (env "+api.TokenEnv+"; default: the server's token file in --home)")
+	pf.StringVar(&g.token, "token", "", "bearer token of a TCP server (env "+api.TokenEnv+"; default for a server on this machine: its token file in --home)")
 	root.RegisterFlagCompletionFunc("network", cobra.FixedCompletions(
 		[]string{smolvm.NetworkAuto, smolvm.NetworkTAP, smolvm.NetworkUser}, cobra.ShellCompDirectiveNoFileComp))
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
