@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -51,11 +52,12 @@ type testServer struct {
 }
 
 // startServer runs `smolvm serve` for home until the test ends.
-func startServer(t *testing.T, bin, home string) testServer {
+func startServer(t *testing.T, bin, home string, env ...string) testServer {
 	t.Helper()
 	sock := filepath.Join(home, api.SocketFile)
 	cmd := exec.Command(bin, "--json", "serve", "--socket", sock, "--listen", "127.0.0.1:0")
 	cmd.Env = append(os.Environ(), "SMOLVM_HOME="+home, "SMOLVM_HOST=", "SMOLVM_TOKEN=")
+	cmd.Env = append(cmd.Env, env...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
@@ -109,6 +111,15 @@ func startServer(t *testing.T, bin, home string) testServer {
 	return ts
 }
 
+// testSubnet is a /24 for one test's VMs, at random in the top of the
+// default pool, far from the low addresses other state directories lease
+// first.
+func testSubnet() string {
+	var b [1]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("172.29.%d.0/24", 192+int(b[0])%64)
+}
+
 // ages are the table columns that depend on when a command ran.
 var ages = regexp.MustCompile(`\b\d+[smhd] ago\b|just now`)
 
@@ -119,8 +130,12 @@ var ages = regexp.MustCompile(`\b\d+[smhd] ago\b|just now`)
 func TestRemoteMatchesLocal(t *testing.T) {
 	bin := cliBinary(t)
 	home := t.TempDir()
-	local := cli{t: t, bin: bin, home: home}
-	srv := startServer(t, bin, home)
+	// VM addresses of a pool of this test's own: other state directories
+	// on this machine (other tests) lease from the default one, and an
+	// address in use by another directory's VM fails a start.
+	subnet := testSubnet()
+	local := cli{t: t, bin: bin, home: home, env: []string{"SMOLVM_SUBNET=" + subnet}}
+	srv := startServer(t, bin, home, "SMOLVM_SUBNET="+subnet)
 	t.Cleanup(func() {
 		if r := local.run("delete", "--all"); r.code != 0 {
 			t.Errorf("cleanup: delete --all: exit %d: %s", r.code, r.stderr)
@@ -134,7 +149,7 @@ func TestRemoteMatchesLocal(t *testing.T) {
 	// The token from the server's token file (the home is local), the
 	// server from the environment.
 	overTCPFile := local
-	overTCPFile.env = []string{"SMOLVM_HOST=" + srv.tcp}
+	overTCPFile.env = append(local.env[:len(local.env):len(local.env)], "SMOLVM_HOST="+srv.tcp)
 	modes := []struct {
 		name string
 		c    cli
@@ -318,7 +333,7 @@ func TestRemoteMatchesLocal(t *testing.T) {
 		}
 		// logs -f goes on until the VM stops.
 		f := exec.Command(bin, "--host", srv.unix, "--json", "logs", "-f", vm)
-		f.Env = append(os.Environ(), "SMOLVM_HOME="+home)
+		f.Env = append(os.Environ(), "SMOLVM_HOME="+home, "SMOLVM_SUBNET="+subnet)
 		var followed bytes.Buffer
 		f.Stdout = &followed
 		if err := f.Start(); err != nil {
@@ -345,7 +360,7 @@ func TestRemoteMatchesLocal(t *testing.T) {
 		lc := local
 		lc.t = t
 		x := exec.Command(bin, "--host", srv.tcp, "--token", srv.token, "exec", vm, "--", "sleep", "301")
-		x.Env = append(os.Environ(), "SMOLVM_HOME="+home)
+		x.Env = append(os.Environ(), "SMOLVM_HOME="+home, "SMOLVM_SUBNET="+subnet)
 		if err := x.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -431,7 +446,7 @@ func TestRemoteMatchesLocal(t *testing.T) {
 	t.Run("terminal", func(t *testing.T) {
 		// A real terminal: raw mode, the size at the start, a resize.
 		sh := exec.Command(bin, "--host", srv.unix, "ssh", vm)
-		sh.Env = append(os.Environ(), "SMOLVM_HOME="+home, "TERM=xterm")
+		sh.Env = append(os.Environ(), "SMOLVM_HOME="+home, "SMOLVM_SUBNET="+subnet, "TERM=xterm")
 		tty, err := pty.StartWithSize(sh, &pty.Winsize{Rows: 30, Cols: 100})
 		if err != nil {
 			t.Fatal(err)
