@@ -206,10 +206,24 @@ func (v *remoteVM) Resume(ctx context.Context) error {
 
 func (v *remoteVM) Delete(ctx context.Context) error { return v.c.DeleteVM(ctx, v.info.ID) }
 
+// serverGrace is how long past a command's timeout the server has to
+// report it, before the client stops waiting for a server that hangs.
+const serverGrace = 30 * time.Second
+
 func (v *remoteVM) Exec(ctx context.Context, cmd string, o smolvm.ExecOptions) (int, error) {
-	return v.c.ExecStream(ctx, v.info.ID, api.Exec{
+	if o.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.Timeout+serverGrace)
+		defer cancel()
+	}
+	code, err := v.c.ExecStream(ctx, v.info.ID, api.Exec{
 		Cmd: cmd, Env: o.Env, TimeoutSeconds: o.Timeout.Seconds(), TTY: o.TTY,
 	}, apiclient.Stdio{Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr})
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+		return -1, &smolvm.TimeoutError{Op: "run", VM: v.info.ID, Timeout: o.Timeout,
+			Detail: "the server did not report the end of the command " + serverGrace.String() + " after its timeout: " + cmd}
+	}
+	return code, err
 }
 
 func (v *remoteVM) Shell(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer, term string, width, height int, resize <-chan [2]int) (int, error) {
