@@ -129,6 +129,7 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		newSnapshotCmd(g),
 		newForkCmd(g),
 		newServeCmd(g),
+		newMCPCmd(g),
 	)
 	return root
 }
