@@ -79,10 +79,7 @@ func startServer(t *testing.T, bin, home string, env ...string) testServer {
 			t.Errorf("smolvm serve did not exit on SIGTERM within 30 s\n%s", stderr.String())
 		}
 	})
-	var s struct {
-		URLs      []string `json:"urls"`
-		TokenFile string   `json:"token_file"`
-	}
+	var s api.Serving
 	decoded := make(chan error, 1)
 	go func() { decoded <- json.NewDecoder(out).Decode(&s) }()
 	select {
