@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"os"
+	"runtime/debug"
 
 	"github.com/spf13/cobra"
 
@@ -67,4 +68,12 @@ func writeCloser(w io.Writer) io.WriteCloser {
 		return f
 	}
 	return nopWriteCloser{w}
+}
+
+// buildVersion is the module version this binary was built from.
+func buildVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "devel"
 }
