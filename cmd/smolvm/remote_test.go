@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -52,12 +51,11 @@ type testServer struct {
 }
 
 // startServer runs `smolvm serve` for home until the test ends.
-func startServer(t *testing.T, bin, home string, env ...string) testServer {
+func startServer(t *testing.T, bin, home string) testServer {
 	t.Helper()
 	sock := filepath.Join(home, api.SocketFile)
 	cmd := exec.Command(bin, "--json", "serve", "--socket", sock, "--listen", "127.0.0.1:0")
 	cmd.Env = append(os.Environ(), "SMOLVM_HOME="+home, "SMOLVM_HOST=", "SMOLVM_TOKEN=")
-	cmd.Env = append(cmd.Env, env...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
@@ -108,15 +106,6 @@ func startServer(t *testing.T, bin, home string, env ...string) testServer {
 	return ts
 }
 
-// testSubnet is a /24 for one test's VMs, at random in the top of the
-// default pool, far from the low addresses other state directories lease
-// first.
-func testSubnet() string {
-	var b [1]byte
-	rand.Read(b[:])
-	return fmt.Sprintf("172.29.%d.0/24", 192+int(b[0])%64)
-}
-
 // ages are the table columns that depend on when a command ran.
 var ages = regexp.MustCompile(`\b\d+[smhd] ago\b|just now`)
 
@@ -127,12 +116,8 @@ var ages = regexp.MustCompile(`\b\d+[smhd] ago\b|just now`)
 func TestRemoteMatchesLocal(t *testing.T) {
 	bin := cliBinary(t)
 	home := t.TempDir()
-	// VM addresses of a pool of this test's own: other state directories
-	// on this machine (other tests) lease from the default one, and an
-	// address in use by another directory's VM fails a start.
-	subnet := testSubnet()
-	local := cli{t: t, bin: bin, home: home, env: []string{"SMOLVM_SUBNET=" + subnet}}
-	srv := startServer(t, bin, home, "SMOLVM_SUBNET="+subnet)
+	local := cli{t: t, bin: bin, home: home}
+	srv := startServer(t, bin, home)
 	t.Cleanup(func() {
 		if r := local.run("delete", "--all"); r.code != 0 {
 			t.Errorf("cleanup: delete --all: exit %d: %s", r.code, r.stderr)
@@ -146,7 +131,7 @@ func TestRemoteMatchesLocal(t *testing.T) {
 	// The token from the server's token file (the home is local), the
 	// server from the environment.
 	overTCPFile := local
-	overTCPFile.env = append(local.env[:len(local.env):len(local.env)], "SMOLVM_HOST="+srv.tcp)
+	overTCPFile.env = []string{"SMOLVM_HOST=" + srv.tcp}
 	modes := []struct {
 		name string
 		c    cli
@@ -330,7 +315,7 @@ func TestRemoteMatchesLocal(t *testing.T) {
 		}
 		// logs -f goes on until the VM stops.
 		f := exec.Command(bin, "--host", srv.unix, "--json", "logs", "-f", vm)
-		f.Env = append(os.Environ(), "SMOLVM_HOME="+home, "SMOLVM_SUBNET="+subnet)
+		f.Env = append(os.Environ(), "SMOLVM_HOME="+home)
 		var followed bytes.Buffer
 		f.Stdout = &followed
 		if err := f.Start(); err != nil {
@@ -357,7 +342,7 @@ func TestRemoteMatchesLocal(t *testing.T) {
 		lc := local
 		lc.t = t
 		x := exec.Command(bin, "--host", srv.tcp, "--token", srv.token, "exec", vm, "--", "sleep", "301")
-		x.Env = append(os.Environ(), "SMOLVM_HOME="+home, "SMOLVM_SUBNET="+subnet)
+		x.Env = append(os.Environ(), "SMOLVM_HOME="+home)
 		if err := x.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -443,7 +428,7 @@ func TestRemoteMatchesLocal(t *testing.T) {
 	t.Run("terminal", func(t *testing.T) {
 		// A real terminal: raw mode, the size at the start, a resize.
 		sh := exec.Command(bin, "--host", srv.unix, "ssh", vm)
-		sh.Env = append(os.Environ(), "SMOLVM_HOME="+home, "SMOLVM_SUBNET="+subnet, "TERM=xterm")
+		sh.Env = append(os.Environ(), "SMOLVM_HOME="+home, "TERM=xterm")
 		tty, err := pty.StartWithSize(sh, &pty.Winsize{Rows: 30, Cols: 100})
 		if err != nil {
 			t.Fatal(err)
