@@ -111,6 +111,7 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		newImageCmd(g),
 		newSnapshotCmd(g),
 		newForkCmd(g),
+		newServeCmd(g),
 	)
 	return root
 }
