@@ -56,8 +56,21 @@ func detail(err error) api.ErrorDetail {
 	}
 	if d.Code == api.CodeInvalid && d.Field == "" && errors.As(err, &ve) {
 		d.Field = ve.Field
+		if f, ok := wireFields[ve.Field]; ok {
+			d.Field = f
+		}
 	}
 	return d
+}
+
+// wireFields names the SDK's ValidationError fields as the API's JSON
+// spells them, so that Field points at what the client sent.
+var wireFields = map[string]string{
+	"memory": "memory_mib", "disk": "disk_mib", "env name": "env", "boot timeout": "boot_timeout_seconds",
+	"reuse disk": "reuse_disk", "kernel path": "kernel_path", "rootfs path": "rootfs_path", "initrd path": "initrd_path",
+	"kernel/rootfs": "kernel_path", "mount": "mounts", "mount host path": "mounts", "guest port": "guest_port",
+	"host port": "host_port", "host address": "host_addr", "snapshot name": "name", "stop timeout": "timeout_seconds",
+	"timeout": "timeout_seconds", "guest path": "path", "destination": "path", "tar entry": "tar", "terminal size": "width",
 }
 
 // writeError answers err as {"error": {...}} with its code's status.

@@ -42,6 +42,8 @@ type Config struct {
 	Version string
 	// Logger receives request and lifecycle logs; nil = discard.
 	Logger *slog.Logger
+	// MaxUpload caps one upload (a file or a tar); 0 = DefaultMaxUpload.
+	MaxUpload int64
 	// MCP, when set, is mounted at /mcp behind the same auth: the MCP
 	// streamable HTTP transport.
 	MCP http.Handler
