@@ -5,8 +5,9 @@ memory). Downloads of a tree are a tar read as it arrives and unpacked
 member by member into a fresh directory beside the destination, which is
 moved into place only once complete. The guest chooses every name, link
 and mode in that tar, so nothing it sends may make us write outside the
-copy: names that climb out or are absolute, links that point out,
-writing through links, devices and FIFOs are refused or skipped, and modes
+copy: names that climb out or are absolute, writing through links (the
+guest's symlinks are kept as symlinks, never followed), hard links out of
+the copy, devices and FIFOs are refused or skipped, and modes
 lose setuid, setgid, sticky and group/other write.
 """
 
@@ -53,9 +54,7 @@ class TarStream:
     def _write(self) -> None:
         try:
             with tarfile.open(fileobj=self._w, mode="w|", format=tarfile.PAX_FORMAT) as tf:
-                for name in sorted(os.listdir(self._src)):
-                    # dereference=False (the default): symlinks go as symlinks.
-                    tf.add(os.path.join(self._src, name), arcname=name, recursive=True)
+                self._add_dir(tf, str(self._src), "")
         except BaseException as e:  # reported by __exit__
             self.error = e
         finally:
@@ -63,6 +62,20 @@ class TarStream:
                 self._w.close()
             except OSError:
                 pass
+
+    def _add_dir(self, tf: tarfile.TarFile, path: str, rel: str) -> None:
+        for name in sorted(os.listdir(path)):
+            full, arc = os.path.join(path, name), (rel + "/" + name if rel else name)
+            st = os.lstat(full)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                logger.warning("skipping %s: not a file, directory or symlink", full)
+                continue
+            # Files linked more than once go whole each time: the server
+            # takes no hard links (and a symlink is sent as one, never followed).
+            tf.inodes.clear()
+            tf.add(full, arcname=arc, recursive=False)
+            if stat.S_ISDIR(st.st_mode):
+                self._add_dir(tf, full, arc)
 
     def read(self, n: int = -1) -> bytes:
         return self._r.read(n)
@@ -158,12 +171,10 @@ def _extract_into(src: Any, root: str) -> None:
             elif os.path.lexists(target):
                 os.unlink(target)
             if m.issym():
-                link = m.linkname
-                resolved = os.path.normpath(os.path.join(os.path.dirname(name), link))
-                if link.startswith("/") or resolved == ".." or resolved.startswith("../"):
-                    raise SmolVMError(f"the guest's tar has a link pointing out of the copy: {m.name!r} -> {link!r}",
-                                      {"member": m.name})
-                os.symlink(link, target)
+                # Kept verbatim, as the Go SDK's Download does: a link may
+                # point anywhere, since nothing is ever written through one
+                # (the parent check above, and O_NOFOLLOW below).
+                os.symlink(m.linkname, target)
             elif m.islnk():
                 source = os.path.join(root, _clean_name(m.linkname))
                 real = os.path.realpath(source)

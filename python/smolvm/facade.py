@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import stat
@@ -398,6 +399,8 @@ class SmolVM:
         """
         _files.check_guest_path(remote_path)
         src = Path(local_path)
+        if src.is_dir():
+            raise ValidationError(f"{src} is a directory; use upload() for a tree", {"field": "local_path"})
         with open(src, "rb") as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
@@ -415,7 +418,7 @@ class SmolVM:
         self._put_file(remote_path, data, size, mode)
 
     def _put_file(self, remote_path: str, body: Any, size: Optional[int], mode: int) -> None:
-        headers = {"Content-Type": "application/octet-stream", "X-Smolvm-Mode": f"{mode & 0o7777:04o}"}
+        headers = {"Content-Type": "application/octet-stream", "X-Smolvm-Mode": f"{mode & 0o777:04o}"}
         if size is not None:
             headers["Content-Length"] = str(size)
         self._client.call("PUT", f"/vms/{quote(self._vm_id)}/files", query={"path": remote_path},
@@ -471,10 +474,15 @@ class SmolVM:
             name = os.path.basename(remote_path.rstrip("/")) or "root"
             if dest.is_dir():
                 dest = dest / name
-            if (r.headers.get("Content-Type") or "").startswith("application/x-tar"):
-                _files.extract_tar(r, dest)
-            else:
-                _files.write_atomic(r, dest, r.headers.get("X-Smolvm-Mode"))
+            try:
+                if (r.headers.get("Content-Type") or "").startswith("application/x-tar"):
+                    _files.extract_tar(r, dest)
+                else:
+                    _files.write_atomic(r, dest, r.headers.get("X-Smolvm-Mode"))
+            except (http.client.HTTPException, tarfile.TarError, ConnectionError) as e:
+                # The server breaks the stream off when the guest fails mid-copy.
+                raise SmolVMError(f"download of {remote_path} from VM {self._vm_id} broke off: {e!r}",
+                                  {"vm_id": self._vm_id, "path": remote_path}) from e
         return dest
 
     def _open_download(self, remote_path: str) -> Any:

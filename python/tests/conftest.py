@@ -77,7 +77,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A per-session SMOLVM_HOME, with the environment the client reads set."""
     binary = smolvm_bin()
     h = tmp_path_factory.mktemp("smolvm-home")
-    old = {k: os.environ.get(k) for k in ("SMOLVM_HOME", "SMOLVM_BIN", "SMOLVM_HOST", "SMOLVM_TOKEN")}
+    old = {k: os.environ.get(k) for k in ("SMOLVM_HOME", "SMOLVM_BIN", "SMOLVM_HOST", "SMOLVM_TOKEN", "SMOLVM_ALPINE_SOURCE")}
     os.environ["SMOLVM_HOME"] = str(h)
     os.environ["SMOLVM_BIN"] = binary
     os.environ.pop("SMOLVM_HOST", None)
