@@ -28,7 +28,7 @@ def read_hello(port: int, within: float = 15.0) -> bytes:
 
 def test_expose_list_unexpose(vm: SmolVM) -> None:
     vm.run("nohup sh -c 'while true; do echo hello-from-guest | nc -l -p 8080; done' >/dev/null 2>&1 &")
-    f = vm.expose(8080)  # host port = guest port 8080? No: 0 picks a free one
+    f = vm.expose(8080)  # host_port 0: a free port is picked
     assert f.guest_port == 8080 and f.host_addr == "127.0.0.1" and f.host_port > 0
     assert f in vm.list_ports()
     assert read_hello(f.host_port).startswith(b"hello-from-guest")
