@@ -41,7 +41,9 @@ API_PREFIX = "/v1"
 SOCKET_FILE = "smolvm.sock"
 TOKEN_FILE = "serve.token"
 DEFAULT_IDLE_TIMEOUT = "30s"
-# How long a request may take when the call has no timeout of its own.
+# How long the client waits on a silent server when the call has no timeout
+# of its own. It is a socket timeout: it bounds silence, not a whole
+# (streamed) transfer.
 DEFAULT_REQUEST_TIMEOUT = 300.0
 # How long a server this client started may take to answer its first
 # health check (it opens its state database and socket; no VM boots).
@@ -67,13 +69,28 @@ def default_home() -> Path:
 
 
 class _UnixConnection(http.client.HTTPConnection):
-    """An HTTP/1.1 connection over a UNIX socket."""
+    """An HTTP/1.1 connection over a UNIX socket.
 
-    def __init__(self, path: str, timeout: Optional[float]) -> None:
+    With ``check_owner`` (the default socket, which the client may also
+    start a server on) a socket that another user owns is refused: whoever
+    owns it would see every request, so it must be ours (or root's, when we
+    are root), as ssh-agent sockets are checked.
+    """
+
+    def __init__(self, path: str, timeout: Optional[float], check_owner: bool = False) -> None:
         super().__init__("localhost", timeout=timeout, blocksize=1 << 16)
         self._path = path
+        self._check_owner = check_owner
 
     def connect(self) -> None:
+        if self._check_owner:
+            try:
+                owner = os.stat(self._path).st_uid
+            except FileNotFoundError:
+                raise
+            if owner != os.getuid():
+                raise PermissionError(errno.EPERM, f"{self._path} belongs to uid {owner}, not to you "
+                                      f"(uid {os.getuid()}): refusing to talk to another user's server")
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.settimeout(self.timeout)
@@ -185,6 +202,7 @@ class Client:
         env_host = os.environ.get("SMOLVM_HOST") or None
         explicit = host or env_host
         self.host = explicit or f"unix://{self.home / SOCKET_FILE}"
+        self._default_socket = explicit is None
         self._kind, self._addr = _parse_host(self.host)
         self.autostart = (explicit is None) if autostart is None else bool(autostart)
         self._bin = smolvm_bin
@@ -214,7 +232,7 @@ class Client:
 
     def _new_conn(self, timeout: Optional[float]) -> http.client.HTTPConnection:
         if self._kind == "unix":
-            return _UnixConnection(self._addr, timeout)
+            return _UnixConnection(self._addr, timeout, check_owner=self._default_socket)
         h = urllib.parse.urlsplit("//" + self._addr)
         return http.client.HTTPConnection(h.hostname or "", h.port, timeout=timeout, blocksize=1 << 16)
 

@@ -16,7 +16,6 @@ import logging
 import os
 import stat
 import tarfile
-import threading
 from pathlib import Path
 from typing import IO, Any, Dict, List, Mapping, Optional, Union
 
@@ -26,6 +25,7 @@ from smolvm.exceptions import (
     GuestFileNotFoundError,
     SmolVMError,
     ValidationError,
+    VMAlreadyExistsError,
     VMNotFoundError,
     VMNotRunningError,
 )
@@ -104,7 +104,6 @@ class SmolVM:
             raise ValidationError(f"config must be a VMConfig, not {type(config).__name__}", {"field": "config"})
         self._client = client or Client()
         self._owns_client = client is None
-        self._lock = threading.Lock()
         if vm_id is not None:
             validate_vm_id(vm_id)
             self._vm_id = vm_id
@@ -118,10 +117,27 @@ class SmolVM:
                 disk_size_mib=check_size(disk_size_mib, "disk_size_mib"),
             )
         self._vm_id = str(config.vm_id)
-        data = self._client.call("POST", "/vms", json_body=config.to_api(),
-                                 ctx=ErrorContext("create", vm_id=self._vm_id))
-        self._set_info(data)
+        self._set_info(self._create(config))
         self._owns_vm = True
+
+    def _create(self, config: VMConfig) -> Any:
+        body = config.to_api()
+        ctx = ErrorContext("create", vm_id=self._vm_id)
+        try:
+            return self._client.call("POST", "/vms", json_body=body, ctx=ctx)
+        except VMAlreadyExistsError:
+            if not config.retain_disk_on_delete:
+                raise
+            # The reference's retain_disk_on_delete means "a later create
+            # with the same id reuses the disk". smolvm keeps the disk and
+            # refuses the id until asked to reuse it: ask, if no live VM
+            # holds the id (then the conflict is the kept disk).
+            try:
+                self._client.call("GET", f"/vms/{quote(self._vm_id)}", ctx=ctx)
+                raise
+            except VMNotFoundError:
+                pass
+            return self._client.call("POST", "/vms", json_body={**body, "reuse_disk": True}, ctx=ctx)
 
     # -- constructors ----------------------------------------------------
 
@@ -163,7 +179,6 @@ class SmolVM:
         self = cls.__new__(cls)
         self._client = client or Client()
         self._owns_client = client is None
-        self._lock = threading.Lock()
         self._vm_id = vm_id or ""
         data = self._client.call("POST", "/vms", json_body=body,
                                  ctx=ErrorContext("create", snapshot=name), timeout=300.0)
@@ -177,7 +192,6 @@ class SmolVM:
         self = cls.__new__(cls)
         self._client = client
         self._owns_client = False
-        self._lock = threading.Lock()
         self._vm_id = str(data.get("id", ""))
         self._set_info(data)
         self._owns_vm = owned
@@ -422,7 +436,7 @@ class SmolVM:
         if size is not None:
             headers["Content-Length"] = str(size)
         self._client.call("PUT", f"/vms/{quote(self._vm_id)}/files", query={"path": remote_path},
-                          body=body, headers=headers, timeout=None,
+                          body=body, headers=headers,
                           ctx=ErrorContext("upload", vm_id=self._vm_id))
 
     def upload(self, local_path: PathLike, remote_path: str) -> None:
@@ -439,7 +453,7 @@ class SmolVM:
         _files.check_guest_path(remote_path)
         with _files.TarStream(src) as body:
             self._client.call("PUT", f"/vms/{quote(self._vm_id)}/files", query={"path": remote_path},
-                              body=body, headers={"Content-Type": "application/x-tar"}, timeout=None,
+                              body=body, headers={"Content-Type": "application/x-tar"},
                               ctx=ErrorContext("upload", vm_id=self._vm_id))
 
     def read_file(self, remote_path: str) -> bytes:
@@ -489,7 +503,7 @@ class SmolVM:
         _files.check_guest_path(remote_path)
         try:
             return self._client.open("GET", f"/vms/{quote(self._vm_id)}/files", query={"path": remote_path},
-                                     headers={"Accept": "*/*"}, timeout=None,
+                                     headers={"Accept": "*/*"},
                                      ctx=ErrorContext("download", vm_id=self._vm_id, guest_path=remote_path))
         except GuestFileNotFoundError as e:
             # The route says not_found for a missing VM too; tell them apart.

@@ -121,3 +121,24 @@ def test_tcp_with_token(tmp_path: Path, home: Path, client: smolvm.Client, vm: s
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
+
+
+def test_default_socket_of_another_user_is_refused(tmp_path: Path) -> None:
+    # Someone else's socket where ours should be: they would see every
+    # request, so the client refuses it (and starts nothing).
+    if os.getuid() != 0:
+        pytest.skip("needs root to make a socket owned by another user")
+    home = tmp_path / "home"
+    home.mkdir()
+    path = home / "smolvm.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(1)
+    os.chown(path, 65534, 65534)
+    try:
+        c = smolvm.Client(home=home, smolvm_bin=smolvm_bin())
+        with pytest.raises(smolvm.ServerUnavailableError, match="uid 65534"):
+            c.call("GET", "/health")
+        assert c.started_server is None
+    finally:
+        srv.close()
