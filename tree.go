@@ -70,7 +70,7 @@ func (v *VM) WriteTree(ctx context.Context, guestDir string, r io.Reader) error 
 		} else if !fi.IsDir() {
 			return &ValidationError{Field: "path", Value: guestDir, Reason: "is a " + fileKind(fi.Mode()) + ", not a directory to unpack a tree into"}
 		}
-		err := unpackTree(c, dst, r)
+		err := unpackTree(ctx, c, dst, r, v.symlink)
 		if err == nil && fresh {
 			if err = c.PosixRename(dst, guestDir); err != nil {
 				err = fmt.Errorf("%s: %w", guestDir, err)
@@ -83,7 +83,9 @@ func (v *VM) WriteTree(ctx context.Context, guestDir string, r io.Reader) error 
 	}))
 }
 
-func unpackTree(c *sftp.Client, dst string, r io.Reader) error {
+// unpackTree unpacks r under dst; symlink makes a link with its target
+// verbatim (the guest's SFTP server would clean a relative target).
+func unpackTree(ctx context.Context, c *sftp.Client, dst string, r io.Reader, symlink func(ctx context.Context, target, link string) error) error {
 	tr := tar.NewReader(r)
 	links := map[string]bool{} // symlinks this archive made
 	for n := 0; ; n++ {
@@ -162,7 +164,7 @@ func unpackTree(c *sftp.Client, dst string, r io.Reader) error {
 			if fi, err := c.Lstat(target); err == nil && !fi.IsDir() {
 				c.Remove(target)
 			}
-			if err := c.Symlink(hdr.Linkname, target); err != nil {
+			if err := symlink(ctx, hdr.Linkname, target); err != nil {
 				return fmt.Errorf("%s: %w", name, err)
 			}
 			links[name] = true
