@@ -58,3 +58,29 @@ def test_wheel_contents(tmp_path: Path) -> None:
     assert "Requires-Python: >=3.9" in meta
     sdist = smolvm_build.build_sdist(str(tmp_path))
     assert sdist == "smolvm-0.1.0.tar.gz"
+
+
+def python39() -> str:
+    """A Python 3.9 interpreter, if this machine has one (Debian 12 itself has 3.11)."""
+    import glob
+    import shutil
+
+    for cand in [shutil.which("python3.9") or ""] + sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9"))):
+        if cand and subprocess.run([cand, "-c", "import sys; assert sys.version_info[:2] == (3, 9)"],
+                                   capture_output=True).returncode == 0:
+            return cand
+    pytest.skip("no Python 3.9 interpreter here to check the >=3.9 promise with")
+
+
+def test_imports_and_works_on_python39(vm: smolvm.SmolVM) -> None:
+    py = python39()
+    code = (
+        "import smolvm\n"
+        "from smolvm import SmolVM, VMConfig\n"
+        "assert VMConfig(mem_size_mib=256).to_api()['memory_mib'] == 256\n"
+        f"print(SmolVM.from_id({vm.vm_id!r}).run('echo py39').output)\n"
+    )
+    r = subprocess.run([py, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(PYROOT)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "py39"
