@@ -104,3 +104,19 @@ def test_run_round_trip_is_fast(vm: SmolVM) -> None:
     for _ in range(10):
         assert vm.run("true").ok
     assert time.monotonic() - t0 < 10
+
+
+def test_concurrent_runs_share_the_pool(vm: SmolVM) -> None:
+    import threading
+
+    results: dict = {}
+
+    def worker(i: int) -> None:
+        results[i] = [vm.run(f"echo {i}-{j}").output for j in range(3)]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == {i: [f"{i}-{j}" for j in range(3)] for i in range(4)}

@@ -142,3 +142,18 @@ def test_default_socket_of_another_user_is_refused(tmp_path: Path) -> None:
         assert c.started_server is None
     finally:
         srv.close()
+
+
+def test_client_survives_a_server_restart(tmp_path: Path) -> None:
+    # The server it talks to goes away (killed, idle exit): the next call
+    # finds no socket and starts a new one; kept-alive connections to the
+    # old one are dropped, not reused.
+    home = tmp_path / "home"
+    c = smolvm.Client(home=home, smolvm_bin=smolvm_bin(), idle_timeout="2s")
+    pid = c.call("GET", "/health")["pid"]
+    os.kill(pid, signal.SIGTERM)
+    assert wait_gone(pid, 10)
+    new = c.call("GET", "/health")["pid"]
+    assert new != pid
+    c.close()
+    assert wait_gone(new, 10)
