@@ -622,7 +622,17 @@ class SmolVM:
     def __enter__(self) -> "SmolVM":
         # Owned VMs start on entry so the block can use the guest at once.
         if self._owns_vm and self._info.status != VMState.RUNNING:
-            self.start()
+            try:
+                self.start()
+            except BaseException:
+                # __exit__ will not run: a VM this handle made and could
+                # not start must not outlive the failed `with`.
+                try:
+                    self.delete()
+                except Exception as e:
+                    logger.warning("Failed to delete VM %s after a failed start: %s", self._vm_id, e)
+                self.close()
+                raise
         return self
 
     def __exit__(self, *args: object) -> None:
