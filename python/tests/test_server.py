@@ -118,6 +118,14 @@ def test_tcp_with_token(tmp_path: Path, home: Path, client: smolvm.Client, vm: s
         with pytest.raises(smolvm.AuthenticationError):
             smolvm.SmolVM(client=bad)  # refused before anything is made
         good.close()
+        # The same from the environment, as users set it.
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("SMOLVM_HOST", f"tcp://127.0.0.1:{port}")
+            mp.setenv("SMOLVM_TOKEN", token)
+            env_client = smolvm.Client()
+            assert not env_client.autostart
+            assert smolvm.SmolVM.from_id(vm.vm_id, client=env_client).run("echo env").output == "env"
+            env_client.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
