@@ -11,16 +11,18 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
+import json
 import logging
 import os
 import stat
 import tarfile
 from pathlib import Path
-from typing import IO, Any, Dict, List, Mapping, Optional, Union
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Union
 
 from smolvm import _files
-from smolvm._client import Client, ErrorContext, quote
+from smolvm._client import Client, ErrorContext, error_from_detail, quote
 from smolvm.exceptions import (
     GuestFileNotFoundError,
     SmolVMError,
@@ -297,6 +299,7 @@ class SmolVM:
         *,
         env: Optional[Mapping[str, str]] = None,
         stdin: Optional[Union[str, bytes]] = None,
+        on_output: Optional[Callable[[str, bytes], None]] = None,
     ) -> CommandResult:
         """Run a shell command in the guest and wait for it.
 
@@ -310,6 +313,10 @@ class SmolVM:
             shell: ``"login"`` (default) or ``"raw"``, as in the Python SmolVM.
             env: Extra variables for this command only (smolvm).
             stdin: Data for the command's standard input (smolvm).
+            on_output: Called with ``("stdout" | "stderr", bytes)`` as the
+                output comes (smolvm): the command's output is streamed
+                instead of buffered by the server, and also collected into
+                the result.
 
         Returns:
             :class:`~smolvm.types.CommandResult`.
@@ -330,20 +337,48 @@ class SmolVM:
             if isinstance(stdin, str):
                 body["stdin"] = stdin
             elif isinstance(stdin, (bytes, bytearray)):
-                import base64
-
                 body["stdin_b64"] = base64.b64encode(bytes(stdin)).decode()
             else:
                 raise ValidationError("stdin must be str or bytes", {"field": "stdin"})
+        ctx = ErrorContext("run", vm_id=self._vm_id, timeout=t)
         try:
+            if on_output is not None:
+                return self._run_streamed(body, t, ctx, on_output)
             data = self._client.call("POST", f"/vms/{quote(self._vm_id)}/exec", json_body=body,
-                                     timeout=t + _GRACE, ctx=ErrorContext("run", vm_id=self._vm_id, timeout=t))
+                                     timeout=t + _GRACE, ctx=ctx)
         except VMNotRunningError as e:
             self._refresh_quietly()
             raise VMNotRunningError(f"Cannot run command: VM is {self._info.status.value}",
                                     {"vm_id": self._vm_id, "server": e.message},
                                     code=e.code, status=e.status) from e
         return CommandResult.from_api(data or {})
+
+    def _run_streamed(self, body: Dict[str, Any], t: float, ctx: ErrorContext,
+                      on_output: Callable[[str, bytes], None]) -> CommandResult:
+        out: Dict[str, List[bytes]] = {"stdout": [], "stderr": []}
+        # The stream may be quiet for as long as the command is: the socket
+        # timeout is the command's timeout plus the grace.
+        with self._client.open("POST", f"/vms/{quote(self._vm_id)}/exec", query={"stream": "true"},
+                               json_body=body, headers={"Accept": "application/x-ndjson"},
+                               timeout=t + _GRACE, ctx=ctx) as r:
+            for line in r.iter_lines():
+                if not line.strip():
+                    continue
+                ev = json.loads(line)
+                typ = ev.get("type")
+                if typ in ("stdout", "stderr"):
+                    chunk = base64.b64decode(ev.get("data_b64") or "")
+                    out[typ].append(chunk)
+                    on_output(typ, chunk)
+                elif typ == "exit":
+                    so, se = b"".join(out["stdout"]), b"".join(out["stderr"])
+                    return CommandResult(exit_code=int(ev.get("exit_code", -1)),
+                                         stdout=so.decode("utf-8", "replace"), stderr=se.decode("utf-8", "replace"),
+                                         stdout_bytes=so, stderr_bytes=se)
+                elif typ == "error":
+                    raise error_from_detail(200, ev.get("error") or {}, ctx)
+        raise SmolVMError("run: the server ended the output stream without an exit status",
+                          {"vm_id": self._vm_id})
 
     def can_run_commands(self) -> bool:
         """Whether commands can run in this VM's guest.

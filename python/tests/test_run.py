@@ -120,3 +120,22 @@ def test_concurrent_runs_share_the_pool(vm: SmolVM) -> None:
     for t in threads:
         t.join(60)
     assert results == {i: [f"{i}-{j}" for j in range(3)] for i in range(4)}
+
+
+def test_streamed_output_arrives_as_it_comes(vm: SmolVM) -> None:
+    import time as _t
+
+    seen = []
+    t0 = _t.monotonic()
+
+    def on_output(stream: str, data: bytes) -> None:
+        seen.append((stream, data, _t.monotonic() - t0))
+
+    r = vm.run("echo first; sleep 1.5; echo oops >&2; printf '\\377'; exit 4", on_output=on_output)
+    assert r.exit_code == 4
+    assert r.stdout_bytes == b"first\n\xff" and r.stderr == "oops\n"
+    first = [t for s, d, t in seen if d == b"first\n"]
+    assert first and first[0] < 1.2, seen  # before the command ended
+    assert {s for s, _, _ in seen} == {"stdout", "stderr"}
+    with pytest.raises(smolvm.OperationTimeoutError):
+        vm.run("sleep 20", timeout=1, on_output=lambda s, d: None)
