@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from smolvm._client import Client, ErrorContext, quote
-from smolvm.exceptions import ImageError, ValidationError, SmolVMError
+from smolvm._client import Client, ErrorContext, error_from_detail, quote
+from smolvm.exceptions import ImageError, ValidationError
 
 logger = logging.getLogger("smolvm")
 
@@ -152,8 +152,6 @@ class ImageBuilder:
                 elif t == "result" and isinstance(ev.get("image"), dict):
                     return Image.from_api(ev["image"])
                 elif t == "error":
-                    from smolvm._client import error_from_detail
-
                     err = error_from_detail(200, ev.get("error") or {}, ctx)
                     if isinstance(err, ValidationError):
                         raise err

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import smolvm
-from conftest import run_python, smolvm_bin, wait_gone
+from conftest import smolvm_bin, wait_gone
 
 
 def test_autostart_concurrent_clients_start_one_server(tmp_path: Path) -> None:
