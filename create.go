@@ -75,6 +75,12 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	if err != nil {
 		return nil, opError("create", cfg.ID, err)
 	}
+	if s.snapshot == nil && (cfg.KernelPath == "" || cfg.InitrdPath == "") {
+		// Once, before the warm template and the cold path both need it.
+		if s.agent, err = newBuilder(s).ResolveAgent(ctx); err != nil {
+			return nil, opError("create", cfg.ID, err)
+		}
+	}
 	if s.snapshot == nil && !s.cold && templateFits(cfg, diskDefaulted) {
 		if plan, err := warmTemplate(ctx, s, mode); err != nil {
 			s.logger.Warn("no warm template; booting cold", "err", err)
@@ -379,7 +385,13 @@ func randomID() string {
 // it on first use, so they can be passed to NewFromConfig explicitly (the
 // analogue of the reference's (kernel, rootfs) and SSH_BOOT_ARGS).
 func DefaultImage(ctx context.Context, opts ...Option) (*image.Image, error) {
-	img, err := newBuilder(newSettings(opts)).Default(ctx)
+	s := newSettings(opts)
+	agent, err := newBuilder(s).ResolveAgent(ctx)
+	if err != nil {
+		return nil, opError("default image", "", err)
+	}
+	s.agent = agent
+	img, err := newBuilder(s).Default(ctx)
 	return img, opError("default image", "", err)
 }
 

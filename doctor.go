@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/smolvm/smolvm/image"
+	"github.com/smolvm/smolvm/internal/agentbin"
 	"github.com/smolvm/smolvm/internal/hypervisor/qemu"
 	"github.com/smolvm/smolvm/internal/initramfs"
 	"github.com/smolvm/smolvm/internal/network"
@@ -44,7 +45,7 @@ func Doctor(ctx context.Context, opts ...Option) []Check {
 		checkTAP(),
 		checkForwarding(),
 		checkStateDir(s.home),
-		checkAgent(newBuilder(s).AgentPath()),
+		checkAgent(s),
 		checkAlpine(s),
 	}
 }
@@ -220,8 +221,19 @@ func checkStateDir(home string) Check {
 	return c
 }
 
-func checkAgent(path string) Check {
-	c := Check{Name: "agent", Fix: "run ./scripts/build.sh and use bin/smolvm, or set SMOLVM_AGENT to bin/smolvm-agent"}
+func checkAgent(s settings) Check {
+	c := Check{Name: "agent", Fix: "set SMOLVM_AGENT to a static smolvm-agent binary (./scripts/build.sh makes bin/smolvm-agent), or install Go so smolvm builds one"}
+	path := newBuilder(s).AgentPath()
+	if path == "" {
+		// None configured: the first create builds one, if it can.
+		what, err := agentbin.Describe(agentbin.DefaultCacheDir(s.home), "")
+		if err != nil {
+			c.Detail = "no agent configured, and none can be built: " + err.Error()
+			return c
+		}
+		c.OK, c.Detail, c.Fix = true, "none configured: "+what, ""
+		return c
+	}
 	if _, err := image.ReadAgent(path); err != nil {
 		c.Detail = err.Error()
 		return c

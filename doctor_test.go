@@ -18,8 +18,23 @@ func TestDoctor(t *testing.T) {
 	tests := []struct {
 		name string
 		opts []smolvm.Option
+		env  map[string]string
 		want map[string]bool // check name -> OK
 	}{
+		{
+			// Nothing configured: the first create builds one from this
+			// checkout, which doctor reports as fine.
+			name: "no agent configured",
+			opts: []smolvm.Option{smolvm.WithHome(filepath.Join(tmp, "home4"))},
+			env:  map[string]string{"SMOLVM_AGENT": ""},
+			want: map[string]bool{"agent": true},
+		},
+		{
+			name: "no agent configured, no go",
+			opts: []smolvm.Option{smolvm.WithHome(filepath.Join(tmp, "home5"))},
+			env:  map[string]string{"SMOLVM_AGENT": "", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "GOROOT": "", "XDG_CACHE_HOME": filepath.Join(tmp, "cache5")},
+			want: map[string]bool{"agent": false},
+		},
 		{
 			name: "writable home, missing agent",
 			opts: []smolvm.Option{smolvm.WithHome(filepath.Join(tmp, "home")), smolvm.WithAgent(filepath.Join(tmp, "no-agent"))},
@@ -43,6 +58,9 @@ func TestDoctor(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
 			checks := smolvm.Doctor(context.Background(), tt.opts...)
 			got := map[string]smolvm.Check{}
 			for _, c := range checks {

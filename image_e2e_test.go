@@ -29,6 +29,7 @@ import (
 
 	"github.com/smolvm/smolvm"
 	"github.com/smolvm/smolvm/image"
+	"github.com/smolvm/smolvm/image/oci"
 )
 
 // The image end-to-end tests build an image from each source, boot it,
@@ -57,7 +58,7 @@ func alpineRelease(t *testing.T) string {
 // imageBuilder builds into the tests' state directory, where VMs look
 // images up by name.
 func imageBuilder(t *testing.T) *image.Builder {
-	return &image.Builder{CacheDir: testEnv.home, Agent: os.Getenv("SMOLVM_AGENT"), Progress: testLog{t}}
+	return &image.Builder{CacheDir: testEnv.home, Agent: os.Getenv("SMOLVM_AGENT"), Progress: testLog{t}, OCI: oci.Puller{}}
 }
 
 type testLog struct{ t *testing.T }

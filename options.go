@@ -42,9 +42,12 @@ func WithHome(dir string) Option { return func(s *settings) { s.home = dir } }
 // WithLogger sets the logger for lifecycle steps (default: discard).
 func WithLogger(l *slog.Logger) Option { return func(s *settings) { s.logger = l } }
 
-// WithAgent sets the static binary that runs as the guest's init (default:
-// $SMOLVM_AGENT, else smolvm-agent or smolvm next to this program or on
-// PATH; see image.Builder.AgentPath).
+// WithAgent sets the static binary that runs as the guest's init. Default:
+// image.Builder.ResolveAgent's choice: $SMOLVM_AGENT; smolvm-agent next to
+// this program, or this program if it is smolvm; smolvm-agent or smolvm on
+// PATH if it is the same smolvm release; else one built once per smolvm
+// version from this program's own smolvm module source with the go on
+// PATH, kept in ~/.cache/smolvm/agent.
 func WithAgent(path string) Option { return func(s *settings) { s.agent = path } }
 
 // WithAlpineSource points the default image at a local copy or mirror of

@@ -9,12 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 
+	"github.com/smolvm/smolvm/internal/agentbin"
 	"github.com/smolvm/smolvm/internal/initramfs"
-
 	"github.com/smolvm/smolvm/internal/statedir"
 )
 
@@ -51,7 +50,7 @@ func (b *Builder) FindKernel() (string, error) {
 // initramfs on first use. The initramfs is cached by the hash of the agent
 // and the kernel release, so a rebuilt agent is picked up at once.
 func (b *Builder) Boot(ctx context.Context) (kernel, initrd string, err error) {
-	a, err := b.readAgent()
+	a, err := b.readAgent(ctx)
 	if err != nil {
 		return "", "", err
 	}
@@ -64,8 +63,12 @@ type agentBinary struct {
 	sum  [32]byte
 }
 
-func (b *Builder) readAgent() (agentBinary, error) {
-	data, err := ReadAgent(b.AgentPath())
+func (b *Builder) readAgent(ctx context.Context) (agentBinary, error) {
+	path, err := b.ResolveAgent(ctx)
+	if err != nil {
+		return agentBinary{}, err
+	}
+	data, err := ReadAgent(path)
 	if err != nil {
 		return agentBinary{}, err
 	}
@@ -120,46 +123,36 @@ func (b *Builder) boot(ctx context.Context, agent agentBinary) (kernel, initrd s
 }
 
 // AgentEnv names the environment variable that picks the agent binary.
-const AgentEnv = "SMOLVM_AGENT"
+const AgentEnv = agentbin.Env
 
-// AgentPath returns the guest agent binary the builder uses: b.Agent,
-// $SMOLVM_AGENT, smolvm-agent beside this program or on PATH, this program
-// if it is smolvm (which is its own agent), or smolvm on PATH; "" if none.
+// AgentPath returns the guest agent binary the builder uses without
+// building one: b.Agent; $SMOLVM_AGENT; smolvm-agent beside this program,
+// or this program if it is smolvm; smolvm-agent or smolvm on PATH if it is
+// the same smolvm release as this program. "" if none: see ResolveAgent.
 func (b *Builder) AgentPath() string {
 	if b.Agent != "" {
 		return b.Agent
 	}
-	if a := os.Getenv(AgentEnv); a != "" {
-		return a
-	}
-	exe, _ := os.Executable()
-	if exe != "" {
-		if p := filepath.Join(filepath.Dir(exe), "smolvm-agent"); fileExists(p) {
-			return p
-		}
-	}
-	if p, err := exec.LookPath("smolvm-agent"); err == nil {
-		return p
-	}
-	if filepath.Base(exe) == "smolvm" {
-		return exe
-	}
-	if p, err := exec.LookPath("smolvm"); err == nil {
-		return p
-	}
-	return ""
+	return agentbin.Find(b.logger())
 }
 
-func fileExists(p string) bool {
-	fi, err := os.Stat(p)
-	return err == nil && fi.Mode().IsRegular()
+// ResolveAgent returns AgentPath, or when there is none an agent built
+// from this program's own smolvm module source with the Go toolchain:
+// once per smolvm version, kept in the user's cache directory
+// (~/.cache/smolvm/agent, private to the user), progress to b.Progress.
+// Without a Go toolchain it fails saying to set SMOLVM_AGENT.
+func (b *Builder) ResolveAgent(ctx context.Context) (string, error) {
+	if p := b.AgentPath(); p != "" {
+		return p, nil
+	}
+	return agentbin.Provision(ctx, agentbin.Options{CacheDir: agentbin.DefaultCacheDir(b.cacheDir()), Progress: b.Progress, Logger: b.logger()})
 }
 
 // ReadAgent reads the agent binary and checks that it can run as a guest's
 // init: a static x86-64 ELF (no interpreter, so no host libraries needed).
 func ReadAgent(path string) ([]byte, error) {
 	if path == "" {
-		return nil, errors.New("no smolvm guest agent binary: run ./scripts/build.sh and set SMOLVM_AGENT to bin/smolvm-agent (or put smolvm-agent or smolvm on PATH)")
+		return nil, errors.New("no smolvm guest agent binary: set SMOLVM_AGENT to a static smolvm-agent (./scripts/build.sh makes bin/smolvm-agent)")
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {

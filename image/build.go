@@ -86,6 +86,9 @@ func (b *Builder) parseSource(opts *BuildOptions, rep *reporter) (source, error)
 		if arg == "" {
 			return nil, fmt.Errorf("%w: oci: needs an image reference, e.g. oci:docker.io/library/alpine:3.20", ErrInvalid)
 		}
+		if b.OCI == nil {
+			return nil, errNoOCI
+		}
 		return &ociSource{b: b, ref: arg, opts: opts, rep: rep}, nil
 	case "dir", "tar":
 		if arg == "" {
@@ -135,7 +138,7 @@ func (b *Builder) build(ctx context.Context, name string, opts BuildOptions) (*I
 	if err != nil {
 		return nil, err
 	}
-	a, err := b.readAgent()
+	a, err := b.readAgent(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/smolvm/smolvm"
 	"github.com/smolvm/smolvm/image"
+	"github.com/smolvm/smolvm/image/oci"
 )
 
 // The reference's ImageBuilder().build_alpine_ssh(name, password, size):
@@ -14,7 +15,7 @@ import (
 // VM's key), then a VM booted from it by name.
 func ExampleBuilder_BuildAlpineSSH() {
 	ctx := context.Background()
-	b := &image.Builder{} // cache under $SMOLVM_HOME; agent: this smolvm
+	b := &image.Builder{} // cache under $SMOLVM_HOME; agent: see ResolveAgent
 	img, err := b.BuildAlpineSSH(ctx, "alpine-ssh", "s3cret", 256)
 	if err != nil {
 		log.Fatal(err)
@@ -32,10 +33,11 @@ func ExampleBuilder_BuildAlpineSSH() {
 
 // Images from Debian's archive with extra packages, from any OCI image,
 // or from a tree or tarball of your own. A second Build with the same
-// inputs returns the cached image at once.
+// inputs returns the cached image at once. OCI images need the registry
+// client of package image/oci, wired in as Builder.OCI.
 func ExampleBuilder_Build() {
 	ctx := context.Background()
-	b := &image.Builder{}
+	b := &image.Builder{OCI: oci.Puller{}}
 	for name, opts := range map[string]image.BuildOptions{
 		"deb":    {From: "debian:bookworm", Packages: []string{"curl", "python3"}, SizeMiB: 1024},
 		"py":     {From: "oci:docker.io/library/python:3.12-slim"},

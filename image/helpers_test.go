@@ -3,16 +3,16 @@ package image
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smolvm/smolvm/internal/imagetest"
 )
 
 // testAgent is a static binary standing in for the agent: builds need
@@ -33,13 +33,8 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
-	src := filepath.Join(tmp, "main.go")
-	os.WriteFile(src, []byte("package main\nfunc main() {}\n"), 0o644)
-	testAgent = filepath.Join(tmp, "agent")
-	build := exec.Command("go", "build", "-o", testAgent, src)
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building a stand-in agent: %v\n%s", err, out)
+	if testAgent, err = imagetest.StandInAgent(tmp); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	return m.Run()
@@ -67,22 +62,6 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// alpineFile returns the real Alpine release file, or skips.
-func alpineFile(t *testing.T) string {
-	t.Helper()
-	src := os.Getenv(AlpineSourceEnv)
-	if src == "" {
-		t.Skipf("%s is unset: point it at the Alpine minirootfs %s (or the directory holding it)", AlpineSourceEnv, AlpineFile)
-	}
-	if fi, err := os.Stat(src); err == nil && fi.IsDir() {
-		src = filepath.Join(src, AlpineFile)
-	}
-	if _, err := os.Stat(src); err != nil {
-		t.Skipf("%s: %v", AlpineSourceEnv, err)
-	}
-	return src
-}
-
 // alpineMirror serves the Alpine release file as a mirror would, at
 // /v3.20/releases/x86_64/FILE, and counts requests.
 func alpineMirror(t *testing.T, file string) (url string, hits *int) {
@@ -96,61 +75,6 @@ func alpineMirror(t *testing.T, file string) (url string, hits *int) {
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return srv.URL, &n
-}
-
-// debugfs runs a debugfs request against an ext4 image.
-func debugfs(t *testing.T, img, req string) string {
-	t.Helper()
-	out, err := exec.Command("debugfs", "-R", req, img).CombinedOutput()
-	if err != nil {
-		t.Fatalf("debugfs %q: %v\n%s", req, err, out)
-	}
-	return string(out)
-}
-
-// catFile returns a file's contents from an ext4 image.
-func catFile(t *testing.T, img, path string) string {
-	t.Helper()
-	out, err := exec.Command("debugfs", "-R", "cat "+path, img).Output()
-	if err != nil {
-		t.Fatalf("debugfs cat %s: %v", path, err)
-	}
-	return string(out)
-}
-
-// inodeInfo is what debugfs stat says about a path.
-type inodeInfo struct {
-	inode, links, uid, gid int
-	mode                   string // octal, with type bits
-	kind                   string
-}
-
-func statFile(t *testing.T, img, path string) (inodeInfo, bool) {
-	t.Helper()
-	out := debugfs(t, img, "stat "+path)
-	if strings.Contains(out, "File not found") {
-		return inodeInfo{}, false
-	}
-	var in inodeInfo
-	f := strings.Fields(strings.NewReplacer(":", " : ").Replace(out))
-	for i := 0; i+2 < len(f); i++ {
-		v := f[i+2]
-		switch f[i] {
-		case "Inode":
-			in.inode, _ = strconv.Atoi(v)
-		case "Type":
-			in.kind = v
-		case "Mode":
-			in.mode = v
-		case "User":
-			in.uid, _ = strconv.Atoi(v)
-		case "Group":
-			in.gid, _ = strconv.Atoi(v)
-		case "Links":
-			in.links, _ = strconv.Atoi(v)
-		}
-	}
-	return in, true
 }
 
 // fsSizeMiB reads the filesystem size from its superblock.
@@ -173,14 +97,6 @@ func fsSizeMiB(t *testing.T, img string) int {
 	return blocks * bs >> 20
 }
 
-// fsck checks an ext4 image read-only.
-func fsck(t *testing.T, img string) {
-	t.Helper()
-	if out, err := exec.Command("e2fsck", "-fn", img).CombinedOutput(); err != nil {
-		t.Fatalf("e2fsck %s: %v\n%s", img, err, out)
-	}
-}
-
 func mustBuild(t *testing.T, b *Builder, name string, opts BuildOptions) *Image {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -192,28 +108,24 @@ func mustBuild(t *testing.T, b *Builder, name string, opts BuildOptions) *Image 
 	return img
 }
 
-// blackHole accepts connections and never answers.
-func blackHole(t *testing.T) string {
+// The shared helpers, under the names these tests use.
+func alpineFile(t *testing.T) string { return imagetest.AlpineFile(t, AlpineSourceEnv, AlpineFile) }
+
+func debugfs(t *testing.T, img, req string) string { return imagetest.Debugfs(t, img, req) }
+
+func catFile(t *testing.T, img, path string) string { return imagetest.CatFile(t, img, path) }
+
+func fsck(t *testing.T, img string) { imagetest.Fsck(t, img) }
+
+func blackHole(t *testing.T) string { return imagetest.BlackHole(t) }
+
+type inodeInfo struct {
+	inode, links, uid, gid int
+	mode, kind             string
+}
+
+func statFile(t *testing.T, img, path string) (inodeInfo, bool) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns []net.Conn
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns = append(conns, c)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return "http://" + ln.Addr().String()
+	in, ok := imagetest.StatFile(t, img, path)
+	return inodeInfo{in.Inode, in.Links, in.UID, in.GID, in.Mode, in.Kind}, ok
 }

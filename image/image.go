@@ -1,7 +1,7 @@
 // Package image builds and caches the bootable images smolvm VMs start
 // from: a kernel, the agent initramfs, and an ext4 root filesystem made
-// from Alpine, Debian, any OCI image, or a directory or tarball, without
-// Docker.
+// from Alpine, Debian, any OCI image (with package image/oci, see
+// Builder.OCI), or a directory or tarball, without Docker.
 package image
 
 import (
@@ -106,8 +106,7 @@ type Builder struct {
 	// Default: DefaultCacheDir().
 	CacheDir string
 	// Agent is the static smolvm binary that becomes the guest's init.
-	// Default: $SMOLVM_AGENT, else this program if it is smolvm, else
-	// smolvm on PATH.
+	// Default: see ResolveAgent.
 	Agent string
 	// Kernel is the kernel to boot; empty = $SMOLVM_KERNEL, else the
 	// newest /boot/vmlinuz-*.
@@ -128,6 +127,10 @@ type Builder struct {
 	Progress io.Writer
 	// Logger receives debug detail; nil = discard.
 	Logger *slog.Logger
+	// OCI pulls the images "oci:" sources name; nil refuses them (with
+	// errors.ErrUnsupported). Set it to oci.Puller{} from package
+	// image/oci, which links a registry client.
+	OCI OCIPuller
 }
 
 // DefaultCacheDir is where images are cached when Builder.CacheDir is

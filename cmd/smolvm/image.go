@@ -14,6 +14,7 @@ import (
 
 	"github.com/smolvm/smolvm"
 	"github.com/smolvm/smolvm/image"
+	"github.com/smolvm/smolvm/image/oci"
 )
 
 // newImageCmd is `smolvm image`: build, list, inspect and remove images.
@@ -32,7 +33,7 @@ func newImageCmd(g *globalOptions) *cobra.Command {
 func (g *globalOptions) builder(stderr io.Writer) *image.Builder {
 	return &image.Builder{
 		CacheDir: g.home, Agent: g.agent, AlpineSource: g.alpineSource,
-		Progress: stderr, Logger: g.logger,
+		Progress: stderr, Logger: g.logger, OCI: oci.Puller{},
 	}
 }
 

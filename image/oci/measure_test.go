@@ -1,8 +1,9 @@
-package image
+package oci
 
 import (
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -15,21 +16,28 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/smolvm/smolvm/image"
+	"github.com/smolvm/smolvm/internal/imagetest"
 )
 
 // TestMeasure reports build time (median of 3 forced builds) and image
 // size per source, and the cache-hit time. It runs only with
 // SMOLVM_IMAGE_MEASURE=1 (about a minute, Debian included):
 //
-//	SMOLVM_IMAGE_MEASURE=1 SMOLVM_ALPINE_SOURCE=/work/shared/alpine go test -run TestMeasure -v ./image
+//	SMOLVM_IMAGE_MEASURE=1 SMOLVM_ALPINE_SOURCE=/work/shared/alpine go test -run TestMeasure -v ./image/oci
 func TestMeasure(t *testing.T) {
 	if os.Getenv("SMOLVM_IMAGE_MEASURE") == "" {
 		t.Skip("set SMOLVM_IMAGE_MEASURE=1 to measure build times")
 	}
-	file := alpineFile(t)
+	file := imagetest.AlpineFile(t, image.AlpineSourceEnv, image.AlpineFile)
 	b := newBuilder(t)
 	b.Progress = nil
-	mirror, _ := alpineMirror(t, file)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v3.20/releases/x86_64/"+image.AlpineFile, func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, file) })
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	mirror := srv.URL
 	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer reg.Close()
 	ref := strings.TrimPrefix(reg.URL, "http://") + "/m/alpine:1"
@@ -43,22 +51,22 @@ func TestMeasure(t *testing.T) {
 
 	sources := []struct {
 		name string
-		opts BuildOptions
+		opts image.BuildOptions
 	}{
-		{"alpine (HTTP mirror)", BuildOptions{From: "alpine", Mirror: mirror}},
-		{"oci (local registry)", BuildOptions{From: "oci:" + ref}},
-		{"dir", BuildOptions{From: "dir:" + tree}},
-		{"tar", BuildOptions{From: "tar:" + file}},
+		{"alpine (HTTP mirror)", image.BuildOptions{From: "alpine", Mirror: mirror}},
+		{"oci (local registry)", image.BuildOptions{From: "oci:" + ref}},
+		{"dir", image.BuildOptions{From: "dir:" + tree}},
+		{"tar", image.BuildOptions{From: "tar:" + file}},
 	}
 	if _, err := exec.LookPath("mmdebstrap"); err == nil {
 		sources = append(sources, struct {
 			name string
-			opts BuildOptions
-		}{"debian minbase", BuildOptions{From: "debian"}})
+			opts image.BuildOptions
+		}{"debian minbase", image.BuildOptions{From: "debian"}})
 	}
 	for _, s := range sources {
 		var times []time.Duration
-		var img *Image
+		var img *image.Image
 		for i := range 3 {
 			if i == 0 {
 				os.RemoveAll(filepath.Join(b.CacheDir, "downloads"))
