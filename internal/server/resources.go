@@ -168,7 +168,8 @@ func (s *Server) fork(w http.ResponseWriter, r *http.Request) {
 		}
 		out := api.VMList{VMs: make([]smolvm.VMInfo, 0, len(kids))}
 		for _, k := range kids {
-			out.VMs = append(out.VMs, s.remember(k).Info())
+			out.VMs = append(out.VMs, k.Info())
+			s.remember(k)
 		}
 		writeJSON(w, http.StatusCreated, out)
 		return nil

@@ -72,7 +72,7 @@ func New(cfg Config) *Server {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	s.vms.m = map[string]*smolvm.VM{}
+	s.vms.m = map[string]*handle{}
 	s.busy.last.Store(time.Now().UnixNano())
 	s.mux = http.NewServeMux()
 	for _, rt := range s.routes() {
@@ -165,66 +165,104 @@ func (s *Server) builder() *image.Builder {
 	return &image.Builder{CacheDir: s.cfg.Home, Agent: s.cfg.Agent, AlpineSource: s.cfg.AlpineSource, Logger: s.log}
 }
 
-// handles caches one *smolvm.VM per id.
+// handles caches one *smolvm.VM per id. A handle dropped from the cache
+// (its VM deleted, or gone from under it) is closed once the last request
+// using it is done with it.
 type handles struct {
 	mu sync.Mutex
-	m  map[string]*smolvm.VM
+	m  map[string]*handle
 }
 
-// vm returns the cached handle on id, or reconnects to it.
-func (s *Server) vm(ctx context.Context, id string) (*smolvm.VM, error) {
+type handle struct {
+	vm      *smolvm.VM
+	refs    int  // requests using it; guarded by handles.mu
+	dropped bool // out of the cache: close when refs is 0
+}
+
+// vm returns a handle on id, cached or new, and the function to call when
+// the request is done with it.
+func (s *Server) vm(ctx context.Context, id string) (*smolvm.VM, func(), error) {
 	s.vms.mu.Lock()
-	v := s.vms.m[id]
-	s.vms.mu.Unlock()
-	if v != nil {
-		if v.Status() != smolvm.StateDeleted {
-			return v, nil
-		}
-		s.forget(id, v)
+	if h := s.vms.m[id]; h != nil && h.vm.Status() != smolvm.StateDeleted {
+		h.refs++
+		s.vms.mu.Unlock()
+		return h.vm, func() { s.release(h) }, nil
 	}
+	s.vms.mu.Unlock()
 	v, err := smolvm.FromID(ctx, id, s.sdk()...)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return s.remember(v), nil
+	h := s.cache(v)
+	s.vms.mu.Lock()
+	h.refs++
+	s.vms.mu.Unlock()
+	return h.vm, func() { s.release(h) }, nil
 }
 
-// remember caches v, unless another request cached a handle on the same
-// VM first: then v is closed and that one returned.
-func (s *Server) remember(v *smolvm.VM) *smolvm.VM {
+// remember caches v, a handle a request made (create, fork), and returns
+// the handle to use: v, or one another request cached first.
+func (s *Server) remember(v *smolvm.VM) *smolvm.VM { return s.cache(v).vm }
+
+func (s *Server) cache(v *smolvm.VM) *handle {
 	s.vms.mu.Lock()
 	defer s.vms.mu.Unlock()
-	if cur := s.vms.m[v.ID()]; cur != nil && cur != v && cur.Status() != smolvm.StateDeleted {
-		v.Close()
-		return cur
+	if cur := s.vms.m[v.ID()]; cur != nil && cur.vm != v {
+		if cur.vm.Status() != smolvm.StateDeleted {
+			v.Close()
+			return cur
+		}
+		s.dropLocked(cur)
 	}
-	s.vms.m[v.ID()] = v
-	return v
+	h := &handle{vm: v}
+	s.vms.m[v.ID()] = h
+	return h
 }
 
-// forget drops v from the cache (if it is still the cached one) and
-// closes it.
-func (s *Server) forget(id string, v *smolvm.VM) {
+func (s *Server) release(h *handle) {
 	s.vms.mu.Lock()
-	if s.vms.m[id] == v {
-		delete(s.vms.m, id)
+	defer s.vms.mu.Unlock()
+	h.refs--
+	if h.dropped && h.refs == 0 {
+		h.vm.Close()
 	}
-	s.vms.mu.Unlock()
-	v.Close()
 }
 
-// dropIfGone forgets v when err says its VM no longer exists.
+// forget drops the cached handle on v's VM if it is v.
+func (s *Server) forget(v *smolvm.VM) {
+	s.vms.mu.Lock()
+	defer s.vms.mu.Unlock()
+	if h := s.vms.m[v.ID()]; h != nil && h.vm == v {
+		s.dropLocked(h)
+	}
+}
+
+func (s *Server) dropLocked(h *handle) {
+	if s.vms.m[h.vm.ID()] == h {
+		delete(s.vms.m, h.vm.ID())
+	}
+	if !h.dropped {
+		h.dropped = true
+		if h.refs == 0 {
+			h.vm.Close()
+		}
+	}
+}
+
+// dropIfGone forgets v when err says its VM is gone or not running, in
+// this process's view or another's (deleted and made again, stopped by
+// the CLI): the next request reconnects with a fresh handle.
 func (s *Server) dropIfGone(v *smolvm.VM, err error) {
-	if errors.Is(err, smolvm.ErrNotFound) && v.Status() == smolvm.StateDeleted {
-		s.forget(v.ID(), v)
+	if errors.Is(err, smolvm.ErrNotFound) || errors.Is(err, smolvm.ErrNotRunning) {
+		s.forget(v)
 	}
 }
 
 func (h *handles) closeAll() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for id, v := range h.m {
-		v.Close()
+	for id, e := range h.m {
+		e.vm.Close()
 		delete(h.m, id)
 	}
 }

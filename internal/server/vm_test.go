@@ -69,6 +69,26 @@ func TestVM(t *testing.T) {
 		}
 	})
 	t.Run("Exec", func(t *testing.T) { testExec(t, ctx, ts, id) })
+	t.Run("Concurrent", func(t *testing.T) {
+		// A fresh server: the requests race for the first handle, too.
+		fresh := startServer(t, server.Config{})
+		errs := make(chan error, 8)
+		for i := range 8 {
+			go func() {
+				res, r := execJSON(t, ctx, fresh, id, api.Exec{Cmd: fmt.Sprintf("echo %d", i)})
+				if r.status != 200 || str(res.Stdout) != fmt.Sprintf("%d\n", i) {
+					errs <- fmt.Errorf("exec %d: %d %s", i, r.status, r.body)
+					return
+				}
+				errs <- nil
+			}()
+		}
+		for range 8 {
+			if err := <-errs; err != nil {
+				t.Error(err)
+			}
+		}
+	})
 	t.Run("ExecStream", func(t *testing.T) { testExecStream(t, ctx, ts, id) })
 	t.Run("ExecWebSocket", func(t *testing.T) { testExecWS(t, ctx, ts, id) })
 	t.Run("Files", func(t *testing.T) { testFiles(t, ctx, ts, id) })

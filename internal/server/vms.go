@@ -44,7 +44,9 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, vm.Info())
+	info := vm.Info()
+	s.remember(vm)
+	writeJSON(w, http.StatusCreated, info)
 }
 
 // create makes the VM req asks for. A VM that fails to start is deleted
@@ -79,11 +81,7 @@ func (s *Server) create(ctx context.Context, req api.CreateVM) (*smolvm.VM, erro
 		if boot != 0 {
 			opts = append(opts, smolvm.WithBootTimeout(boot))
 		}
-		vm, err := smolvm.FromSnapshot(ctx, req.FromSnapshot, s.sdk(opts...)...)
-		if err != nil {
-			return nil, err
-		}
-		return s.remember(vm), nil
+		return smolvm.FromSnapshot(ctx, req.FromSnapshot, s.sdk(opts...)...)
 	}
 	cfg := smolvm.VMConfig{
 		ID: req.ID, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB,
@@ -100,7 +98,7 @@ func (s *Server) create(ctx context.Context, req api.CreateVM) (*smolvm.VM, erro
 			return nil, errors.Join(err, vm.Delete(context.WithoutCancel(ctx)))
 		}
 	}
-	return s.remember(vm), nil
+	return vm, nil
 }
 
 var vmStates = map[smolvm.VMState]bool{
@@ -132,11 +130,12 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 // withVM runs fn on the handle of the path's VM and answers its error;
 // fn writes the success response itself.
 func (s *Server) withVM(w http.ResponseWriter, r *http.Request, fn func(*smolvm.VM) error) {
-	vm, err := s.vm(r.Context(), r.PathValue("id"))
+	vm, release, err := s.vm(r.Context(), r.PathValue("id"))
 	if err != nil {
 		writeError(w, r, err)
 		return
 	}
+	defer release()
 	if err := fn(vm); err != nil {
 		s.dropIfGone(vm, err)
 		writeError(w, r, err)
@@ -160,7 +159,7 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
 		if err := vm.Delete(context.WithoutCancel(r.Context())); err != nil {
 			return err
 		}
-		s.forget(vm.ID(), vm)
+		s.forget(vm)
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	})

@@ -27,11 +27,12 @@ const wsStdinQueue = 16
 // then stdin, eof, resize and signal events come in and stdout, stderr
 // and the exit (or error) go out; see api.Event.
 func (s *Server) execWS(w http.ResponseWriter, r *http.Request) {
-	vm, err := s.vm(r.Context(), r.PathValue("id"))
+	vm, release, err := s.vm(r.Context(), r.PathValue("id"))
 	if err != nil {
 		writeError(w, r, err)
 		return
 	}
+	defer release()
 	c, err := websocket.Accept(w, r, nil)
 	if err != nil {
 		return // Accept answered the request
@@ -109,11 +110,12 @@ func (s *Server) shellWS(w http.ResponseWriter, r *http.Request) {
 	if size[1] == 0 {
 		size[1] = 24
 	}
-	vm, err := s.vm(r.Context(), r.PathValue("id"))
+	vm, release, err := s.vm(r.Context(), r.PathValue("id"))
 	if err != nil {
 		writeError(w, r, err)
 		return
 	}
+	defer release()
 	c, err := websocket.Accept(w, r, nil)
 	if err != nil {
 		return
