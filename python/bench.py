@@ -74,8 +74,10 @@ def main() -> int:
     cold, rtt = [], []
     per_round = max(1, args.rtt // args.n)
     for _ in range(args.n):
-        g = json.loads(subprocess.run([str(gobin), "-n", "1", "-rtt", str(per_round)],
-                                      check=True, capture_output=True, text=True).stdout)
+        gp = subprocess.run([str(gobin), "-n", "1", "-rtt", str(per_round)], capture_output=True, text=True)
+        if gp.returncode != 0:
+            sys.exit(f"Go side failed: {gp.stderr.strip()}")
+        g = json.loads(gp.stdout)
         go["cold_ns"] += g["cold_ns"]
         go["rtt_ns"] += g["rtt_ns"]
 
