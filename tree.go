@@ -93,8 +93,11 @@ func unpackTree(ctx context.Context, c *sftp.Client, dst string, r io.Reader, sy
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
-		if err != nil {
+		if errors.Is(err, tar.ErrHeader) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, tar.ErrFieldTooLong) {
 			return &ValidationError{Field: "tar", Value: fmt.Sprintf("entry %d", n), Reason: err.Error()}
+		}
+		if err != nil {
+			return fmt.Errorf("tar entry %d: %w", n, err) // the reader's own failure, such as a body limit
 		}
 		if n >= MaxTreeEntries {
 			return &ValidationError{Field: "tar", Value: hdr.Name, Reason: fmt.Sprintf("more than %d entries", MaxTreeEntries)}

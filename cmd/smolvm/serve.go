@@ -54,18 +54,10 @@ func newServeCmd(g *globalOptions) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&o.socket, "socket", "", "UNIX socket to serve (default $SMOLVM_HOME/"+api.SocketFile+"; with --listen, only if given)")
 	f.StringVar(&o.listen, "listen", "", "also or instead serve TCP at HOST:PORT (loopback unless --allow-remote), with a bearer token")
-	f.StringVar(&o.token, "token", "", "bearer token for --listen (env "+api.TokenEnv+"; default: made once and kept in $SMOLVM_HOME/"+api.TokenFile+")")
+	f.StringVar(&o.token, "token", "", "bearer token for --listen, visible to ps: prefer env "+api.TokenEnv+" (default: made once and kept in $SMOLVM_HOME/"+api.TokenFile+")")
 	f.BoolVar(&o.allowRemote, "allow-remote", false, "allow --listen on a non-loopback address (anyone reaching it with the token controls your VMs)")
 	f.Var(secondsFlag(&o.idle), "idle-timeout", "exit after this long with no request in flight and no connection open (0 = never)")
 	return cmd
-}
-
-// serving is what serve prints once it listens (--json).
-type serving struct {
-	URLs      []string `json:"urls"`
-	Socket    string   `json:"socket,omitempty"`
-	TokenFile string   `json:"token_file,omitempty"`
-	PID       int      `json:"pid"`
 }
 
 func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
@@ -81,7 +73,7 @@ func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 			l.Close()
 		}
 	}()
-	out := serving{PID: os.Getpid()}
+	out := api.Serving{PID: os.Getpid()}
 	if o.socket != "" {
 		l, err := server.ListenUnix(o.socket)
 		if err != nil {

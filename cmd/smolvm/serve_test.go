@@ -31,7 +31,7 @@ func serveBinary(t *testing.T) string {
 
 // startServe runs `smolvm serve --json args...` and returns what it
 // printed once listening; the process is killed at the end of the test.
-func startServe(t *testing.T, bin, home string, args ...string) (*exec.Cmd, serving, <-chan error) {
+func startServe(t *testing.T, bin, home string, args ...string) (*exec.Cmd, api.Serving, <-chan error) {
 	t.Helper()
 	cmd := exec.Command(bin, append([]string{"serve", "--json"}, args...)...)
 	cmd.Env = append(os.Environ(), "SMOLVM_HOME="+home, "SMOLVM_TOKEN=")
@@ -55,7 +55,7 @@ func startServe(t *testing.T, bin, home string, args ...string) (*exec.Cmd, serv
 		cmd.Process.Kill()
 		<-exited
 	})
-	var s serving
+	var s api.Serving
 	dec := json.NewDecoder(bufio.NewReader(out))
 	got := make(chan error, 1)
 	go func() { got <- dec.Decode(&s) }()

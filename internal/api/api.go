@@ -115,6 +115,16 @@ type ErrorDetail struct {
 	Field   string `json:"field,omitempty"`
 }
 
+// Serving is what `smolvm serve --json` prints once it listens: the
+// addresses (as SMOLVM_HOST takes them), the socket, where the TCP token
+// is kept (when it made or read one) and its PID.
+type Serving struct {
+	URLs      []string `json:"urls"`
+	Socket    string   `json:"socket,omitempty"`
+	TokenFile string   `json:"token_file,omitempty"`
+	PID       int      `json:"pid"`
+}
+
 // Health is GET /v1/health: the server is up, and which build it is.
 type Health struct {
 	Version string `json:"version"` // smolvm's build version

@@ -117,7 +117,8 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 // Once the 200 is sent, a failure is the stream's last event.
 func (s *Server) execStream(w http.ResponseWriter, r *http.Request, vm *smolvm.VM, cmd string, opts []smolvm.RunOption) error {
 	if st := vm.Status(); st != smolvm.StateRunning {
-		return &apiError{code: api.CodeNotRunning, msg: "vm " + strconv.Quote(vm.ID()) + " is " + string(st) + ", not running: start it first"}
+		return &apiError{code: api.CodeNotRunning, err: smolvm.ErrNotRunning,
+			msg: "vm " + strconv.Quote(vm.ID()) + " is " + string(st) + ", not running: start it first"}
 	}
 	var o smolvm.ExecOptions
 	for _, opt := range opts {

@@ -186,9 +186,17 @@ func (s *Server) vm(ctx context.Context, id string) (*smolvm.VM, func(), error) 
 	if h := s.vms.m[id]; h != nil && h.vm.Status() != smolvm.StateDeleted {
 		h.refs++
 		s.vms.mu.Unlock()
-		return h.vm, func() { s.release(h) }, nil
+		// A handle that saw its VM not running may be behind another
+		// process (the CLI started it); a running one is checked by the
+		// SDK on each call anyway.
+		if h.vm.Status() == smolvm.StateRunning || h.vm.Refresh(ctx) == nil {
+			return h.vm, func() { s.release(h) }, nil
+		}
+		s.forget(h.vm)
+		s.release(h)
+	} else {
+		s.vms.mu.Unlock()
 	}
-	s.vms.mu.Unlock()
 	v, err := smolvm.FromID(ctx, id, s.sdk()...)
 	if err != nil {
 		return nil, nil, err
@@ -278,9 +286,11 @@ type activity struct {
 func (s *Server) track(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.busy.requests.Add(1)
+		start := time.Now()
 		defer func() {
 			s.busy.requests.Add(-1)
 			s.busy.last.Store(time.Now().UnixNano())
+			s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "took", time.Since(start))
 		}()
 		next.ServeHTTP(w, r)
 	})

@@ -303,3 +303,31 @@ func TestIdleTimeout(t *testing.T) {
 		t.Errorf("socket left after exit: %v", err)
 	}
 }
+
+// TestMCPMount: Config.MCP is served at /mcp, behind the same token.
+func TestMCPMount(t *testing.T) {
+	token := "token-of-the-mcp-test-0123456789"
+	l, err := server.ListenTCP("127.0.0.1:0", token, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mcp := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "mcp:"+r.URL.Path) })
+	srv := server.New(server.Config{Home: t.TempDir(), MCP: mcp})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, 0, l) }()
+	t.Cleanup(func() { cancel(); <-done; srv.Close() })
+	ts := &testServer{client: http.DefaultClient, base: "http://" + l.Addr().String()}
+	rctx := testContext(t, 30*time.Second)
+	if r := ts.do(t, rctx, "POST", "/mcp", "{}"); r.status != 401 {
+		t.Errorf("/mcp without the token: %d %s", r.status, r.body)
+	}
+	if r := ts.do(t, rctx, "POST", "/mcp", "{}", "Authorization", "Bearer "+token); r.status != 200 || string(r.body) != "mcp:/mcp" {
+		t.Errorf("/mcp with the token: %d %s", r.status, r.body)
+	}
+	// Without MCP configured there is no such route.
+	plain := startServer(t, server.Config{Home: t.TempDir()})
+	if r := plain.do(t, rctx, "POST", "/mcp", "{}"); r.status != 404 {
+		t.Errorf("/mcp unconfigured: %d %s", r.status, r.body)
+	}
+}

@@ -97,6 +97,7 @@ func TestVM(t *testing.T) {
 	t.Run("Logs", func(t *testing.T) { testLogs(t, ctx, ts, id) })
 	t.Run("Lifecycle", func(t *testing.T) { testLifecycle(t, ctx, ts, id) })
 	t.Run("Snapshots", func(t *testing.T) { testSnapshots(t, ctx, ts, id) })
+	t.Run("OtherProcess", func(t *testing.T) { testOtherProcess(t, ctx, ts, id) })
 
 	if r := ts.do(t, ctx, "DELETE", "/v1/vms/"+id, nil); r.status != 204 {
 		t.Fatalf("delete: %d %s", r.status, r.body)
@@ -568,6 +569,10 @@ func testFiles(t *testing.T, ctx context.Context, ts *testServer, id string) {
 				t.Errorf("over the limit: %d %s", r.status, r.body)
 			}
 		}
+		big := makeTar(t, []tarEntry{{name: "f", typ: tar.TypeReg, body: strings.Repeat("x", 5000)}})
+		if r := small.do(t, ctx, "PUT", files+"/tmp/toobig-tree", io.MultiReader(bytes.NewReader(big)), "Content-Type", api.Tar); r.status != 413 {
+			t.Errorf("tar over the limit: %d %s", r.status, r.body)
+		}
 		if res := mustExec(t, ctx, ts, id, "ls -a /tmp | grep -c -e toobig -e '^.smolvm-'"); str(res.Stdout) != "0\n" {
 			t.Errorf("a refused upload left files: %s", str(mustExec(t, ctx, ts, id, "ls -la /tmp").Stdout))
 		}
@@ -723,5 +728,47 @@ func testSnapshots(t *testing.T, ctx context.Context, ts *testServer, id string)
 	}
 	if r := ts.do(t, ctx, "DELETE", "/v1/vms/"+kid, nil); r.status != 204 {
 		t.Errorf("delete child: %d %s", r.status, r.body)
+	}
+}
+
+// testOtherProcess: what another process (the CLI, the SDK) does to a VM
+// the server has a handle on is seen by the next request, with no request
+// failing for a stale handle.
+func testOtherProcess(t *testing.T, ctx context.Context, ts *testServer, id string) {
+	sdk := func() *smolvm.VM {
+		vm, err := smolvm.FromID(ctx, id, smolvm.WithHome(testEnv.home), smolvm.WithAgent(testEnv.agent))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { vm.Close() })
+		return vm
+	}
+	// Stopped through the API, started elsewhere.
+	decodeJSON(t, ts.do(t, ctx, "POST", "/v1/vms/"+id+"/stop", nil), 200, nil)
+	if err := sdk().Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, ctx, ts, id, "true")
+	// Stopped elsewhere: the API says so.
+	if err := sdk().Stop(ctx, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, r := execJSON(t, ctx, ts, id, api.Exec{Cmd: "true"}); r.status != 409 {
+		t.Errorf("exec after a stop elsewhere: %d %s", r.status, r.body)
+	}
+	// Deleted and made again elsewhere, under the same id.
+	if err := sdk().Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	vm, err := smolvm.NewFromConfig(ctx, smolvm.VMConfig{ID: id}, smolvm.WithHome(testEnv.home), smolvm.WithAgent(testEnv.agent))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	if err := vm.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if res := mustExec(t, ctx, ts, id, "test -e /root/mark && echo old || echo new"); str(res.Stdout) != "new\n" {
+		t.Errorf("exec reached %q, want the new VM", str(res.Stdout))
 	}
 }

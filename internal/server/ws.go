@@ -157,7 +157,11 @@ type wsRun func(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer, 
 // and its output to it. The client closing the socket, or sending a
 // signal, ends the command (the guest kills its process group).
 func (s *Server) runWS(ctx context.Context, c *websocket.Conn, vm *smolvm.VM, run wsRun) {
-	ctx, cancel := context.WithCancel(ctx)
+	// The command runs under cmdCtx, which a signal or the client going
+	// away ends; the socket is read and written under ctx, since
+	// coder/websocket closes a connection whose Read or Write context ends
+	// mid-call, and the last event must still go out.
+	cmdCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stdinR, stdinW := io.Pipe()
 	defer stdinR.Close()
@@ -220,7 +224,7 @@ func (s *Server) runWS(ctx context.Context, c *websocket.Conn, vm *smolvm.VM, ru
 				}
 				select {
 				case chunks <- data:
-				case <-ctx.Done():
+				case <-cmdCtx.Done():
 					return
 				}
 			case "eof":
@@ -259,7 +263,7 @@ func (s *Server) runWS(ctx context.Context, c *websocket.Conn, vm *smolvm.VM, ru
 			return len(p), nil
 		})
 	}
-	code, err := run(ctx, stdinR, out("stdout"), out("stderr"), resize)
+	code, err := run(cmdCtx, stdinR, out("stdout"), out("stderr"), resize)
 	select {
 	case cerr := <-clientErr:
 		err = cerr
