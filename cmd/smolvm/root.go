@@ -112,6 +112,7 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		newSnapshotCmd(g),
 		newForkCmd(g),
 		newServeCmd(g),
+		newMCPCmd(g),
 	)
 	return root
 }

@@ -1,16 +1,17 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/smolvm/smolvm/internal/api"
+	"github.com/smolvm/smolvm/internal/mcpserver"
 	"github.com/smolvm/smolvm/internal/server"
 	"github.com/smolvm/smolvm/internal/statedir"
 )
@@ -99,9 +100,20 @@ func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 		ls = append(ls, l)
 		out.URLs = append(out.URLs, l.URL)
 	}
+	ctx := cmd.Context()
+	mcpSrv, err := mcpserver.New(ctx, mcpserver.Config{Home: g.home, Options: g.sdk(), Logger: g.logger, Version: buildVersion()})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Sessions end with the server: their unkept sandboxes go.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		mcpSrv.Close(cctx)
+	}()
 	srv := server.New(server.Config{
 		Home: g.home, Agent: g.agent, AlpineSource: g.alpineSource, Network: g.network,
-		Version: buildVersion(), Logger: g.logger,
+		Version: buildVersion(), Logger: g.logger, MCP: mcpSrv.Handler(),
 	})
 	defer srv.Close()
 	if err := g.output(cmd.OutOrStdout(), out, func(w io.Writer) error {
@@ -117,21 +129,5 @@ func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 	}
 	served := ls
 	ls = nil // Serve closes them
-	return srv.Serve(cmd.Context(), o.idle, served...)
-}
-
-// buildVersion is the module version and VCS revision this binary was
-// built from, as far as the build recorded them.
-func buildVersion() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	v := bi.Main.Version
-	for _, s := range bi.Settings {
-		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-			v += " " + s.Value[:12]
-		}
-	}
-	return v
+	return srv.Serve(ctx, o.idle, served...)
 }

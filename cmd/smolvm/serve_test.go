@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -89,6 +90,28 @@ func TestServeCommand(t *testing.T) {
 		t.Fatalf("health: %v %v", resp, err)
 	}
 	resp.Body.Close()
+
+	// MCP's streamable HTTP transport is mounted at /mcp.
+	initReq := `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"serve-test","version":"1"}}}`
+	req, _ := http.NewRequest("POST", "http://smolvm/mcp", strings.NewReader(initReq))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	resp, err = client.Do(req)
+	if err != nil {
+		t.Fatalf("POST /mcp: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "serverInfo") {
+		t.Errorf("MCP initialize: %d %s", resp.StatusCode, body)
+	}
+	if id := resp.Header.Get("Mcp-Session-Id"); id != "" {
+		del, _ := http.NewRequest("DELETE", "http://smolvm/mcp", nil)
+		del.Header.Set("Mcp-Session-Id", id)
+		if resp, err := client.Do(del); err == nil {
+			resp.Body.Close()
+		}
+	}
 
 	second := exec.Command(bin, "serve")
 	second.Env = append(os.Environ(), "SMOLVM_HOME="+home)
