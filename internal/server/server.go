@@ -18,6 +18,7 @@ import (
 
 	"github.com/smolvm/smolvm"
 	"github.com/smolvm/smolvm/image"
+	"github.com/smolvm/smolvm/image/oci"
 	"github.com/smolvm/smolvm/internal/api"
 )
 
@@ -162,7 +163,7 @@ func (s *Server) sdk(extra ...smolvm.Option) []smolvm.Option {
 
 // builder is the image builder of the state directory.
 func (s *Server) builder() *image.Builder {
-	return &image.Builder{CacheDir: s.cfg.Home, Agent: s.cfg.Agent, AlpineSource: s.cfg.AlpineSource, Logger: s.log}
+	return &image.Builder{CacheDir: s.cfg.Home, Agent: s.cfg.Agent, AlpineSource: s.cfg.AlpineSource, Logger: s.log, OCI: oci.Puller{}}
 }
 
 // handles caches one *smolvm.VM per id. A handle dropped from the cache
