@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/smolvm/smolvm/internal/kernel"
 )
 
 // Defaults applied to zero fields of VMConfig.
@@ -218,6 +220,8 @@ func (c VMConfig) validate(host hostLimits) error {
 			bad(field, fmt.Sprintf("%q", p), "no such file")
 		} else if !fi.Mode().IsRegular() {
 			bad(field, fmt.Sprintf("%q", p), "not a regular file")
+		} else if reason := checkContent(field, p); reason != "" {
+			bad(field, fmt.Sprintf("%q", p), reason)
 		}
 	}
 	if err := ValidateEnv(c.Env); err != nil {
@@ -230,6 +234,30 @@ func (c VMConfig) validate(host hostLimits) error {
 		bad("boot args", fmt.Sprintf("%q", c.BootArgs), "must be one line")
 	}
 	return errors.Join(errs...)
+}
+
+// checkContent says what is wrong with the file at p for field, looking
+// at its first bytes only: a kernel must be a bzImage or ELF vmlinux, a
+// root filesystem ext2/3/4. An unreadable file is left for the start to
+// report.
+func checkContent(field, p string) string {
+	switch field {
+	case "kernel path":
+		if _, err := kernel.Detect(p); errors.Is(err, kernel.ErrFormat) {
+			return "not a Linux kernel (a bzImage or ELF vmlinux, such as /boot/vmlinuz-*)"
+		}
+	case "rootfs path":
+		f, err := os.Open(p)
+		if err != nil {
+			return ""
+		}
+		defer f.Close()
+		var magic [2]byte
+		if _, err := f.ReadAt(magic[:], 1080); err != nil || magic != [2]byte{0x53, 0xef} {
+			return "not an ext2/3/4 filesystem image (build one with smolvm image build, or mke2fs -d DIR)"
+		}
+	}
+	return ""
 }
 
 // checkDisk checks a disk size against the limits and the free space of

@@ -78,12 +78,19 @@ func (v *VM) start(ctx context.Context) (err error) {
 		return err
 	}
 	timeout := info.Config.BootTimeout
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
+		timeout = time.Until(dl).Round(time.Millisecond) // what the message names
+	}
 	bootCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
 	var undo undoStack
 	defer func() {
 		if err != nil {
+			// Whatever step the deadline cut short, the start timed out.
+			if errors.Is(bootCtx.Err(), context.DeadlineExceeded) && !errors.Is(err, ErrTimeout) {
+				err = &TimeoutError{Op: "start", VM: v.id, Timeout: timeout, Detail: err.Error()}
+			}
 			undo.run(v.log())
 			msg := err.Error()
 			v.update(context.WithoutCancel(ctx), func(row *store.VM, rt *runtimeRecord) error {

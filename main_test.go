@@ -36,6 +36,13 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
+	// State directories do not know each other's IP leases, and a VM
+	// holds no TAP (which the pool skips) while created, stopped or
+	// hibernated; so each test package that boots VMs leases from a
+	// part of the pool of its own.
+	if os.Getenv("SMOLVM_SUBNET") == "" {
+		os.Setenv("SMOLVM_SUBNET", "172.29.0.0/19")
+	}
 	testEnv.home = filepath.Join(tmp, "home")
 	testEnv.bin = filepath.Join(tmp, "smolvm")
 	switch {

@@ -1,6 +1,7 @@
 package smolvm_test
 
 import (
+	"context"
 	"errors"
 	"os"
 	"os/exec"
@@ -329,6 +330,12 @@ func TestValidation(t *testing.T) {
 	home := t.TempDir()
 	kernel := home + "/kernel"
 	os.WriteFile(kernel, []byte("x"), 0o644)
+	// Files that look right at the bytes Validate reads.
+	bz, ext := make([]byte, 4096), make([]byte, 4096)
+	copy(bz[0x202:], "HdrS")
+	copy(ext[1080:], "\x53\xef")
+	os.WriteFile(home+"/bzImage", bz, 0o644)
+	os.WriteFile(home+"/rootfs.ext4", ext, 0o644)
 	tests := []struct {
 		name string
 		cfg  smolvm.VMConfig
@@ -344,6 +351,8 @@ func TestValidation(t *testing.T) {
 		{"missing rootfs", smolvm.VMConfig{KernelPath: kernel, RootfsPath: home + "/nope"}, "invalid rootfs path"},
 		{"kernel without rootfs", smolvm.VMConfig{KernelPath: kernel}, "invalid kernel/rootfs"},
 		{"rootfs is a dir", smolvm.VMConfig{KernelPath: kernel, RootfsPath: home}, "not a regular file"},
+		{"kernel is no kernel", smolvm.VMConfig{KernelPath: kernel, RootfsPath: home + "/rootfs.ext4"}, "not a Linux kernel"},
+		{"rootfs is no ext4", smolvm.VMConfig{KernelPath: home + "/bzImage", RootfsPath: kernel}, "not an ext2/3/4"},
 		{"missing initrd", smolvm.VMConfig{KernelPath: kernel, RootfsPath: kernel, InitrdPath: home + "/nope"}, "invalid initrd path"},
 		{"bad env name", smolvm.VMConfig{Env: map[string]string{"A-B": "1"}}, "invalid env name"},
 		{"negative timeout", smolvm.VMConfig{BootTimeout: -time.Second}, "invalid boot timeout"},
@@ -486,24 +495,47 @@ func TestKilledVM(t *testing.T) {
 }
 
 // TestStartTimeout: a boot that cannot finish in time returns a
-// *TimeoutError and leaves no process or TAP behind.
+// *TimeoutError naming the budget it had, whichever step it cut short
+// (50 ms ends during QEMU's launch), and leaves no process or TAP behind.
 func TestStartTimeout(t *testing.T) {
 	ctx := testContext(t, 2*time.Minute)
-	vm := newVM(t, ctx, smolvm.VMConfig{BootTimeout: 300 * time.Millisecond})
-	err := vm.Start(ctx)
-	var te *smolvm.TimeoutError
-	if !errors.As(err, &te) {
-		t.Fatalf("got %v, want *TimeoutError", err)
-	}
-	if err := vm.Refresh(ctx); err != nil {
-		t.Fatal(err)
-	}
-	info := vm.Info()
-	if info.State == smolvm.StateRunning || info.PID != 0 {
-		t.Fatalf("after a timed-out start: %+v", info)
-	}
-	if info.Network.TAP != "" && network.TAPExists(info.Network.TAP) {
-		t.Fatalf("TAP %s left after a timed-out start", info.Network.TAP)
+	for _, tc := range []struct {
+		name   string
+		config time.Duration // VMConfig.BootTimeout
+		ctx    time.Duration // a deadline on Start's ctx
+	}{
+		{"config 300ms", 300 * time.Millisecond, 0},
+		{"config 50ms", 50 * time.Millisecond, 0},
+		{"ctx 50ms", 0, 50 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vm := newVM(t, ctx, smolvm.VMConfig{BootTimeout: tc.config})
+			sctx := ctx
+			if tc.ctx > 0 {
+				var cancel context.CancelFunc
+				sctx, cancel = context.WithTimeout(ctx, tc.ctx)
+				defer cancel()
+			}
+			err := vm.Start(sctx)
+			var te *smolvm.TimeoutError
+			budget := max(tc.config, tc.ctx)
+			if !errors.As(err, &te) || te.Timeout <= 0 || te.Timeout > budget {
+				t.Fatalf("got %v, want a *TimeoutError after at most %s", err, budget)
+			}
+			if err := vm.Refresh(ctx); err != nil {
+				t.Fatal(err)
+			}
+			info := vm.Info()
+			if info.State == smolvm.StateRunning || info.PID != 0 {
+				t.Fatalf("after a timed-out start: %+v", info)
+			}
+			if info.Network.TAP != "" && network.TAPExists(info.Network.TAP) {
+				t.Fatalf("TAP %s left after a timed-out start", info.Network.TAP)
+			}
+			if p, ok := hypervisor.Find(info.Process); ok {
+				t.Fatalf("QEMU %d left after a timed-out start", p.PID)
+			}
+		})
 	}
 }
 

@@ -27,6 +27,13 @@ func runTests(m *testing.M) int {
 	if os.Getenv(helperEnv) != "" {
 		return helperMain()
 	}
+	// State directories do not know each other's IP leases, and a VM
+	// holds no TAP (which the pool skips) while created, stopped or
+	// hibernated; so each test package that boots VMs leases from a
+	// part of the pool of its own.
+	if os.Getenv("SMOLVM_SUBNET") == "" {
+		os.Setenv("SMOLVM_SUBNET", "172.29.128.0/19")
+	}
 	tmp, err := os.MkdirTemp("", "smolvm-image-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

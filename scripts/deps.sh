@@ -20,6 +20,9 @@ have_cmd ip || need+=(iproute2)
 have_cmd nft || need+=(nftables)
 have_pkg busybox-static || need+=(busybox-static)
 have_cmd mmdebstrap || need+=(mmdebstrap)
+# The Python client's tests: pytest, and venv for the offline `pip install ./python` test.
+have_pkg python3-pytest || need+=(python3-pytest)
+have_pkg python3-venv || need+=(python3-venv)
 
 if ((${#need[@]})); then
 	echo "installing: ${need[*]}" >&2

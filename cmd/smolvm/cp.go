@@ -6,8 +6,6 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-
-	"github.com/smolvm/smolvm"
 )
 
 func newCpCmd(g *globalOptions) *cobra.Command {
@@ -34,7 +32,7 @@ func newCpCmd(g *globalOptions) *cobra.Command {
 			if srcRemote {
 				id, upload = srcVM, false
 			}
-			return withVM(cmd.Context(), g, id, func(vm *smolvm.VM) error {
+			return withVM(cmd.Context(), g, id, func(vm machine) error {
 				var err error
 				if upload {
 					err = vm.Upload(cmd.Context(), srcPath, dstPath)

@@ -10,9 +10,12 @@ import (
 )
 
 type doctorReport struct {
-	Checks    []smolvm.Check    `json:"checks"`
+	Checks []smolvm.Check `json:"checks"`
+	// Leftovers is nil (null) through a server, which reports its checks only.
 	Leftovers []smolvm.Leftover `json:"leftovers"`
 	Fixed     bool              `json:"fixed,omitempty"`
+	// Server is the server whose host was checked (--host).
+	Server string `json:"server,omitempty"`
 }
 
 func newDoctorCmd(g *globalOptions) *cobra.Command {
@@ -29,13 +32,25 @@ func newDoctorCmd(g *globalOptions) *cobra.Command {
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			r := doctorReport{Checks: smolvm.Doctor(ctx, g.sdk()...)}
+			var r doctorReport
 			var err error
-			if r.Leftovers, err = smolvm.FindLeftovers(ctx, g.sdk()...); err != nil {
+			if fix {
+				if err := g.mustLocal("doctor --fix", "run it on the server's machine"); err != nil {
+					return err
+				}
+			}
+			if r.Checks, err = g.vms().Doctor(ctx); err != nil {
 				return err
 			}
-			if r.Leftovers == nil {
-				r.Leftovers = []smolvm.Leftover{}
+			if g.remote != nil {
+				r.Server = g.host
+			} else {
+				if r.Leftovers, err = smolvm.FindLeftovers(ctx, g.sdk()...); err != nil {
+					return err
+				}
+				if r.Leftovers == nil {
+					r.Leftovers = []smolvm.Leftover{}
+				}
 			}
 			if fix && len(r.Leftovers) > 0 {
 				if err := smolvm.RemoveLeftovers(ctx, r.Leftovers); err != nil {
@@ -65,6 +80,10 @@ func newDoctorCmd(g *globalOptions) *cobra.Command {
 }
 
 func writeLeftovers(w io.Writer, r doctorReport) error {
+	if r.Server != "" {
+		_, err := fmt.Fprintf(w, "Leftovers are not checked through a server: run 'smolvm doctor' on the machine of %s.\n", r.Server)
+		return err
+	}
 	if len(r.Leftovers) == 0 {
 		_, err := fmt.Fprintln(w, "No leftovers: every QEMU process, TAP device, rule and VM directory belongs to a VM.")
 		return err

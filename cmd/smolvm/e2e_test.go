@@ -43,6 +43,9 @@ type cli struct {
 	t    *testing.T
 	bin  string
 	home string
+	pre  []string // arguments before the command's, such as --host
+	env  []string // more environment
+	in   string   // standard input
 }
 
 type result struct {
@@ -54,8 +57,13 @@ func (c cli) run(args ...string) result {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, c.bin, args...)
-	cmd.Env = append(os.Environ(), "SMOLVM_HOME="+c.home)
+	cmd := exec.CommandContext(ctx, c.bin, append(c.pre[:len(c.pre):len(c.pre)], args...)...)
+	// A server the tester's shell names must not take the local runs.
+	cmd.Env = append(os.Environ(), "SMOLVM_HOME="+c.home, "SMOLVM_HOST=", "SMOLVM_TOKEN=")
+	cmd.Env = append(cmd.Env, c.env...)
+	if c.in != "" {
+		cmd.Stdin = strings.NewReader(c.in)
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

@@ -39,7 +39,7 @@ func newEnvSetCmd(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
+			return withVM(cmd.Context(), g, args[0], func(vm machine) error {
 				env, err := vm.SetEnv(cmd.Context(), vars)
 				if err != nil {
 					return err
@@ -63,7 +63,7 @@ func newEnvUnsetCmd(g *globalOptions) *cobra.Command {
 					return err
 				}
 			}
-			return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
+			return withVM(cmd.Context(), g, args[0], func(vm machine) error {
 				env, err := vm.UnsetEnv(cmd.Context(), args[1:]...)
 				if err != nil {
 					return err
@@ -83,7 +83,7 @@ func newEnvListCmd(g *globalOptions) *cobra.Command {
 		ValidArgsFunction: completeIDs(g, 1),
 		SilenceUsage:      true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
+			return withVM(cmd.Context(), g, args[0], func(vm machine) error {
 				env, err := vm.Env(cmd.Context())
 				if err != nil {
 					return err

@@ -61,7 +61,7 @@ func runExec(ctx context.Context, g *globalOptions, o execOptions, id, command s
 		eo.Stdin = s.in
 	}
 	var code int
-	err = withVM(ctx, g, id, func(vm *smolvm.VM) error {
+	err = withVM(ctx, g, id, func(vm machine) error {
 		var xerr error
 		code, xerr = vm.Exec(ctx, command, eo)
 		return xerr
@@ -93,7 +93,10 @@ func newSSHCmd(g *globalOptions) *cobra.Command {
 		SilenceUsage:      true,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.print {
-				return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
+				if err := g.mustLocal("ssh --print", "the OpenSSH command names key files on the server's machine; use `smolvm ssh ID` (without --print) for a shell through the server"); err != nil {
+					return err
+				}
+				return withVM(cmd.Context(), g, args[0], func(vm machine) error {
 					return printSSH(g, cmd.OutOrStdout(), vm.Info())
 				})
 			}
@@ -156,7 +159,7 @@ func runShell(ctx context.Context, g *globalOptions, id string, s streams) error
 		termName = "xterm"
 	}
 	var code int
-	err := withVM(ctx, g, id, func(vm *smolvm.VM) error {
+	err := withVM(ctx, g, id, func(vm machine) error {
 		width, height := 80, 24
 		var resize chan [2]int
 		if f, ok := s.in.(*os.File); ok && term.IsTerminal(int(f.Fd())) {

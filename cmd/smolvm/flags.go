@@ -30,14 +30,6 @@ type vmFlags struct {
 	cold        bool
 }
 
-// sdkOptions are the SDK options the flags ask for beyond the config.
-func (f *vmFlags) sdkOptions() []smolvm.Option {
-	if f.cold {
-		return []smolvm.Option{smolvm.WithColdBoot()}
-	}
-	return nil
-}
-
 func (f *vmFlags) register(cmd *cobra.Command) {
 	fs := cmd.Flags()
 	// Zero leaves each setting to the SDK, which picks the default (and

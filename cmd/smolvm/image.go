@@ -115,7 +115,7 @@ func runImageBuild(cmd *cobra.Command, g *globalOptions, o imageBuildOptions) er
 		}
 	}
 	start := time.Now()
-	img, err := g.builder(cmd.ErrOrStderr()).Build(cmd.Context(), o.name, o.opts)
+	img, err := g.vms().BuildImage(cmd.Context(), o.name, o.opts, cmd.ErrOrStderr())
 	if err != nil {
 		return imageError{err}
 	}
@@ -139,7 +139,7 @@ func newImageListCmd(g *globalOptions) *cobra.Command {
 		Short:   "List built images",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			imgs, err := g.builder(nil).List()
+			imgs, err := g.vms().Images(cmd.Context())
 			if err != nil {
 				return imageError{err}
 			}
@@ -176,7 +176,7 @@ func newImageInspectCmd(g *globalOptions) *cobra.Command {
 			return completeImages(g, args), cobra.ShellCompDirectiveNoFileComp
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			img, err := g.builder(nil).Get(args[0])
+			img, err := g.vms().Image(cmd.Context(), args[0])
 			if err != nil {
 				return imageError{err}
 			}
@@ -196,11 +196,10 @@ func newImageRmCmd(g *globalOptions) *cobra.Command {
 			return completeImages(g, args), cobra.ShellCompDirectiveNoFileComp
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b := g.builder(nil)
 			removed := []string{}
 			var errs []error
 			for _, name := range args {
-				if err := b.Remove(cmd.Context(), name); err != nil {
+				if err := g.vms().RemoveImage(cmd.Context(), name); err != nil {
 					errs = append(errs, err)
 					continue
 				}

@@ -72,13 +72,13 @@ func runCreate(ctx context.Context, g *globalOptions, o createOptions, w io.Writ
 		}
 		ports = append(ports, p)
 	}
-	vm, err := smolvm.NewFromConfig(ctx, cfg, g.sdk(o.vm.sdkOptions()...)...)
+	vm, err := g.vms().Create(ctx, cfg, o.vm.cold)
 	if err != nil {
 		return err
 	}
 	defer vm.Close()
 	for _, p := range ports {
-		if _, err := vm.Expose(ctx, p.guestPort, p.hostPort, smolvm.OnHostAddr(p.addr)); err != nil {
+		if _, err := vm.Expose(ctx, p); err != nil {
 			return errors.Join(err, vm.Delete(context.WithoutCancel(ctx)))
 		}
 	}
@@ -107,7 +107,7 @@ func newStartCmd(g *globalOptions) *cobra.Command {
 		ValidArgsFunction: completeIDs(g, 1),
 		SilenceUsage:      true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
+			return withVM(cmd.Context(), g, args[0], func(vm machine) error {
 				if err := vm.Start(cmd.Context()); err != nil {
 					return err
 				}
@@ -131,7 +131,7 @@ func newStopCmd(g *globalOptions) *cobra.Command {
 		ValidArgsFunction: completeIDs(g, 1),
 		SilenceUsage:      true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
+			return withVM(cmd.Context(), g, args[0], func(vm machine) error {
 				if err := vm.Stop(cmd.Context(), o.timeout); err != nil {
 					return err
 				}
@@ -179,8 +179,14 @@ func newDeleteCmd(g *globalOptions) *cobra.Command {
 }
 
 func runDelete(ctx context.Context, g *globalOptions, o deleteOptions, ids []string, w io.Writer) error {
+	if o.disk {
+		// A kept disk has no VM the server could be asked about.
+		if err := g.mustLocal("delete --disk", "run it on the server's machine"); err != nil {
+			return err
+		}
+	}
 	if o.all {
-		vms, err := smolvm.List(ctx, g.sdk()...)
+		vms, err := g.vms().List(ctx)
 		if err != nil {
 			return err
 		}
@@ -195,7 +201,7 @@ func runDelete(ctx context.Context, g *globalOptions, o deleteOptions, ids []str
 		if o.disk {
 			err = smolvm.RemoveKeptDisk(ctx, id, g.sdk()...)
 		} else {
-			err = withVM(ctx, g, id, func(vm *smolvm.VM) error { return vm.Delete(ctx) })
+			err = withVM(ctx, g, id, func(vm machine) error { return vm.Delete(ctx) })
 		}
 		if err != nil {
 			errs = append(errs, err)
@@ -217,16 +223,6 @@ func runDelete(ctx context.Context, g *globalOptions, o deleteOptions, ids []str
 	return nil
 }
 
-// withVM reconnects to the VM id, runs fn with it and closes the handle.
-func withVM(ctx context.Context, g *globalOptions, id string, fn func(*smolvm.VM) error) error {
-	vm, err := smolvm.FromID(ctx, id, g.sdk()...)
-	if err != nil {
-		return err
-	}
-	defer vm.Close()
-	return fn(vm)
-}
-
 func newPauseCmd(g *globalOptions) *cobra.Command {
 	var toDisk bool
 	cmd := &cobra.Command{
@@ -239,12 +235,8 @@ func newPauseCmd(g *globalOptions) *cobra.Command {
 		ValidArgsFunction: completeIDs(g, 1),
 		SilenceUsage:      true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
-				var opts []smolvm.PauseOption
-				if toDisk {
-					opts = append(opts, smolvm.ToDisk())
-				}
-				if err := vm.Pause(cmd.Context(), opts...); err != nil {
+			return withVM(cmd.Context(), g, args[0], func(vm machine) error {
+				if err := vm.Pause(cmd.Context(), toDisk); err != nil {
 					return err
 				}
 				return printInfo(g, cmd.OutOrStdout(), vm.Info())
@@ -263,7 +255,7 @@ func newResumeCmd(g *globalOptions) *cobra.Command {
 		ValidArgsFunction: completeIDs(g, 1),
 		SilenceUsage:      true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
+			return withVM(cmd.Context(), g, args[0], func(vm machine) error {
 				if err := vm.Resume(cmd.Context()); err != nil {
 					return err
 				}

@@ -4,17 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
-	"io/fs"
-	"os"
-	"slices"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
-
-	"github.com/smolvm/smolvm"
 )
 
 type logsOptions struct {
@@ -33,7 +26,7 @@ func newLogsCmd(g *globalOptions) *cobra.Command {
 		ValidArgsFunction: completeIDs(g, 1),
 		SilenceUsage:      true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
+			return withVM(cmd.Context(), g, args[0], func(vm machine) error {
 				return runLogs(cmd.Context(), g, o, vm, cmd.OutOrStdout())
 			})
 		},
@@ -42,15 +35,11 @@ func newLogsCmd(g *globalOptions) *cobra.Command {
 	return cmd
 }
 
-func runLogs(ctx context.Context, g *globalOptions, o logsOptions, vm *smolvm.VM, w io.Writer) error {
-	files, err := vm.ConsoleLogs(ctx)
-	if err != nil {
-		return err
-	}
+func runLogs(ctx context.Context, g *globalOptions, o logsOptions, vm machine, w io.Writer) error {
 	if !o.follow && g.json {
 		// Bounded: the log files hold at most 2*ConsoleLogMax bytes.
 		var log strings.Builder
-		if err := copyFiles(&log, files); err != nil {
+		if err := vm.Logs(ctx, false, &log); err != nil {
 			return err
 		}
 		return writeJSON(w, struct {
@@ -64,95 +53,7 @@ func runLogs(ctx context.Context, g *globalOptions, o logsOptions, vm *smolvm.VM
 		defer lw.flush()
 		w = lw
 	}
-	if !o.follow {
-		return copyFiles(w, files)
-	}
-	current := vm.Info().ConsoleLog
-	if err := copyFiles(w, slices.DeleteFunc(files, func(f string) bool { return f == current })); err != nil {
-		return err
-	}
-	return follow(ctx, vm, current, w, 200*time.Millisecond)
-}
-
-// copyFiles streams the files to w, one after the other.
-func copyFiles(w io.Writer, files []string) error {
-	for _, name := range files {
-		f, err := os.Open(name)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // rotated away meanwhile
-		}
-		if err != nil {
-			return err
-		}
-		_, err = io.Copy(w, f)
-		f.Close()
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// follow copies the file at path to w as it grows, moving on to the new
-// file when it is rotated or the VM restarts (which starts a new log),
-// until ctx ends or the VM is not running. Each round first has smolvm
-// move the guest's latest output into the file.
-func follow(ctx context.Context, vm *smolvm.VM, path string, w io.Writer, every time.Duration) error {
-	var f *os.File
-	defer func() {
-		if f != nil {
-			f.Close()
-		}
-	}()
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	for i := 0; ; i++ {
-		if _, err := vm.ConsoleLogs(ctx); err != nil {
-			if ctx.Err() != nil || errors.Is(err, smolvm.ErrNotFound) {
-				return nil
-			}
-			return err
-		}
-		if fi, err := os.Stat(path); err == nil {
-			if f != nil {
-				if cur, err := f.Stat(); err == nil && !os.SameFile(fi, cur) {
-					io.Copy(w, f) // the rest of the old log
-					f.Close()
-					f = nil
-				}
-			}
-			if f == nil {
-				if f, err = os.Open(path); err != nil {
-					return err
-				}
-			}
-		}
-		if f != nil {
-			if _, err := io.Copy(w, f); err != nil {
-				return err
-			}
-		}
-		if i%5 == 0 {
-			if err := vm.Refresh(ctx); err != nil {
-				if ctx.Err() != nil || errors.Is(err, smolvm.ErrNotFound) {
-					return nil
-				}
-				return err
-			}
-			if vm.Status() != smolvm.StateRunning {
-				if f != nil {
-					_, err := io.Copy(w, f)
-					return err
-				}
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tick.C:
-		}
-	}
+	return vm.Logs(ctx, o.follow, w)
 }
 
 // jsonLines writes each complete line written to it as {"line": ...}.

@@ -87,7 +87,7 @@ func parseClosePort(s string) (portSpec, error) {
 // closePort removes the one forward p matches: by its host side, and by
 // its guest port when p has one; a spec without a host port (as in
 // `port expose web 80`) matches the forward to that guest port.
-func closePort(ctx context.Context, vm *smolvm.VM, p portSpec) (portSpec, error) {
+func closePort(ctx context.Context, vm machine, p portSpec) (portSpec, error) {
 	fs, err := vm.Forwards(ctx)
 	if err != nil {
 		return p, err
@@ -135,8 +135,8 @@ func newPortCmd(g *globalOptions) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
-					f, err := vm.Expose(cmd.Context(), p.guestPort, p.hostPort, smolvm.OnHostAddr(p.addr))
+				return withVM(cmd.Context(), g, args[0], func(vm machine) error {
+					f, err := vm.Expose(cmd.Context(), p)
 					if err != nil {
 						return err
 					}
@@ -163,7 +163,7 @@ func newPortCmd(g *globalOptions) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
+				return withVM(cmd.Context(), g, args[0], func(vm machine) error {
 					closed, err := closePort(cmd.Context(), vm, p)
 					if err != nil {
 						return err
@@ -179,7 +179,7 @@ func newPortCmd(g *globalOptions) *cobra.Command {
 			ValidArgsFunction: completeIDs(g, 1),
 			SilenceUsage:      true,
 			RunE: func(cmd *cobra.Command, args []string) error {
-				return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
+				return withVM(cmd.Context(), g, args[0], func(vm machine) error {
 					fs, err := vm.Forwards(cmd.Context())
 					if err != nil {
 						return err

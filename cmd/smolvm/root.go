@@ -17,6 +17,8 @@ import (
 
 	"github.com/smolvm/smolvm"
 	"github.com/smolvm/smolvm/internal/agentbin"
+	"github.com/smolvm/smolvm/internal/api"
+	"github.com/smolvm/smolvm/internal/apiclient"
 )
 
 // globalOptions holds the persistent flags and what is derived from them
@@ -27,6 +29,10 @@ type globalOptions struct {
 	network      string
 	verbose      bool
 	json         bool
+	host         string // --host / SMOLVM_HOST: a server to talk to instead
+	token        string // --token / SMOLVM_TOKEN
+
+	remote *apiclient.Client // set in setup when host is
 
 	agent    string       // this executable: the guest agent
 	logger   *slog.Logger // set in PersistentPreRunE
@@ -56,6 +62,15 @@ func (g *globalOptions) sdk(extra ...smolvm.Option) []smolvm.Option {
 	return append(opts, extra...)
 }
 
+// vms is where the commands' VMs live: a server with --host, else this
+// machine.
+func (g *globalOptions) vms() vmHost {
+	if g.remote != nil {
+		return remoteHost{g}
+	}
+	return localHost{g}
+}
+
 // output writes v as JSON in --json mode, else calls text.
 func (g *globalOptions) output(w io.Writer, v any, text func(io.Writer) error) error {
 	if g.json {
@@ -78,7 +93,7 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			return g.setup(cmd.ErrOrStderr())
+			return g.setup(cmd)
 		},
 	}
 	pf := root.PersistentFlags()
@@ -87,6 +102,8 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 	pf.StringVar(&g.network, "network", smolvm.NetworkAuto, "network mode: auto (TAP as root, else user), tap or user")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logs on stderr")
 	pf.BoolVar(&g.json, "json", false, "machine-readable JSON on stdout, errors included")
+	pf.StringVar(&g.host, "host", os.Getenv(api.HostEnv), "talk to a smolvm server instead of working locally: unix:///path/smolvm.sock or tcp://HOST:PORT (env "+api.HostEnv+")")
+	pf.StringVar(&g.token, "token", "", "bearer token of a TCP server (env "+api.TokenEnv+"; default for a server on this machine: its token file in --home)")
 	root.RegisterFlagCompletionFunc("network", cobra.FixedCompletions(
 		[]string{smolvm.NetworkAuto, smolvm.NetworkTAP, smolvm.NetworkUser}, cobra.ShellCompDirectiveNoFileComp))
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
@@ -118,14 +135,20 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 }
 
 // setup checks the global flags and makes the logger.
-func (g *globalOptions) setup(stderr io.Writer) error {
+func (g *globalOptions) setup(cmd *cobra.Command) error {
+	stderr := cmd.ErrOrStderr()
 	switch g.network {
 	case smolvm.NetworkAuto, smolvm.NetworkTAP, smolvm.NetworkUser:
 	default:
 		return usageError{fmt.Errorf("--network %q: use auto, tap or user", g.network)}
 	}
 	g.ran = true
-	if err := g.resolveAgent(); err != nil {
+	if g.host != "" && !servesItself(cmd) {
+		// The server has its own agent, images and state.
+		if err := g.connect(); err != nil {
+			return err
+		}
+	} else if err := g.resolveAgent(); err != nil {
 		return err
 	}
 	level := slog.LevelWarn
@@ -137,6 +160,17 @@ func (g *globalOptions) setup(stderr io.Writer) error {
 		g.progress = stderr
 	}
 	return nil
+}
+
+// servesItself reports whether cmd is a server of this machine's smolvm
+// (serve, mcp), which SMOLVM_HOST, meant for its clients, does not redirect.
+func servesItself(cmd *cobra.Command) bool {
+	for c := cmd; c != nil && c.HasParent(); c = c.Parent() {
+		if c.Parent() == c.Root() {
+			return c.Name() == "serve" || c.Name() == "mcp"
+		}
+	}
+	return false
 }
 
 // execute runs the command line args and returns the exit status.
@@ -253,6 +287,10 @@ func errorKind(err error) string {
 		return "not_running"
 	case errors.Is(err, smolvm.ErrInUse):
 		return "in_use"
+	case errors.Is(err, apiclient.ErrUnauthorized):
+		return "unauthorized"
+	case errors.Is(err, apiclient.ErrUnreachable):
+		return "unreachable"
 	}
 	return "error"
 }
@@ -298,6 +336,15 @@ func usagef(format string, args ...any) error {
 	return usageError{fmt.Errorf(format, args...)}
 }
 
+// completing is where completions look: cobra runs no PersistentPreRunE
+// for them, so the server (--host, SMOLVM_HOST) is connected here.
+func (g *globalOptions) completing() (vmHost, bool) {
+	if g.remote == nil && g.host != "" && g.connect() != nil {
+		return nil, false
+	}
+	return g.vms(), true
+}
+
 // completeIDs completes VM ids; max limits how many ids a command takes
 // (0 = any number).
 func completeIDs(g *globalOptions, max int) cobra.CompletionFunc {
@@ -305,7 +352,11 @@ func completeIDs(g *globalOptions, max int) cobra.CompletionFunc {
 		if max > 0 && len(args) >= max {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
-		vms, err := smolvm.List(cmd.Context(), smolvm.WithHome(g.home), smolvm.WithAgent(g.agent))
+		h, ok := g.completing()
+		if !ok {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		vms, err := h.List(cmd.Context())
 		if err != nil {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}

@@ -113,7 +113,7 @@ func runEphemeral(ctx context.Context, g *globalOptions, o runOptions, command s
 		eo.Stdin = s.in
 	}
 	var (
-		vm   *smolvm.VM
+		vm   machine
 		code int
 		err  error
 	)
@@ -128,7 +128,7 @@ func runEphemeral(ctx context.Context, g *globalOptions, o runOptions, command s
 		if cerr != nil {
 			return cerr
 		}
-		if vm, err = smolvm.NewFromConfig(ctx, cfg, g.sdk(o.vm.sdkOptions()...)...); err != nil {
+		if vm, err = g.vms().Create(ctx, cfg, o.vm.cold); err != nil {
 			return err
 		}
 		code, err = startAndExec(ctx, vm, command, eo)
@@ -146,7 +146,7 @@ func runEphemeral(ctx context.Context, g *globalOptions, o runOptions, command s
 	return exitCode(code)
 }
 
-func startAndExec(ctx context.Context, vm *smolvm.VM, command string, eo smolvm.ExecOptions) (int, error) {
+func startAndExec(ctx context.Context, vm machine, command string, eo smolvm.ExecOptions) (int, error) {
 	if err := vm.Start(ctx); err != nil {
 		return -1, err
 	}

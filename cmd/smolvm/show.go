@@ -22,7 +22,7 @@ func newListCmd(g *globalOptions) *cobra.Command {
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			vms, err := smolvm.List(cmd.Context(), g.sdk()...)
+			vms, err := g.vms().List(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -81,7 +81,7 @@ func newInfoCmd(g *globalOptions) *cobra.Command {
 		ValidArgsFunction: completeIDs(g, 1),
 		SilenceUsage:      true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
+			return withVM(cmd.Context(), g, args[0], func(vm machine) error {
 				info := vm.Info()
 				return g.output(cmd.OutOrStdout(), info, func(w io.Writer) error {
 					return writeInfo(w, info)

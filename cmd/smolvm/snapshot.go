@@ -49,12 +49,8 @@ func newSnapshotCreateCmd(g *globalOptions) *cobra.Command {
 		ValidArgsFunction: completeIDs(g, 1),
 		SilenceUsage:      true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var opts []smolvm.SnapshotOption
-			if o.diskOnly {
-				opts = append(opts, smolvm.DiskOnly())
-			}
-			return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
-				info, err := vm.Snapshot(cmd.Context(), args[1], opts...)
+			return withVM(cmd.Context(), g, args[0], func(vm machine) error {
+				info, err := vm.Snapshot(cmd.Context(), args[1], o.diskOnly)
 				if err != nil {
 					return err
 				}
@@ -77,7 +73,7 @@ func newSnapshotListCmd(g *globalOptions) *cobra.Command {
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			snaps, err := smolvm.ListSnapshots(cmd.Context(), g.sdk()...)
+			snaps, err := g.vms().ListSnapshots(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -114,7 +110,7 @@ func newSnapshotInspectCmd(g *globalOptions) *cobra.Command {
 		ValidArgsFunction: completeSnapshots(g, 1),
 		SilenceUsage:      true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			info, err := smolvm.GetSnapshot(cmd.Context(), args[0], g.sdk()...)
+			info, err := g.vms().GetSnapshot(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -176,7 +172,7 @@ func newSnapshotRmCmd(g *globalOptions) *cobra.Command {
 			removed := []string{}
 			var errs []error
 			for _, name := range args {
-				if err := smolvm.RemoveSnapshot(cmd.Context(), name, g.sdk()...); err != nil {
+				if err := g.vms().RemoveSnapshot(cmd.Context(), name); err != nil {
 					errs = append(errs, err)
 					continue
 				}
@@ -216,15 +212,10 @@ func newForkCmd(g *globalOptions) *cobra.Command {
 			if o.count < 1 {
 				return usagef("-n %d: fork at least one VM", o.count)
 			}
-			return withVM(cmd.Context(), g, args[0], func(vm *smolvm.VM) error {
-				kids, err := vm.Fork(cmd.Context(), o.count)
+			return withVM(cmd.Context(), g, args[0], func(vm machine) error {
+				infos, err := vm.Fork(cmd.Context(), o.count)
 				if err != nil {
 					return err
-				}
-				infos := make([]smolvm.VMInfo, 0, len(kids))
-				for _, k := range kids {
-					infos = append(infos, k.Info())
-					k.Close()
 				}
 				return g.output(cmd.OutOrStdout(), infos, func(w io.Writer) error {
 					for _, info := range infos {
@@ -269,22 +260,12 @@ func contains(list []string, s string) bool {
 
 // fromSnapshot makes a running VM from the snapshot name with the flags
 // checkFromSnapshot let through.
-func fromSnapshot(ctx context.Context, g *globalOptions, name string, f vmFlags) (*smolvm.VM, error) {
+func fromSnapshot(ctx context.Context, g *globalOptions, name string, f vmFlags) (machine, error) {
 	env, err := parseEnv(f.env)
 	if err != nil {
 		return nil, err
 	}
-	var opts []smolvm.Option
-	if f.name != "" {
-		opts = append(opts, smolvm.WithID(f.name))
-	}
-	if env != nil {
-		opts = append(opts, smolvm.WithEnv(env))
-	}
-	if f.bootTimeout != 0 {
-		opts = append(opts, smolvm.WithBootTimeout(f.bootTimeout))
-	}
-	return smolvm.FromSnapshot(ctx, name, g.sdk(opts...)...)
+	return g.vms().FromSnapshot(ctx, name, snapshotVM{id: f.name, env: env, bootTimeout: f.bootTimeout})
 }
 
 // completeSnapshots completes snapshot names; max limits how many a
@@ -294,7 +275,11 @@ func completeSnapshots(g *globalOptions, max int) cobra.CompletionFunc {
 		if max > 0 && len(args) >= max {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
-		snaps, err := smolvm.ListSnapshots(cmd.Context(), smolvm.WithHome(g.home), smolvm.WithAgent(g.agent))
+		h, ok := g.completing()
+		if !ok {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		snaps, err := h.ListSnapshots(cmd.Context())
 		if err != nil {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}

@@ -262,7 +262,7 @@ type EnvPatch struct {
 // Expose is POST /v1/vms/{id}/ports; the response is a smolvm.PortForward.
 type Expose struct {
 	GuestPort int    `json:"guest_port"`
-	HostPort  int    `json:"host_port"`           // 0 = same as GuestPort
+	HostPort  int    `json:"host_port"`           // 0 = a free port, picked by smolvm
 	HostAddr  string `json:"host_addr,omitempty"` // "" = 127.0.0.1
 }
 

@@ -1,0 +1,395 @@
+package apiclient
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"mime"
+	"net/http"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/smolvm/smolvm"
+	"github.com/smolvm/smolvm/internal/api"
+	"github.com/smolvm/smolvm/internal/shell"
+	"github.com/smolvm/smolvm/internal/untar"
+)
+
+// WriteFile streams r into the guest file guestPath with mode perm
+// (0 = 0644).
+func (c *Client) WriteFile(ctx context.Context, id, guestPath string, r io.Reader, perm fs.FileMode) error {
+	if perm == 0 {
+		perm = 0o644
+	}
+	h := http.Header{api.FileModeHeader: {fmt.Sprintf("%04o", perm.Perm())}}
+	resp, err := c.send(ctx, request{method: http.MethodPut, path: "/vms/" + esc(id) + "/files",
+		query: url.Values{"path": {guestPath}}, body: r, ctype: api.Binary, header: h})
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+// WriteTar unpacks the tar stream r in the guest directory guestDir.
+func (c *Client) WriteTar(ctx context.Context, id, guestDir string, r io.Reader) error {
+	resp, err := c.send(ctx, request{method: http.MethodPut, path: "/vms/" + esc(id) + "/files",
+		query: url.Values{"path": {guestDir}}, body: r, ctype: api.Tar})
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+// Remote is a guest file or tree being read: the file's bytes (IsTar
+// false, with its Mode) or a tar of a directory.
+type Remote struct {
+	io.ReadCloser
+	IsTar bool
+	Mode  fs.FileMode
+}
+
+// ReadFile opens the guest path for reading: a file's bytes, or a tar of
+// a directory. The caller closes it.
+func (c *Client) ReadFile(ctx context.Context, id, guestPath string) (*Remote, error) {
+	resp, err := c.send(ctx, request{method: http.MethodGet, path: "/vms/" + esc(id) + "/files",
+		query: url.Values{"path": {guestPath}}})
+	if err != nil {
+		return nil, err
+	}
+	r := &Remote{ReadCloser: resp.Body, Mode: 0o644}
+	if mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type")); err == nil && mt == api.Tar {
+		r.IsTar = true
+	}
+	if m, err := strconv.ParseUint(resp.Header.Get(api.FileModeHeader), 8, 32); err == nil {
+		r.Mode = fs.FileMode(m).Perm()
+	}
+	return r, nil
+}
+
+// guestKind says what the guest has at p: "dir", "other" or "none". It
+// asks the guest's shell, as the files API has no stat.
+func (c *Client) guestKind(ctx context.Context, id, p string) (string, error) {
+	q := shell.Quote(p)
+	res, err := c.Exec(ctx, id, api.Exec{Cmd: "if [ -d " + q + " ]; then echo dir; elif [ -e " + q + " ] || [ -L " + q + " ]; then echo other; else echo none; fi"})
+	if err != nil {
+		return "", err
+	}
+	if res.ExitCode != 0 || res.Stdout == nil {
+		return "", fmt.Errorf("%s in the guest: cannot tell what it is (exit %d)", p, res.ExitCode)
+	}
+	switch k := strings.TrimSpace(*res.Stdout); k {
+	case "dir", "other", "none":
+		return k, nil
+	}
+	return "", fmt.Errorf("%s in the guest: cannot tell what it is", p)
+}
+
+// destinationError is a copy's destination that cannot take it.
+func destinationError(p, reason string) error {
+	return fmt.Errorf("%w: %s: %s", smolvm.ErrInvalid, p, reason)
+}
+
+// validName reports whether name is one path component.
+func validName(name string) bool {
+	return name != "" && name != "." && name != ".." && !strings.ContainsAny(name, "/\x00")
+}
+
+// Upload copies a local file or directory tree into the guest as the
+// SDK's VM.Upload does (cp -r): into guestPath if it is an existing
+// directory, under local's own name; otherwise as guestPath. Files are
+// streamed; symlinks are copied as symlinks, never followed, and nothing
+// outside local is read. log (nil: none) hears about skipped entries.
+func (c *Client) Upload(ctx context.Context, id, local, guestPath string, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if !path.IsAbs(guestPath) {
+		return destinationError(guestPath, "give an absolute guest path, such as /root/"+path.Base(guestPath))
+	}
+	fi, err := os.Stat(local)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() && !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is a %s, not a file or directory", local, fi.Mode().Type())
+	}
+	kind, err := c.guestKind(ctx, id, guestPath)
+	if err != nil {
+		return err
+	}
+	base := filepath.Base(local)
+	target := path.Clean(guestPath)
+	switch {
+	case kind == "dir" && !validName(base) && !fi.IsDir():
+		return destinationError(guestPath, "is a directory in the guest; name the file to copy to")
+	case kind == "dir" && validName(base):
+		target = path.Join(target, base)
+	case kind == "other" && fi.IsDir():
+		return destinationError(guestPath, "exists in the guest and is not a directory; a directory cannot be copied onto it")
+	case kind == "none" && strings.HasSuffix(guestPath, "/") && !fi.IsDir():
+		return destinationError(guestPath, "no such directory in the guest; create it first or drop the trailing slash")
+	}
+	if !fi.IsDir() {
+		f, err := os.Open(local)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return c.WriteFile(ctx, id, target, f, fi.Mode().Perm())
+	}
+	pr, pw := io.Pipe()
+	treeErr := make(chan error, 1)
+	go func() {
+		err := writeTree(ctx, pw, local, log)
+		pw.CloseWithError(err)
+		treeErr <- err
+	}()
+	err = c.WriteTar(ctx, id, target, pr)
+	pr.CloseWithError(errUploadEnded)
+	// A local failure (a file that changed, a read error) explains a
+	// failed upload better than the broken request it caused.
+	if te := <-treeErr; err != nil && te != nil && !errors.Is(te, errUploadEnded) {
+		return te
+	}
+	return err
+}
+
+// errUploadEnded stops a tree's tar once its request is over.
+var errUploadEnded = errors.New("upload ended")
+
+// writeTree writes the tree at dir to w as a tar, reading only inside dir.
+func writeTree(ctx context.Context, w io.Writer, dir string, log *slog.Logger) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	tw := tar.NewWriter(w)
+	err = fs.WalkDir(root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		var link string
+		switch m := info.Mode(); {
+		case m.IsDir(), m.IsRegular():
+		case m&fs.ModeSymlink != 0:
+			if link, err = root.Readlink(p); err != nil {
+				return err
+			}
+		default:
+			log.Warn("upload: skipped, not a file, directory or symlink", "path", filepath.Join(dir, p), "type", m.Type().String())
+			return nil
+		}
+		hdr, err := tar.FileInfoHeader(info, link)
+		if err != nil {
+			return err
+		}
+		hdr.Name = p
+		if info.IsDir() {
+			hdr.Name = p + "/"
+		}
+		hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = 0, 0, "", ""
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if !info.Mode().IsRegular() {
+			return nil
+		}
+		f, err := root.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		// Open follows a symlink swapped in since the walk (within dir
+		// only): still send only the file the walk saw.
+		if got, err := f.Stat(); err != nil || !os.SameFile(info, got) {
+			return fmt.Errorf("%s changed while it was being copied", filepath.Join(dir, p))
+		}
+		_, err = io.CopyN(tw, f, info.Size())
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+// hostMode is the mode a downloaded entry gets: no setuid, setgid,
+// sticky, or group/other write, whatever the guest says.
+func hostMode(m fs.FileMode) fs.FileMode { return m.Perm() &^ 0o022 }
+
+// Download copies a guest file or tree to local as the SDK's
+// VM.Download does (cp -r): into local if it is an existing directory,
+// under the guest entry's own name; otherwise as local. The guest is not
+// trusted: a tree is unpacked in a new directory beside the destination
+// (every path resolved inside it), stripped of setuid/setgid/sticky and
+// group/other write, devices, FIFOs and sockets, and only then moved into
+// place; a file is written to a temporary file and renamed.
+func (c *Client) Download(ctx context.Context, id, guestPath, local string, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	r, err := c.ReadFile(ctx, id, guestPath)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	dir, name, err := hostLanding(local, path.Base(guestPath), r.IsTar)
+	if err != nil {
+		return err
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	tmp := ".smolvm-" + rand.Text()
+	if !r.IsTar {
+		f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(f, r)
+		if err == nil {
+			err = f.Chmod(hostMode(r.Mode))
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = root.Rename(tmp, name)
+		}
+		if err != nil {
+			root.Remove(tmp)
+			return c.streamError(ctx, err)
+		}
+		return nil
+	}
+	if err := root.Mkdir(tmp, 0o700); err != nil {
+		return err
+	}
+	defer root.RemoveAll(tmp)
+	if _, err := untar.Apply(filepath.Join(dir, tmp), r, untar.Options{}); err != nil {
+		return c.streamError(ctx, fmt.Errorf("%s from the guest: %w", guestPath, err))
+	}
+	if err := sanitize(root, tmp, log); err != nil {
+		return err
+	}
+	if name != "." {
+		if _, err := root.Lstat(name); errors.Is(err, fs.ErrNotExist) {
+			return root.Rename(tmp, name)
+		}
+	}
+	return merge(root, tmp, name)
+}
+
+// sanitize strips what the guest may not bring to the host from the tree
+// at dir (inside root): special files go, modes are masked.
+func sanitize(root *os.Root, dir string, log *slog.Logger) error {
+	return fs.WalkDir(root.FS(), dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		switch t := d.Type(); {
+		case t&fs.ModeSymlink != 0:
+			return nil // copied as it is, never followed
+		case t.IsDir(), t.IsRegular():
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			mode := hostMode(info.Mode())
+			if t.IsDir() {
+				mode |= 0o700 // the copy must be able to fill it
+			}
+			return root.Chmod(p, mode)
+		default:
+			log.Warn("download: skipped, not a file, directory or symlink", "path", strings.TrimPrefix(p, dir+"/"), "type", t.String())
+			return root.Remove(p)
+		}
+	})
+}
+
+// merge moves the tree at src into the existing directory dst (both
+// inside root): new entries are moved over, files replace files,
+// directories merge; a directory where a file is (or the other way
+// round) is an error.
+func merge(root *os.Root, src, dst string) error {
+	return fs.WalkDir(root.FS(), src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel := strings.TrimPrefix(strings.TrimPrefix(p, src), "/")
+		if rel == "" {
+			return nil
+		}
+		to := path.Join(dst, rel)
+		st, err := root.Lstat(to)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			if err := root.Rename(p, to); err != nil {
+				return err
+			}
+			if d.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		case err != nil:
+			return err
+		case d.IsDir() && st.IsDir():
+			return nil // merge into it
+		case d.IsDir() || st.IsDir():
+			return destinationError(to, "a directory and a file meet here; remove one first")
+		}
+		return root.Rename(p, to)
+	})
+}
+
+// hostLanding says in which host directory the copy of a guest entry
+// named base lands, and under which name ("." for the directory itself).
+func hostLanding(dst, base string, isDir bool) (dir, name string, err error) {
+	st, err := os.Stat(dst)
+	switch {
+	case err == nil && st.IsDir():
+		if !validName(base) {
+			if !isDir {
+				return "", "", destinationError(dst, "is a directory; name the file to copy to")
+			}
+			return dst, ".", nil
+		}
+		return dst, base, nil
+	case err == nil && isDir:
+		return "", "", destinationError(dst, "exists and is not a directory; a directory cannot be copied onto it")
+	case err == nil:
+	case errors.Is(err, fs.ErrNotExist):
+		if strings.HasSuffix(dst, string(filepath.Separator)) && !isDir {
+			return "", "", destinationError(dst, "no such directory; create it first or drop the trailing slash")
+		}
+	default:
+		return "", "", err
+	}
+	clean := filepath.Clean(dst)
+	dir, name = filepath.Dir(clean), filepath.Base(clean)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", "", err
+	}
+	return dir, name, nil
+}
