@@ -8,7 +8,9 @@
 //   - fork: Fork of a running VM into one child + the child's first command;
 //   - capture: how long a running VM is paused for a memory snapshot;
 //   - warm: the round trip of `true` on a running VM, through smolvm's
-//     persistent SSH connection and through OpenSSH's ssh client.
+//     persistent SSH connection and through OpenSSH's ssh client;
+//   - with -api N: the round trip of `true` through the SDK, the HTTP API
+//     and the Python client, on one VM (see api.go).
 //
 // Run it with scripts/bench.sh, which builds the agent first.
 package main
@@ -67,8 +69,15 @@ func main() {
 	rttRuns := flag.Int("rtt", 30, "round trips per client")
 	asJSON := flag.Bool("json", false, "print JSON")
 	density := flag.Int("density", 0, "instead: hold N idle warm VMs, then run `true` in each in turn")
+	apiRuns := flag.Int("api", 0, "instead: N round trips of `true` through the Go SDK, the HTTP API (Go client, curl) and the Python client")
 	flag.Parse()
 	ctx := context.Background()
+	if *apiRuns > 0 {
+		if err := apiBench(ctx, *apiRuns); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if *density > 0 {
 		if err := densityBench(ctx, *density); err != nil {
 			log.Fatal(err)

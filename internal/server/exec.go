@@ -3,11 +3,13 @@ package server
 import (
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	"github.com/smolvm/smolvm"
@@ -104,10 +106,14 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 		if stream {
 			return s.execStream(w, r, vm, req.Cmd, opts)
 		}
+		began := time.Now()
 		res, err := vm.Run(r.Context(), req.Cmd, opts...)
 		if err != nil {
 			return err
 		}
+		// How long the command took in the SDK, so a client can tell the
+		// API's own cost from the guest's (bench -api does).
+		w.Header().Set("Server-Timing", fmt.Sprintf("run;dur=%.3f", float64(time.Since(began).Microseconds())/1000))
 		writeJSON(w, http.StatusOK, Result(res))
 		return nil
 	})
