@@ -28,6 +28,8 @@ type vmHost interface {
 	ListSnapshots(ctx context.Context) ([]smolvm.SnapshotInfo, error)
 	GetSnapshot(ctx context.Context, name string) (*smolvm.SnapshotInfo, error)
 	RemoveSnapshot(ctx context.Context, name string) error
+	// RemoveKeptDisk removes the disk a deleted VM kept (--retain-disk).
+	RemoveKeptDisk(ctx context.Context, id string) error
 
 	// BuildImage builds or finds the cached image; progress goes to stderr.
 	BuildImage(ctx context.Context, name string, opts image.BuildOptions, stderr io.Writer) (*image.Image, error)
@@ -136,6 +138,10 @@ func (h localHost) GetSnapshot(ctx context.Context, name string) (*smolvm.Snapsh
 
 func (h localHost) RemoveSnapshot(ctx context.Context, name string) error {
 	return smolvm.RemoveSnapshot(ctx, name, h.g.sdk()...)
+}
+
+func (h localHost) RemoveKeptDisk(ctx context.Context, id string) error {
+	return smolvm.RemoveKeptDisk(ctx, id, h.g.sdk()...)
 }
 
 func (h localHost) BuildImage(ctx context.Context, name string, opts image.BuildOptions, stderr io.Writer) (*image.Image, error) {

@@ -179,12 +179,6 @@ func newDeleteCmd(g *globalOptions) *cobra.Command {
 }
 
 func runDelete(ctx context.Context, g *globalOptions, o deleteOptions, ids []string, w io.Writer) error {
-	if o.disk {
-		// A kept disk has no VM the server could be asked about.
-		if err := g.mustLocal("delete --disk", "run it on the server's machine"); err != nil {
-			return err
-		}
-	}
 	if o.all {
 		vms, err := g.vms().List(ctx)
 		if err != nil {
@@ -199,7 +193,7 @@ func runDelete(ctx context.Context, g *globalOptions, o deleteOptions, ids []str
 	for _, id := range ids {
 		var err error
 		if o.disk {
-			err = smolvm.RemoveKeptDisk(ctx, id, g.sdk()...)
+			err = g.vms().RemoveKeptDisk(ctx, id)
 		} else {
 			err = withVM(ctx, g, id, func(vm machine) error { return vm.Delete(ctx) })
 		}

@@ -140,6 +140,10 @@ func (h remoteHost) RemoveSnapshot(ctx context.Context, name string) error {
 	return h.c().RemoveSnapshot(ctx, name)
 }
 
+func (h remoteHost) RemoveKeptDisk(ctx context.Context, id string) error {
+	return h.c().RemoveKeptDisk(ctx, id)
+}
+
 func (h remoteHost) BuildImage(ctx context.Context, name string, o image.BuildOptions, stderr io.Writer) (*image.Image, error) {
 	if o.Backend != "" && o.Backend != image.BackendQEMU {
 		return nil, errLocalOnly("--backend "+o.Backend, "a server builds images for its own backend")

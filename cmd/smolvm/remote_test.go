@@ -184,6 +184,7 @@ func TestRemoteMatchesLocal(t *testing.T) {
 		// The message depends on where the deadline hits: exit codes only.
 		{"boot timeout", []string{"create", "--name", "bt", "--boot-timeout", "1ms"}, "", 124, "", false},
 		{"after the boot timeout", []string{"info", "bt"}, "", 1, "", true},
+		{"no such kept disk", []string{"delete", "--disk", "nope"}, "", 1, "", true},
 		{"run", []string{"run", "--", "sh", "-c", "echo out; echo err >&2; exit 3"}, "", 3, "out\n", true},
 		{"run stdin", []string{"run", "-i", "--", "tr", "a-z", "A-Z"}, "piped\n", 0, "PIPED\n", true},
 	}
@@ -418,10 +419,28 @@ func TestRemoteMatchesLocal(t *testing.T) {
 			t.Errorf("ssh through the server: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 		}
 		c.in = ""
-		for _, args := range [][]string{{"ssh", "--print", vm}, {"delete", "--disk", vm}} {
+		for _, args := range [][]string{{"ssh", "--print", vm}} {
 			if r := c.run(args...); r.code != 1 || !strings.Contains(r.stderr, "not through a server") {
 				t.Errorf("%q through a server: exit %d, %q", args, r.code, r.stderr)
 			}
+		}
+	})
+
+	t.Run("kept disk", func(t *testing.T) {
+		c := overUnix
+		c.t = t
+		c.ok("create", "--name", "kd", "--retain-disk", "--no-start")
+		c.ok("delete", "kd")
+		disk := filepath.Join(home, "vms", "kd", "disk.ext4")
+		if _, err := os.Stat(disk); err != nil {
+			t.Fatalf("the deleted VM's disk was not kept: %v", err)
+		}
+		c.ok("delete", "--disk", "kd")
+		if _, err := os.Stat(disk); !os.IsNotExist(err) {
+			t.Fatalf("delete --disk through the server left %s: %v", disk, err)
+		}
+		if r := c.run("delete", "--disk", "kd"); r.code != 1 {
+			t.Errorf("a second delete --disk: exit %d, %q", r.code, r.stderr)
 		}
 	})
 

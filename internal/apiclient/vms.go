@@ -167,6 +167,11 @@ func (c *Client) RemoveSnapshot(ctx context.Context, name string) error {
 	return c.call(ctx, http.MethodDelete, "/snapshots/"+esc(name), nil, nil, nil)
 }
 
+// RemoveKeptDisk removes the disk the deleted VM id kept.
+func (c *Client) RemoveKeptDisk(ctx context.Context, id string) error {
+	return c.call(ctx, http.MethodDelete, "/disks/"+esc(id), nil, nil, nil)
+}
+
 // Images lists built images.
 func (c *Client) Images(ctx context.Context) ([]*image.Image, error) {
 	var l api.ImageList

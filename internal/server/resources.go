@@ -205,6 +205,15 @@ func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// deleteKeptDisk removes the disk a deleted VM kept (RetainDiskOnDelete).
+func (s *Server) deleteKeptDisk(w http.ResponseWriter, r *http.Request) {
+	if err := smolvm.RemoveKeptDisk(r.Context(), r.PathValue("id"), s.sdk()...); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
 func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
 	imgs, err := s.builder().List()
 	if err != nil {

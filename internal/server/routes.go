@@ -56,6 +56,7 @@ func (s *Server) routes() []Route {
 		h("GET", "/v1/snapshots", s.listSnapshots),
 		h("GET", "/v1/snapshots/{name}", s.getSnapshot),
 		h("DELETE", "/v1/snapshots/{name}", s.deleteSnapshot),
+		h("DELETE", "/v1/disks/{id}", s.deleteKeptDisk),
 
 		h("POST", "/v1/images", s.buildImage),
 		h("GET", "/v1/images", s.listImages),
