@@ -12,6 +12,7 @@ import (
 
 	"github.com/smolvm/smolvm/image"
 	"github.com/smolvm/smolvm/internal/agentbin"
+	"github.com/smolvm/smolvm/internal/disk"
 	"github.com/smolvm/smolvm/internal/hypervisor/qemu"
 	"github.com/smolvm/smolvm/internal/initramfs"
 	"github.com/smolvm/smolvm/internal/network"
@@ -132,14 +133,14 @@ func checkTools() Check {
 	c := Check{Name: "e2fsprogs", Fix: "apt-get install e2fsprogs"}
 	var missing, found []string
 	for _, tool := range []string{"mke2fs", "resize2fs"} {
-		if p, err := exec.LookPath(tool); err != nil {
+		if p := disk.Tool(tool); !filepath.IsAbs(p) {
 			missing = append(missing, tool)
 		} else {
 			found = append(found, p)
 		}
 	}
 	if len(missing) > 0 {
-		c.Detail = strings.Join(missing, " and ") + " not found on PATH (images and disks are made with them)"
+		c.Detail = strings.Join(missing, " and ") + " not found on PATH, in /usr/sbin or /sbin (images and disks are made with them)"
 		return c
 	}
 	c.OK, c.Detail, c.Fix = true, strings.Join(found, ", "), ""

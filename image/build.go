@@ -15,6 +15,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/smolvm/smolvm/internal/disk"
 	"github.com/smolvm/smolvm/internal/statedir"
 )
 
@@ -236,7 +237,7 @@ func (b *Builder) passwordMatches(ctx context.Context, img *Image, password stri
 	if password == "" || !img.Password {
 		return password == "" && !img.Password
 	}
-	out, err := exec.CommandContext(ctx, "debugfs", "-R", "cat "+RootPasswordFile, img.Rootfs).Output()
+	out, err := exec.CommandContext(ctx, disk.Tool("debugfs"), "-R", "cat "+RootPasswordFile, img.Rootfs).Output()
 	if err != nil {
 		b.logger().Debug("image password check", "image", img.Name, "err", err)
 		return false

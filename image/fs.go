@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/smolvm/smolvm/internal/disk"
 )
 
 // ext4 layout smolvm builds with: 4 KiB blocks, 256-byte inodes.
@@ -98,7 +100,7 @@ func makeExt4(ctx context.Context, dir, out string, sizeMiB int, u treeUsage) er
 	if min := minSizeMiB(u); sizeMiB < min {
 		return &SizeError{SizeMiB: sizeMiB, MinMiB: min}
 	}
-	cmd := exec.CommandContext(ctx, "mke2fs", "-q", "-F", "-t", "ext4",
+	cmd := exec.CommandContext(ctx, disk.Tool("mke2fs"), "-q", "-F", "-t", "ext4",
 		"-b", strconv.Itoa(blockSize), "-I", strconv.Itoa(inodeSize),
 		"-N", strconv.FormatInt(inodeCount(u, sizeMiB), 10), "-m", "0",
 		"-J", "size="+strconv.Itoa(journalMiB(sizeMiB)),

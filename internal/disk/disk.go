@@ -104,7 +104,7 @@ func Resize(ctx context.Context, path string, sizeMiB int) error {
 }
 
 func resize2fs(ctx context.Context, path string, sizeMiB int) error {
-	out, err := exec.CommandContext(ctx, "resize2fs", "-f", path, fmt.Sprintf("%dM", sizeMiB)).CombinedOutput()
+	out, err := exec.CommandContext(ctx, Tool("resize2fs"), "-f", path, fmt.Sprintf("%dM", sizeMiB)).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("resize disk to %d MiB: resize2fs: %w: %s", sizeMiB, err, strings.TrimSpace(string(out)))
 	}
