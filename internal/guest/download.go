@@ -38,6 +38,11 @@ func (e *DestinationError) Error() string { return e.Path + ": " + e.Reason }
 // endless chain of directories.
 const maxDepth = 256
 
+// MaxEntries bounds how many entries a downloaded tree may have: each
+// costs the host an inode (a directory also a block) however small, and a
+// hostile guest can describe millions of empty ones.
+const MaxEntries = 1 << 20
+
 // hostMode is the mode a downloaded file or directory gets on the host:
 // the guest's permission bits without setuid, setgid and sticky, and
 // without group and other write (what cp gives under umask 022). Modes
@@ -67,6 +72,10 @@ func Download(ctx context.Context, c *sftp.Client, src, dst string, log *slog.Lo
 // DownloadLimited is Download with c's listings received through lim (c
 // made by SFTPLimited(lim)), at most MaxListing held at once.
 func DownloadLimited(ctx context.Context, c *sftp.Client, lim *RecvLimit, src, dst string, log *slog.Logger) error {
+	return download(ctx, c, lim, src, dst, log, MaxEntries)
+}
+
+func download(ctx context.Context, c *sftp.Client, lim *RecvLimit, src, dst string, log *slog.Logger, maxEntries int) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -86,7 +95,7 @@ func DownloadLimited(ctx context.Context, c *sftp.Client, lim *RecvLimit, src, d
 		return err
 	}
 	defer root.Close()
-	d := &downloader{c: c, log: log, lim: lim, listLeft: MaxListing}
+	d := &downloader{c: c, log: log, lim: lim, listLeft: MaxListing, entriesLeft: maxEntries}
 	if !fi.IsDir() {
 		return d.file(ctx, root, dir, name, src, fi)
 	}
@@ -135,6 +144,8 @@ type downloader struct {
 	log      *slog.Logger
 	lim      *RecvLimit
 	listLeft int64 // of MaxListing, not held by the listings being copied
+	// entriesLeft counts down from MaxEntries, over the whole tree.
+	entriesLeft int
 }
 
 // top copies the guest directory src to name in parent (hostDir on the
@@ -193,6 +204,9 @@ func (d *downloader) fill(ctx context.Context, dir *os.Root, hostDir, src string
 			return fmt.Errorf("%w: %s lists %q twice", ErrUnsafe, src, name)
 		}
 		seen[name] = true
+		if d.entriesLeft--; d.entriesLeft < 0 {
+			return fmt.Errorf("%w: the tree has more than %d entries", ErrUnsafe, MaxEntries)
+		}
 		gp, hp := path.Join(src, name), filepath.Join(hostDir, name)
 		switch m := e.Mode(); {
 		case m.IsDir():

@@ -550,3 +550,34 @@ func TestDownloadDestination(t *testing.T) {
 		})
 	}
 }
+
+// TestDownloadManyEntries: a guest tree of more entries than the limit
+// (many small directories of empty files, each within every other bound)
+// fails the copy and leaves nothing on the host.
+func TestDownloadManyEntries(t *testing.T) {
+	ents := map[string]fakeEntry{"/t": dirEntry("t", 0o755)}
+	order := []string{"/t"}
+	for i := range 40 {
+		d := fmt.Sprintf("/t/d%d", i)
+		ents[d] = dirEntry(path.Base(d), 0o755)
+		order = append(order, d)
+		for j := range 40 {
+			f := fmt.Sprintf("%s/f%d", d, j)
+			ents[f] = fileEntry(path.Base(f), 0o644, "")
+			order = append(order, f)
+		}
+	}
+	for _, tc := range []struct {
+		limit int
+		ok    bool
+	}{{len(order) - 1, true}, {len(order) - 2, false}} {
+		dst := t.TempDir()
+		err := guest.DownloadWithEntries(context.Background(), dialFake(t, tree(ents, order...)), nil, "/t", filepath.Join(dst, "copy"), nil, tc.limit)
+		if tc.ok != (err == nil) || (err != nil && !errors.Is(err, guest.ErrUnsafe)) {
+			t.Fatalf("limit %d: %v, want ok %v (else ErrUnsafe)", tc.limit, err, tc.ok)
+		}
+		if ents, _ := os.ReadDir(dst); !tc.ok && len(ents) != 0 {
+			t.Errorf("limit %d: left %v behind", tc.limit, ents)
+		}
+	}
+}
