@@ -153,21 +153,8 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 
 	rt := runtimeRecord{Instance: newInstance(), Kernel: kernel, BootArgs: bootArgs, Initrd: v.paths.initrd(), BaseInitrd: initrd, Backend: backend.Name()}
 	if mode == NetworkTAP {
-		idx, err := st.LeaseIP(ctx, cfg.ID, pool.Size(), func(idx int) bool {
-			host, _, err := pool.Addrs(idx)
-			return err != nil || network.AddrInUse(host.Masked())
-		})
-		if err != nil {
+		if rt.Network, err = leaseTAP(ctx, st, pool, cfg.ID, network.TAPName(rt.Instance)); err != nil {
 			return nil, err
-		}
-		host, guestIP, err := pool.Addrs(idx)
-		if err != nil {
-			return nil, err
-		}
-		rt.Network = NetworkInfo{
-			Mode: NetworkTAP, TAP: network.TAPName(rt.Instance), HostIP: host.String(),
-			GuestIP: guestIP.Addr().String(), Prefix: guestIP.Bits(), Gateway: host.Addr().String(),
-			SSHAddr: guestIP.Addr().String() + ":22",
 		}
 	} else {
 		rt.Network = NetworkInfo{
@@ -362,6 +349,28 @@ func resolveNetwork(mode string) (string, error) {
 		return NetworkUser, nil
 	}
 	return "", &ValidationError{Field: "network", Value: fmt.Sprintf("%q", mode), Reason: "use auto, tap or user"}
+}
+
+// leaseTAP leases id an address from pool that no VM of this state
+// directory holds and no interface on the host uses, for the TAP device
+// tap.
+func leaseTAP(ctx context.Context, st *store.Store, pool network.Pool, id, tap string) (NetworkInfo, error) {
+	idx, err := st.LeaseIP(ctx, id, pool.Size(), func(idx int) bool {
+		host, _, err := pool.Addrs(idx)
+		return err != nil || network.AddrInUse(host.Masked())
+	})
+	if err != nil {
+		return NetworkInfo{}, err
+	}
+	host, guestIP, err := pool.Addrs(idx)
+	if err != nil {
+		return NetworkInfo{}, err
+	}
+	return NetworkInfo{
+		Mode: NetworkTAP, TAP: tap, HostIP: host.String(),
+		GuestIP: guestIP.Addr().String(), Prefix: guestIP.Bits(), Gateway: host.Addr().String(),
+		SSHAddr: guestIP.Addr().String() + ":22",
+	}, nil
 }
 
 func resolvePool(subnet string) (network.Pool, error) {

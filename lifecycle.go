@@ -102,6 +102,11 @@ func (v *VM) start(ctx context.Context) (err error) {
 	began := time.Now()
 	rt := v.runtime()
 	net := rt.Network
+	if net.Mode == NetworkTAP && rt.Restore == nil {
+		if net, err = v.freeAddress(ctx, net); err != nil {
+			return err
+		}
+	}
 	name := info.Process
 	runAs, err := vmCredential(rt.Instance, backend.Capabilities().Accelerated, info.Config.Mounts)
 	if err != nil {
@@ -296,6 +301,37 @@ func openToOthers(m Mount) error {
 			"QEMU runs as an unprivileged user so that a guest breaking out of it reaches nothing on the host, and it cannot use this root-owned folder: share a folder a non-root user owns (QEMU then runs as that user), or open it with chmod %s", how)}
 	}
 	return nil
+}
+
+// freeAddress returns net, or, when an interface on the host uses its
+// address (a VM of another state directory took it while this one did not
+// run: state directories do not see each other's leases), net with a
+// fresh lease, recorded. Only a VM that boots can move: a resumed one's
+// memory holds its address.
+func (v *VM) freeAddress(ctx context.Context, net NetworkInfo) (NetworkInfo, error) {
+	host, err := netip.ParsePrefix(net.HostIP)
+	if err != nil {
+		return net, fmt.Errorf("stored host address: %w", err)
+	}
+	if network.TAPExists(net.TAP) || !network.AddrInUse(host.Masked()) {
+		return net, nil
+	}
+	pool, err := resolvePool(v.s.subnet)
+	if err != nil {
+		return net, err
+	}
+	if err := v.st.ReleaseIP(ctx, v.id); err != nil {
+		return net, err
+	}
+	moved, err := leaseTAP(ctx, v.st, pool, v.id, net.TAP)
+	if err != nil {
+		return net, err
+	}
+	if err := v.update(ctx, func(_ *store.VM, r *runtimeRecord) error { r.Network = moved; return nil }); err != nil {
+		return net, err
+	}
+	v.log().Info("start: the VM's address is in use on the host; it moves", "from", net.GuestIP, "to", moved.GuestIP)
+	return moved, nil
 }
 
 // waitReady connects to the guest's SSH server, giving up when the VM

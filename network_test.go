@@ -368,3 +368,41 @@ func vethNamespace(t *testing.T, tag string) (ns, veth string, sh func(args ...s
 	sh("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
 	return ns, veth, sh
 }
+
+// TestAddressTakenMoves: state directories do not see each other's
+// leases, so a VM of another one can take this VM's address while this
+// one is not running. Starting it then boots it on a fresh address,
+// recorded, instead of failing.
+func TestAddressTakenMoves(t *testing.T) {
+	ctx := testContext(t, 4*time.Minute)
+	if os.Geteuid() != 0 {
+		t.Skip("TAP networking needs root")
+	}
+	vm := newVM(t, ctx, smolvm.VMConfig{}, smolvm.WithColdBoot())
+	first := vm.Info().Network.GuestIP
+	// The same pool, another state directory: its first VM gets the
+	// same address, which nothing on the host uses yet.
+	other := newVM(t, ctx, smolvm.VMConfig{}, smolvm.WithHome(t.TempDir()), smolvm.WithColdBoot())
+	if got := other.Info().Network.GuestIP; got != first {
+		t.Skipf("the other state directory leased %s, not %s: nothing to collide with", got, first)
+	}
+	startVM(t, ctx, other)
+	startVM(t, ctx, vm)
+	moved := vm.Info().Network.GuestIP
+	if moved == first {
+		t.Fatalf("started on %s, the address the other VM uses", moved)
+	}
+	for _, v := range []*smolvm.VM{vm, other} {
+		if res := run(t, ctx, v, "ip -4 -o addr show eth0"); !strings.Contains(res.Stdout, " "+v.Info().Network.GuestIP+"/") {
+			t.Errorf("%s: guest has %q, want %s", v.ID(), res.Stdout, v.Info().Network.GuestIP)
+		}
+	}
+	again, err := smolvm.FromID(ctx, vm.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if got := again.Info().Network.GuestIP; got != moved {
+		t.Errorf("recorded address %s, want %s", got, moved)
+	}
+}
