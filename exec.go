@@ -116,6 +116,14 @@ func (v *VM) Run(ctx context.Context, cmd string, opts ...RunOption) (*CommandRe
 // after it last sent anything; a *TimeoutError), or a VM process
 // that exits (ErrNotRunning). Cancelling ctx ends this command only.
 func (v *VM) Exec(ctx context.Context, cmd string, o ExecOptions) (int, error) {
+	return v.exec(ctx, cmd, o, func(ctx context.Context, c *guest.Client, req guest.ExecRequest) (int, error) {
+		return c.Exec(ctx, req)
+	})
+}
+
+// exec checks o, bounds ctx by its timeout and runs the command with
+// start on the VM's connection: what Exec and ExecTerminal share.
+func (v *VM) exec(ctx context.Context, cmd string, o ExecOptions, start func(context.Context, *guest.Client, guest.ExecRequest) (int, error)) (int, error) {
 	if o.Timeout < 0 {
 		return -1, opError("run", v.id, &ValidationError{Field: "timeout", Value: o.Timeout, Reason: "must not be negative; 0 means no limit"})
 	}
@@ -131,7 +139,7 @@ func (v *VM) Exec(ctx context.Context, cmd string, o ExecOptions) (int, error) {
 	if err != nil {
 		return -1, opError("run", v.id, err)
 	}
-	code, err := c.Exec(ctx, guest.ExecRequest{
+	code, err := start(ctx, c, guest.ExecRequest{
 		Command: cmd, Env: o.Env, Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr, PTY: o.TTY,
 	})
 	if err != nil {

@@ -104,7 +104,7 @@ func (v *VM) ReadFile(ctx context.Context, guestPath string, w io.Writer) (int64
 		if fi, err := c.Stat(guestPath); err != nil {
 			return fmt.Errorf("%s: %w", guestPath, err)
 		} else if !fi.Mode().IsRegular() {
-			return &ValidationError{Field: "path", Value: guestPath, Reason: "is a " + fileKind(fi.Mode()) + ", not a file"}
+			return &ValidationError{Field: "path", Value: guestPath, Reason: "is a " + guest.Kind(fi.Mode()) + ", not a file"}
 		}
 		f, err := c.Open(guestPath)
 		if err != nil {
@@ -116,7 +116,7 @@ func (v *VM) ReadFile(ctx context.Context, guestPath string, w io.Writer) (int64
 			return fmt.Errorf("%s: %w", guestPath, err)
 		}
 		if !fi.Mode().IsRegular() {
-			return &ValidationError{Field: "path", Value: guestPath, Reason: "is a " + fileKind(fi.Mode()) + ", not a file"}
+			return &ValidationError{Field: "path", Value: guestPath, Reason: "is a " + guest.Kind(fi.Mode()) + ", not a file"}
 		}
 		n, err = f.WriteTo(w)
 		if err != nil {
@@ -132,22 +132,6 @@ func checkGuestPath(p string) error {
 		return &ValidationError{Field: "guest path", Value: p, Reason: "must be an absolute path to a file, such as /tmp/data.txt"}
 	}
 	return nil
-}
-
-func fileKind(m fs.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "directory"
-	case m&fs.ModeSymlink != 0:
-		return "symlink"
-	case m&fs.ModeNamedPipe != 0:
-		return "FIFO"
-	case m&fs.ModeDevice != 0:
-		return "device"
-	case m&fs.ModeSocket != 0:
-		return "socket"
-	}
-	return "special file"
 }
 
 // destinationError turns a destination that cannot take the copy into a

@@ -75,7 +75,7 @@ func (v *VM) WriteTree(ctx context.Context, guestDir string, r io.Reader) error 
 		} else if err != nil {
 			return fmt.Errorf("%s: %w", guestDir, err)
 		} else if !fi.IsDir() {
-			return &ValidationError{Field: "path", Value: guestDir, Reason: "is a " + fileKind(fi.Mode()) + ", not a directory to unpack a tree into"}
+			return &ValidationError{Field: "path", Value: guestDir, Reason: "is a " + guest.Kind(fi.Mode()) + ", not a directory to unpack a tree into"}
 		}
 		err := unpackTree(ctx, c, dst, r, v.symlink)
 		if err == nil && fresh {
@@ -223,7 +223,7 @@ func (v *VM) ReadTree(ctx context.Context, guestDir string, w io.Writer) error {
 			return fmt.Errorf("%s: %w", guestDir, err)
 		}
 		if !fi.IsDir() {
-			return &ValidationError{Field: "path", Value: guestDir, Reason: "is a " + fileKind(fi.Mode()) + ", not a directory"}
+			return &ValidationError{Field: "path", Value: guestDir, Reason: "is a " + guest.Kind(fi.Mode()) + ", not a directory"}
 		}
 		tw := tar.NewWriter(w)
 		t := &treeWalk{ctx: ctx, c: c, tw: tw, lim: lim, listLeft: MaxTreeListing}

@@ -84,7 +84,7 @@ func download(ctx context.Context, c *sftp.Client, lim *RecvLimit, src, dst stri
 		return fmt.Errorf("%s in the guest: %w", src, err)
 	}
 	if !fi.IsDir() && !fi.Mode().IsRegular() {
-		return fmt.Errorf("%s in the guest is a %s, not a file or directory", src, kind(fi.Mode()))
+		return fmt.Errorf("%s in the guest is a %s, not a file or directory", src, Kind(fi.Mode()))
 	}
 	dir, name, err := hostLanding(dst, path.Base(src), fi.IsDir())
 	if err != nil {
@@ -216,7 +216,7 @@ func (d *downloader) fill(ctx context.Context, dir *os.Root, hostDir, src string
 		case m&fs.ModeSymlink != 0:
 			err = d.symlink(dir, hp, name, gp)
 		default:
-			d.log.Warn("download: skipped, not a file, directory or symlink", "path", gp, "type", kind(m))
+			d.log.Warn("download: skipped, not a file, directory or symlink", "path", gp, "type", Kind(m))
 		}
 		if err != nil {
 			return err
@@ -409,7 +409,8 @@ func (c *capWriter) Write(p []byte) (int, error) {
 // tempName is a fresh name for a file or directory being made.
 func tempName() string { return ".smolvm-" + rand.Text() }
 
-func kind(m fs.FileMode) string {
+// Kind names the type of file m is, for messages: "directory", "FIFO"...
+func Kind(m fs.FileMode) string {
 	switch {
 	case m&fs.ModeSymlink != 0:
 		return "symlink"

@@ -47,7 +47,7 @@ func Upload(ctx context.Context, c *sftp.Client, src, dst string, log *slog.Logg
 	}
 	if !fi.IsDir() {
 		if !fi.Mode().IsRegular() {
-			return fmt.Errorf("%s is a %s, not a file or directory", src, kind(fi.Mode()))
+			return fmt.Errorf("%s is a %s, not a file or directory", src, Kind(fi.Mode()))
 		}
 		f, err := os.Open(src)
 		if err != nil {
@@ -103,7 +103,7 @@ func Upload(ctx context.Context, c *sftp.Client, src, dst string, log *slog.Logg
 			}
 			return uploadFile(ctx, c, f, hp, gp, info)
 		default:
-			log.Warn("upload: skipped, not a file, directory or symlink", "path", hp, "type", kind(m))
+			log.Warn("upload: skipped, not a file, directory or symlink", "path", hp, "type", Kind(m))
 			return nil
 		}
 	})
