@@ -13,6 +13,7 @@ package mcpserver
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -226,7 +227,11 @@ func (s *Server) ServeStdio(ctx context.Context) error {
 // must not keep its sandboxes alive.
 func (s *Server) ServeIO(ctx context.Context, r io.ReadCloser, w io.WriteCloser) error {
 	eof := make(chan struct{})
-	t := &mcp.IOTransport{Reader: &eofReader{ReadCloser: r, eof: eof}, Writer: w}
+	unanswered := new(unanswered)
+	t := &mcp.IOTransport{
+		Reader: &eofReader{ReadCloser: r, eof: eof, unanswered: unanswered},
+		Writer: &answerWriter{WriteCloser: w, unanswered: unanswered},
+	}
 	return s.serve(ctx, t, eof)
 }
 
@@ -269,18 +274,109 @@ func (s *Server) serve(ctx context.Context, t mcp.Transport, eof <-chan struct{}
 }
 
 // eofReader closes eof when its reader ends (EOF or error).
+// eofReader says on eof when stdin ends, and holds the end back from the
+// SDK until every request read has its answer written (or eofGrace
+// passes): the SDK drops requests it has read but not yet answered when
+// its input ends, and a script that pipes its requests in and closes
+// stdin at once (echo ... | smolvm mcp) would get no answers.
 type eofReader struct {
 	io.ReadCloser
-	eof  chan struct{}
-	once sync.Once
+	eof        chan struct{}
+	once       sync.Once
+	unanswered *unanswered
+	line       []byte // a request line read in part
 }
 
 func (r *eofReader) Read(p []byte) (int, error) {
 	n, err := r.ReadCloser.Read(p)
+	r.line = r.unanswered.scan(r.line, p[:n], isRequest)
 	if err != nil {
 		r.once.Do(func() { close(r.eof) })
+		for deadline := time.Now().Add(eofGrace); r.unanswered.count() > 0 && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 	return n, err
+}
+
+// answerWriter counts the answers the SDK writes.
+type answerWriter struct {
+	io.WriteCloser
+	unanswered *unanswered
+	mu         sync.Mutex
+	line       []byte
+}
+
+func (w *answerWriter) Write(p []byte) (int, error) {
+	n, err := w.WriteCloser.Write(p)
+	w.mu.Lock()
+	w.line = w.unanswered.scan(w.line, p[:n], isAnswer)
+	w.mu.Unlock()
+	return n, err
+}
+
+// unanswered counts requests read minus answers written.
+type unanswered struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (u *unanswered) count() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.n
+}
+
+// scan adds the complete lines of partial+p to the count as kind says
+// (+1 a request, -1 an answer, 0 neither), and returns what is left of an
+// unfinished line (at most a megabyte of it is kept: a longer message is
+// not counted, and only makes the end wait its grace).
+func (u *unanswered) scan(partial, p []byte, kind func([]byte) int) []byte {
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			if len(partial)+len(p) <= 1<<20 {
+				partial = append(partial, p...)
+			}
+			return partial
+		}
+		line := append(partial, p[:i]...)
+		partial, p = partial[:0], p[i+1:]
+		if d := kind(line); d != 0 {
+			u.mu.Lock()
+			u.n += d
+			u.mu.Unlock()
+		}
+	}
+	return partial
+}
+
+// jsonrpcHead is what tells a JSON-RPC request from an answer.
+type jsonrpcHead struct {
+	ID     json.RawMessage `json:"id"`
+	Method string          `json:"method"`
+}
+
+func head(line []byte) (jsonrpcHead, bool) {
+	var h jsonrpcHead
+	if json.Unmarshal(line, &h) != nil || len(h.ID) == 0 || string(h.ID) == "null" {
+		return h, false
+	}
+	return h, true
+}
+
+func isRequest(line []byte) int {
+	if h, ok := head(line); ok && h.Method != "" {
+		return 1
+	}
+	return 0
+}
+
+func isAnswer(line []byte) int {
+	if h, ok := head(line); ok && h.Method == "" {
+		return -1
+	}
+	return 0
 }
 
 // Handler serves MCP's streamable HTTP transport (mounted at /mcp by

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -505,4 +507,58 @@ func waitExit(t *testing.T, cmd *exec.Cmd, d time.Duration) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("smolvm mcp (pid %d) did not exit within %v", cmd.Process.Pid, d)
+}
+
+// TestStdioPiped: a script that pipes its requests in and closes stdin at
+// once (echo ... | smolvm mcp) gets every answer, also to a call that
+// takes a while, and its sandbox is deleted when the session ends.
+func TestStdioPiped(t *testing.T) {
+	requireVM(t)
+	ctx := testContext(t, 3*time.Minute)
+	in := strings.Join([]string{
+		`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"script","version":"1"}}}`,
+		`{"jsonrpc":"2.0","method":"notifications/initialized"}`,
+		`{"jsonrpc":"2.0","id":2,"method":"tools/list"}`,
+		`{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"create_sandbox","arguments":{}}}`,
+		`{"jsonrpc":"2.0","id":"four","method":"tools/call","params":{"name":"list_sandboxes","arguments":{}}}`,
+	}, "\n") + "\n"
+	cmd := exec.CommandContext(ctx, testEnv.bin, "mcp")
+	cmd.Env = append(os.Environ(), "SMOLVM_HOME="+testEnv.home, "SMOLVM_AGENT="+testEnv.agent)
+	cmd.Stdin = strings.NewReader(in)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("smolvm mcp: %v\n%s", err, stderr.String())
+	}
+	answered := map[string]bool{}
+	var made string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var msg struct {
+			ID     json.RawMessage `json:"id"`
+			Result *struct {
+				StructuredContent struct {
+					ID string `json:"id"`
+				} `json:"structuredContent"`
+			} `json:"result"`
+		}
+		if err := json.Unmarshal([]byte(line), &msg); err != nil {
+			t.Fatalf("not JSON: %q", line)
+		}
+		answered[string(msg.ID)] = msg.Result != nil
+		if string(msg.ID) == "3" && msg.Result != nil {
+			made = msg.Result.StructuredContent.ID
+		}
+	}
+	for _, id := range []string{"1", "2", "3", `"four"`} {
+		if !answered[id] {
+			t.Errorf("no answer to request %s; got:\n%s", id, out)
+		}
+	}
+	if made == "" {
+		t.Fatalf("create_sandbox gave no sandbox id:\n%s", out)
+	}
+	if _, err := smolvm.FromID(ctx, made, smolvm.WithHome(testEnv.home)); !errors.Is(err, smolvm.ErrNotFound) {
+		t.Errorf("sandbox %s after the session: %v, want it deleted", made, err)
+	}
 }
