@@ -290,11 +290,16 @@ func ValidateEnvName(name string) error {
 	return nil
 }
 
-// ValidateEnv checks every name in env with ValidateEnvName.
+// ValidateEnv checks every name in env with ValidateEnvName, and that no
+// value holds a NUL byte.
 func ValidateEnv(env map[string]string) error {
 	var errs []error
 	for _, k := range slices.Sorted(maps.Keys(env)) {
 		errs = append(errs, ValidateEnvName(k))
+		if strings.ContainsRune(env[k], 0) {
+			// A C string ends at NUL: the guest could not set it.
+			errs = append(errs, &ValidationError{Field: "env value", Value: k, Reason: "contains a NUL byte, which no environment variable can hold"})
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -125,6 +125,11 @@ func TestBadInputBeforeTheGuest(t *testing.T) {
 			return err
 		}(),
 		"setenv bad name":       func() error { _, err := v.SetEnv(ctx, map[string]string{"1A": "1"}); return err }(),
+		"setenv NUL in a value": func() error { _, err := v.SetEnv(ctx, map[string]string{"B": "x\x00y"}); return err }(),
+		"exec NUL in a value": func() error {
+			_, err := v.Exec(ctx, "true", ExecOptions{Env: map[string]string{"B": "x\x00y"}})
+			return err
+		}(),
 		"unsetenv bad name":     func() error { _, err := v.UnsetEnv(ctx, "A B"); return err }(),
 		"stop negative timeout": v.Stop(ctx, -time.Second),
 	}

@@ -3,6 +3,7 @@ package smolvm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"maps"
 	"time"
@@ -146,9 +147,26 @@ func (v *VM) exec(ctx context.Context, cmd string, o ExecOptions, start func(con
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) && errors.Is(err, context.DeadlineExceeded) {
 			return -1, &TimeoutError{Op: "run", VM: v.id, Timeout: o.Timeout, Detail: "command killed: " + cmd}
 		}
+		if gone := v.goneDuring(); gone != "" && !errors.Is(err, ErrNotRunning) {
+			// The session only saw its channel close; say why.
+			err = fmt.Errorf("%w: the VM %s while the command ran (%w)", ErrNotRunning, gone, err)
+		}
 		return -1, opError("run", v.id, err)
 	}
 	return code, nil
+}
+
+// goneDuring says how the VM went away ("was deleted", "stopped"), or ""
+// if it still runs.
+func (v *VM) goneDuring() string {
+	if err := v.exists(context.Background()); err != nil {
+		return "was deleted"
+	}
+	info := v.Info()
+	if !hypervisor.Alive(v.process(), info.Process) {
+		return "stopped"
+	}
+	return ""
 }
 
 // Shell runs an interactive login shell on a pseudo-terminal.

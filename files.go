@@ -58,11 +58,17 @@ func (v *VM) WriteFile(ctx context.Context, guestPath string, r io.Reader, perm 
 	if err := checkGuestPath(guestPath); err != nil {
 		return 0, opError("write file", v.id, err)
 	}
+	if strings.HasSuffix(guestPath, "/") {
+		return 0, opError("write file", v.id, &ValidationError{Field: "guest path", Value: guestPath, Reason: "ends with '/': name the file to write, such as " + path.Join(guestPath, "file")})
+	}
 	if perm == 0 {
 		perm = 0o644
 	}
 	var n int64
 	err := v.withSFTP(ctx, func(c *sftp.Client) error {
+		if fi, err := c.Lstat(guestPath); err == nil && fi.IsDir() {
+			return &ValidationError{Field: "guest path", Value: guestPath, Reason: "is a directory: name the file to write inside it, such as " + path.Join(guestPath, "file")}
+		}
 		dir := path.Dir(guestPath)
 		if err := c.MkdirAll(dir); err != nil {
 			return fmt.Errorf("create %s in the guest: %w", dir, err)

@@ -167,8 +167,10 @@ func testFileStreams(t *testing.T, ctx context.Context, vm *smolvm.VM) {
 			t.Errorf("ReadFile(%s) = %v, want %v", tc.path, err, tc.want)
 		}
 	}
-	if _, err := vm.WriteFile(ctx, "/", strings.NewReader("x"), 0); !errors.Is(err, smolvm.ErrInvalid) {
-		t.Errorf("WriteFile(/) = %v, want ErrInvalid", err)
+	for _, p := range []string{"/", "/tmp/", "/tmp", "/tmp/streams/new/"} {
+		if _, err := vm.WriteFile(ctx, p, strings.NewReader("x"), 0); !errors.Is(err, smolvm.ErrInvalid) {
+			t.Errorf("WriteFile(%s) = %v, want ErrInvalid", p, err)
+		}
 	}
 }
 

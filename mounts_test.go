@@ -169,7 +169,19 @@ func TestMountWithoutXattrs(t *testing.T) {
 	if out, err := exec.Command("mount", "-t", "ramfs", "ramfs", dir).CombinedOutput(); err != nil {
 		t.Skipf("cannot mount a ramfs: %v %s", err, out)
 	}
-	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	t.Cleanup(func() {
+		// The VM's QEMU may hold the share for a moment after its delete
+		// returned (a process's files are released as it exits).
+		for range 50 {
+			if exec.Command("umount", dir).Run() == nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if out, err := exec.Command("umount", "-l", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v %s", dir, err, out)
+		}
+	})
 	// A folder of a non-root user's: QEMU runs as that user.
 	if err := os.Chown(dir, 65534, 65534); err != nil {
 		t.Fatal(err)

@@ -60,6 +60,7 @@ func (v *VM) WriteTree(ctx context.Context, guestDir string, r io.Reader) error 
 	if err := checkGuestPath(guestDir); err != nil {
 		return opError("write tree", v.id, err)
 	}
+	guestDir = path.Clean(guestDir) // "/root/t/" is the directory /root/t
 	return opError("write tree", v.id, v.withSFTP(ctx, func(c *sftp.Client) error {
 		dst := guestDir
 		fresh := false
@@ -216,6 +217,7 @@ func (v *VM) ReadTree(ctx context.Context, guestDir string, w io.Writer) error {
 	if err := checkGuestPath(guestDir); err != nil {
 		return opError("read tree", v.id, err)
 	}
+	guestDir = path.Clean(guestDir)
 	lim := new(guest.RecvLimit)
 	return opError("read tree", v.id, v.withSFTPLimited(ctx, lim, func(c *sftp.Client) error {
 		fi, err := c.Lstat(guestDir)

@@ -120,6 +120,7 @@ func TestBadInput(t *testing.T) {
 		{"run_command", map[string]any{"sandbox": "nope", "command": "true"}, `no sandbox "nope" that this session may use`},
 		{"run_command", map[string]any{"sandbox": "x", "command": "true", "timeout_seconds": 99999}, "maximum"},
 		{"run_command", map[string]any{"sandbox": "x", "command": 7}, "command"},
+		{"run_command", map[string]any{"sandbox": "x", "command": " "}, "command is empty"},
 		{"run_command", map[string]any{"sandbox": "x", "command": "true", "bogus": 1}, "bogus"},
 		{"read_file", map[string]any{"sandbox": "x", "path": "/etc/passwd", "max_bytes": 0}, "minimum"},
 		{"write_file", map[string]any{"sandbox": "x", "path": "/a", "content": "x", "encoding": "hex"}, "encoding"},

@@ -228,9 +228,10 @@ func (s *Server) ServeStdio(ctx context.Context) error {
 func (s *Server) ServeIO(ctx context.Context, r io.ReadCloser, w io.WriteCloser) error {
 	eof := make(chan struct{})
 	unanswered := new(unanswered)
+	answers := &answerWriter{WriteCloser: w, unanswered: unanswered}
 	t := &mcp.IOTransport{
-		Reader: &eofReader{ReadCloser: r, eof: eof, unanswered: unanswered},
-		Writer: &answerWriter{WriteCloser: w, unanswered: unanswered},
+		Reader: &eofReader{ReadCloser: r, eof: eof, unanswered: unanswered, answers: answers},
+		Writer: answers,
 	}
 	return s.serve(ctx, t, eof)
 }
@@ -274,32 +275,84 @@ func (s *Server) serve(ctx context.Context, t mcp.Transport, eof <-chan struct{}
 }
 
 // eofReader closes eof when its reader ends (EOF or error).
-// eofReader says on eof when stdin ends, and holds the end back from the
-// SDK until every request read has its answer written (or eofGrace
-// passes): the SDK drops requests it has read but not yet answered when
-// its input ends, and a script that pipes its requests in and closes
-// stdin at once (echo ... | smolvm mcp) would get no answers.
+// eofReader hands the SDK stdin one JSON message a line. A line that is
+// not JSON is answered here with JSON-RPC's parse error and dropped: the
+// SDK would end the session on it. It says on eof when stdin ends, and
+// holds the end back from the SDK until every request read has its
+// answer written (or eofGrace passes): the SDK drops requests it has read
+// but not yet answered when its input ends, and a script that pipes its
+// requests in and closes stdin at once (echo ... | smolvm mcp) would get
+// no answers.
 type eofReader struct {
 	io.ReadCloser
 	eof        chan struct{}
 	once       sync.Once
 	unanswered *unanswered
-	line       []byte // a request line read in part
+	answers    *answerWriter // where parse errors go
+	partial    []byte        // a line read in part
+	out        []byte        // whole lines for the SDK
+	err        error         // stdin's end, once out is drained
 }
+
+// maxLine bounds a message's length, as the partial line kept.
+const maxLine = 16 << 20
 
 func (r *eofReader) Read(p []byte) (int, error) {
-	n, err := r.ReadCloser.Read(p)
-	r.line = r.unanswered.scan(r.line, p[:n], isRequest)
-	if err != nil {
-		r.once.Do(func() { close(r.eof) })
-		for deadline := time.Now().Add(eofGrace); r.unanswered.count() > 0 && time.Now().Before(deadline); {
-			time.Sleep(20 * time.Millisecond)
+	for len(r.out) == 0 && r.err == nil {
+		buf := make([]byte, 64<<10)
+		n, err := r.ReadCloser.Read(buf)
+		r.lines(buf[:n], err != nil)
+		if err != nil {
+			r.err = err
 		}
 	}
-	return n, err
+	if len(r.out) > 0 {
+		n := copy(p, r.out)
+		r.out = r.out[n:]
+		return n, nil
+	}
+	r.once.Do(func() { close(r.eof) })
+	for deadline := time.Now().Add(eofGrace); r.unanswered.count() > 0 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return 0, r.err
 }
 
-// answerWriter counts the answers the SDK writes.
+// lines moves the whole lines of partial+b to out (all of it at the end).
+func (r *eofReader) lines(b []byte, end bool) {
+	for {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			if len(r.partial)+len(b) > maxLine {
+				r.answers.parseError("a message longer than 16 MiB")
+				r.partial, b = r.partial[:0], nil
+			}
+			r.partial = append(r.partial, b...)
+			if end && len(r.partial) > 0 {
+				r.line(r.partial)
+				r.partial = nil
+			}
+			return
+		}
+		r.line(append(r.partial, b[:i]...))
+		r.partial, b = r.partial[:0], b[i+1:]
+	}
+}
+
+func (r *eofReader) line(l []byte) {
+	l = bytes.TrimSpace(l)
+	switch {
+	case len(l) == 0:
+	case !json.Valid(l):
+		r.answers.parseError("not JSON")
+	default:
+		r.unanswered.add(isRequest(l))
+		r.out = append(append(r.out, l...), '\n')
+	}
+}
+
+// answerWriter counts the answers the SDK writes, and writes parse errors
+// between them.
 type answerWriter struct {
 	io.WriteCloser
 	unanswered *unanswered
@@ -308,17 +361,35 @@ type answerWriter struct {
 }
 
 func (w *answerWriter) Write(p []byte) (int, error) {
-	n, err := w.WriteCloser.Write(p)
 	w.mu.Lock()
+	defer w.mu.Unlock()
+	n, err := w.WriteCloser.Write(p)
 	w.line = w.unanswered.scan(w.line, p[:n], isAnswer)
-	w.mu.Unlock()
 	return n, err
+}
+
+// parseError answers a line that is no JSON-RPC message (JSON-RPC 2.0
+// section 5.1: code -32700, id null).
+func (w *answerWriter) parseError(why string) {
+	msg, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": nil,
+		"error": map[string]any{"code": -32700, "message": "parse error: " + why + "; send one JSON-RPC message per line"}})
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.line) == 0 { // not in the middle of the SDK's message
+		w.WriteCloser.Write(append(msg, '\n'))
+	}
 }
 
 // unanswered counts requests read minus answers written.
 type unanswered struct {
 	mu sync.Mutex
 	n  int
+}
+
+func (u *unanswered) add(d int) {
+	u.mu.Lock()
+	u.n += d
+	u.mu.Unlock()
 }
 
 func (u *unanswered) count() int {

@@ -511,14 +511,17 @@ func waitExit(t *testing.T, cmd *exec.Cmd, d time.Duration) {
 
 // TestStdioPiped: a script that pipes its requests in and closes stdin at
 // once (echo ... | smolvm mcp) gets every answer, also to a call that
-// takes a while, and its sandbox is deleted when the session ends.
+// takes a while, a line that is not JSON gets a parse error and does not
+// end the session, and its sandbox is deleted when the session ends.
 func TestStdioPiped(t *testing.T) {
 	requireVM(t)
 	ctx := testContext(t, 3*time.Minute)
 	in := strings.Join([]string{
 		`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"script","version":"1"}}}`,
 		`{"jsonrpc":"2.0","method":"notifications/initialized"}`,
+		`not json at all`,
 		`{"jsonrpc":"2.0","id":2,"method":"tools/list"}`,
+		``,
 		`{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"create_sandbox","arguments":{}}}`,
 		`{"jsonrpc":"2.0","id":"four","method":"tools/call","params":{"name":"list_sandboxes","arguments":{}}}`,
 	}, "\n") + "\n"
@@ -532,6 +535,7 @@ func TestStdioPiped(t *testing.T) {
 		t.Fatalf("smolvm mcp: %v\n%s", err, stderr.String())
 	}
 	answered := map[string]bool{}
+	parseErrors := 0
 	var made string
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		var msg struct {
@@ -545,6 +549,9 @@ func TestStdioPiped(t *testing.T) {
 		if err := json.Unmarshal([]byte(line), &msg); err != nil {
 			t.Fatalf("not JSON: %q", line)
 		}
+		if string(msg.ID) == "null" && strings.Contains(line, "-32700") {
+			parseErrors++
+		}
 		answered[string(msg.ID)] = msg.Result != nil
 		if string(msg.ID) == "3" && msg.Result != nil {
 			made = msg.Result.StructuredContent.ID
@@ -554,6 +561,9 @@ func TestStdioPiped(t *testing.T) {
 		if !answered[id] {
 			t.Errorf("no answer to request %s; got:\n%s", id, out)
 		}
+	}
+	if parseErrors != 1 {
+		t.Errorf("%d parse errors for the one line that is not JSON, want 1:\n%s", parseErrors, out)
 	}
 	if made == "" {
 		t.Fatalf("create_sandbox gave no sandbox id:\n%s", out)

@@ -286,6 +286,9 @@ func (s *Server) snapshotAllowed(name string) error {
 }
 
 func (s *Server) run(ctx context.Context, st *session, in runIn) (*mcp.CallToolResult, runOut, error) {
+	if strings.TrimSpace(in.Command) == "" {
+		return nil, runOut{}, errors.New("command is empty: give a shell command line, such as \"ls -la /\"")
+	}
 	vm, err := s.use(ctx, st, in.Sandbox)
 	if err != nil {
 		return nil, runOut{}, err

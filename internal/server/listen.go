@@ -150,6 +150,9 @@ func ListenTCP(addr, token string, allowRemote bool) (*Listener, error) {
 	if token == "" {
 		return nil, errors.New("a TCP listener needs a bearer token")
 	}
+	if strings.ContainsFunc(token, func(r rune) bool { return r <= ' ' || r > '~' }) {
+		return nil, errors.New("the bearer token must be printable ASCII without spaces (it travels in an HTTP header); leave --token out to have one made")
+	}
 	if !allowRemote && !loopback(host) {
 		return nil, fmt.Errorf("--listen %q is not a loopback address: anyone who reaches it with the token controls your VMs; pass --allow-remote too if that is what you want", addr)
 	}

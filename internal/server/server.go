@@ -136,10 +136,11 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 // token", before anything else runs. The comparison takes the same time
 // whatever the guess.
 func requireToken(token string, next http.Handler) http.Handler {
-	want := []byte("Bearer " + token)
+	want := []byte(token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
+		// The scheme's name is case-insensitive (RFC 9110 11.1).
+		scheme, got, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+		if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
 			// Hang up after the answer, without reading the body first:
 			// net/http would otherwise read an unread body of up to 256
 			// KiB, without a deadline, before answering, so a client

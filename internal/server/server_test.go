@@ -141,6 +141,8 @@ func TestAuth(t *testing.T) {
 		{"wrong token", "Bearer wrong"},
 		{"token prefix", "Bearer " + token[:len(token)-1]},
 		{"not bearer", "Basic " + token},
+		{"token twice", "Bearer " + token + " " + token},
+		{"no scheme", token},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var hdr []string
@@ -193,9 +195,10 @@ func TestAuth(t *testing.T) {
 	if vms, err := smolvm.List(rctx, smolvm.WithHome(home)); err != nil || len(vms) != 0 {
 		t.Errorf("after unauthorized creates: %v, %v; want no VM", vms, err)
 	}
-	r := ts.do(t, rctx, "GET", "/v1/health", nil, "Authorization", "Bearer "+token)
-	if r.status != 200 {
-		t.Errorf("with the token: %d %s", r.status, r.body)
+	for _, scheme := range []string{"Bearer", "bearer", "BEARER"} { // case-insensitive (RFC 9110)
+		if r := ts.do(t, rctx, "GET", "/v1/health", nil, "Authorization", scheme+" "+token); r.status != 200 {
+			t.Errorf("with the token (%s): %d %s", scheme, r.status, r.body)
+		}
 	}
 
 	for _, addr := range []string{"0.0.0.0:0", ":0", "[::]:0"} {
@@ -203,8 +206,11 @@ func TestAuth(t *testing.T) {
 			t.Errorf("ListenTCP(%q) without allowRemote: %v, want refused", addr, err)
 		}
 	}
-	if _, err := server.ListenTCP("127.0.0.1:0", "", false); err == nil {
-		t.Error("ListenTCP without a token: no error")
+	for _, bad := range []string{"", "a b", "tab\there", "nul\x00", "ünicode"} {
+		if l, err := server.ListenTCP("127.0.0.1:0", bad, false); err == nil {
+			l.Close()
+			t.Errorf("ListenTCP with the token %q: no error", bad)
+		}
 	}
 }
 

@@ -730,8 +730,24 @@ func testSnapshots(t *testing.T, ctx context.Context, ts *testServer, id string)
 	if res := mustExec(t, ctx, ts, kid, "cat /root/mark"); str(res.Stdout) != "before-snapshot\n" {
 		t.Errorf("child sees %q", str(res.Stdout))
 	}
+	// Deleted while a command runs in it: the command's answer says the
+	// VM is gone (409 not_running), not that something broke.
+	running := make(chan response, 1)
+	go func() {
+		_, r := execJSON(t, ctx, ts, kid, api.Exec{Cmd: "sleep 60"})
+		running <- r
+	}()
+	time.Sleep(time.Second)
 	if r := ts.do(t, ctx, "DELETE", "/v1/vms/"+kid, nil); r.status != 204 {
 		t.Errorf("delete child: %d %s", r.status, r.body)
+	}
+	select {
+	case r := <-running:
+		if r.status != 409 || r.errorBody(t).Code != api.CodeNotRunning {
+			t.Errorf("exec in a VM deleted meanwhile: %d %s", r.status, r.body)
+		}
+	case <-time.After(30 * time.Second):
+		t.Error("exec in a VM deleted meanwhile did not end")
 	}
 }
 

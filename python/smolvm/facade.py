@@ -519,6 +519,10 @@ class SmolVM:
             The path written.
         """
         dest = Path(local_path)
+        if str(local_path).endswith(os.sep) and not dest.is_dir():
+            # As cp: a trailing slash names a directory, which must exist.
+            raise ValidationError(f"{local_path}: no such directory; create it first or drop the trailing slash",
+                                  {"field": "local_path"})
         with self._open_download(remote_path) as r:
             name = os.path.basename(remote_path.rstrip("/")) or "root"
             if dest.is_dir():

@@ -90,6 +90,13 @@ def test_download_missing_and_bad_paths(vm: SmolVM, tmp_path: Path) -> None:
         vm.upload_file(tmp_path, "/tmp/x")  # a directory: use upload()
     with pytest.raises(FileNotFoundError):
         vm.upload_file(tmp_path / "missing", "/tmp/x")
+    # As cp: "dir/" names a directory that must exist; nothing is made.
+    with pytest.raises(smolvm.ValidationError):
+        vm.download("/etc/hostname", str(tmp_path / "nodir") + "/")
+    assert not (tmp_path / "nodir").exists()
+    # A guest path ending in "/" names no file to write.
+    with pytest.raises(smolvm.ValidationError):
+        vm.write_file("/tmp/", b"x")
 
 
 def test_files_of_missing_vm(client: smolvm.Client, vm: SmolVM) -> None:
