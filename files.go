@@ -117,13 +117,6 @@ func (v *VM) ReadFile(ctx context.Context, guestPath string, w io.Writer) (int64
 			return fmt.Errorf("%s: %w", guestPath, err)
 		}
 		defer f.Close()
-		fi, err := f.Stat()
-		if err != nil {
-			return fmt.Errorf("%s: %w", guestPath, err)
-		}
-		if !fi.Mode().IsRegular() {
-			return &ValidationError{Field: "path", Value: guestPath, Reason: "is a " + guest.Kind(fi.Mode()) + ", not a file"}
-		}
 		n, err = f.WriteTo(w)
 		if err != nil {
 			return fmt.Errorf("%s: %w", guestPath, err)

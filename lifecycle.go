@@ -102,8 +102,8 @@ func (v *VM) start(ctx context.Context) (err error) {
 	began := time.Now()
 	rt := v.runtime()
 	net := rt.Network
-	if net.Mode == NetworkTAP && rt.Restore == nil {
-		if net, err = v.freeAddress(ctx, net); err != nil {
+	if net.Mode == NetworkTAP {
+		if net, err = v.freeAddress(ctx, net, rt.Restore == nil); err != nil {
 			return err
 		}
 	}
@@ -140,9 +140,6 @@ func (v *VM) start(ctx context.Context) (err error) {
 		host, err := netip.ParsePrefix(net.HostIP)
 		if err != nil {
 			return fmt.Errorf("stored host address: %w", err)
-		}
-		if !network.TAPExists(net.TAP) && network.AddrInUse(host.Masked()) {
-			return fmt.Errorf("address %s of this VM is in use on the host by another interface (a VM of another smolvm state directory?): stop that, or create this VM again to get a free address, or set SMOLVM_SUBNET; smolvm doctor lists what smolvm left behind and smolvm doctor --fix removes it", net.HostIP)
 		}
 		if err := network.CreateTAP(network.TAP{Name: net.TAP, Host: host, Alias: network.AliasPrefix + v.paths.dir}); err != nil {
 			return err
@@ -306,15 +303,18 @@ func openToOthers(m Mount) error {
 // freeAddress returns net, or, when an interface on the host uses its
 // address (a VM of another state directory took it while this one did not
 // run: state directories do not see each other's leases), net with a
-// fresh lease, recorded. Only a VM that boots can move: a resumed one's
-// memory holds its address.
-func (v *VM) freeAddress(ctx context.Context, net NetworkInfo) (NetworkInfo, error) {
+// fresh lease, recorded, if canMove. Only a VM that boots can move: a
+// resumed one's memory holds its address.
+func (v *VM) freeAddress(ctx context.Context, net NetworkInfo, canMove bool) (NetworkInfo, error) {
 	host, err := netip.ParsePrefix(net.HostIP)
 	if err != nil {
 		return net, fmt.Errorf("stored host address: %w", err)
 	}
 	if network.TAPExists(net.TAP) || !network.AddrInUse(host.Masked()) {
 		return net, nil
+	}
+	if !canMove {
+		return net, fmt.Errorf("address %s of this VM is in use on the host by another interface (a VM of another smolvm state directory?), and the VM's memory holds it: stop that, or create this VM again to get a free address, or set SMOLVM_SUBNET; smolvm doctor lists what smolvm left behind and smolvm doctor --fix removes it", net.HostIP)
 	}
 	pool, err := resolvePool(v.s.subnet)
 	if err != nil {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/smolvm/smolvm"
 	"github.com/smolvm/smolvm/internal/api"
+	"github.com/smolvm/smolvm/internal/guest"
 	"github.com/smolvm/smolvm/internal/shell"
 	"github.com/smolvm/smolvm/internal/untar"
 )
@@ -100,11 +101,6 @@ func destinationError(p, reason string) error {
 	return fmt.Errorf("%w: %s: %s", smolvm.ErrInvalid, p, reason)
 }
 
-// validName reports whether name is one path component.
-func validName(name string) bool {
-	return name != "" && name != "." && name != ".." && !strings.ContainsAny(name, "/\x00")
-}
-
 // Upload copies a local file or directory tree into the guest as the
 // SDK's VM.Upload does (cp -r): into guestPath if it is an existing
 // directory, under local's own name; otherwise as guestPath. Files are
@@ -131,9 +127,9 @@ func (c *Client) Upload(ctx context.Context, id, local, guestPath string, log *s
 	base := filepath.Base(local)
 	target := path.Clean(guestPath)
 	switch {
-	case kind == "dir" && !validName(base) && !fi.IsDir():
+	case kind == "dir" && !guest.ValidName(base) && !fi.IsDir():
 		return destinationError(guestPath, "is a directory in the guest; name the file to copy to")
-	case kind == "dir" && validName(base):
+	case kind == "dir" && guest.ValidName(base):
 		target = path.Join(target, base)
 	case kind == "other" && fi.IsDir():
 		return destinationError(guestPath, "exists in the guest and is not a directory; a directory cannot be copied onto it")
@@ -232,10 +228,6 @@ func writeTree(ctx context.Context, w io.Writer, dir string, log *slog.Logger) e
 	return tw.Close()
 }
 
-// hostMode is the mode a downloaded entry gets: no setuid, setgid,
-// sticky, or group/other write, whatever the guest says.
-func hostMode(m fs.FileMode) fs.FileMode { return m.Perm() &^ 0o022 }
-
 // Download copies a guest file or tree to local as the SDK's
 // VM.Download does (cp -r): into local if it is an existing directory,
 // under the guest entry's own name; otherwise as local. The guest is not
@@ -269,7 +261,7 @@ func (c *Client) Download(ctx context.Context, id, guestPath, local string, log 
 		}
 		_, err = io.Copy(f, r)
 		if err == nil {
-			err = f.Chmod(hostMode(r.Mode))
+			err = f.Chmod(guest.HostMode(r.Mode))
 		}
 		if cerr := f.Close(); err == nil {
 			err = cerr
@@ -316,7 +308,7 @@ func sanitize(root *os.Root, dir string, log *slog.Logger) error {
 			if err != nil {
 				return err
 			}
-			mode := hostMode(info.Mode())
+			mode := guest.HostMode(info.Mode())
 			if t.IsDir() {
 				mode |= 0o700 // the copy must be able to fill it
 			}
@@ -363,33 +355,12 @@ func merge(root *os.Root, src, dst string) error {
 	})
 }
 
-// hostLanding says in which host directory the copy of a guest entry
-// named base lands, and under which name ("." for the directory itself).
+// hostLanding is guest.HostLanding, its refusals as this package's.
 func hostLanding(dst, base string, isDir bool) (dir, name string, err error) {
-	st, err := os.Stat(dst)
-	switch {
-	case err == nil && st.IsDir():
-		if !validName(base) {
-			if !isDir {
-				return "", "", destinationError(dst, "is a directory; name the file to copy to")
-			}
-			return dst, ".", nil
-		}
-		return dst, base, nil
-	case err == nil && isDir:
-		return "", "", destinationError(dst, "exists and is not a directory; a directory cannot be copied onto it")
-	case err == nil:
-	case errors.Is(err, fs.ErrNotExist):
-		if strings.HasSuffix(dst, string(filepath.Separator)) && !isDir {
-			return "", "", destinationError(dst, "no such directory; create it first or drop the trailing slash")
-		}
-	default:
-		return "", "", err
+	dir, name, err = guest.HostLanding(dst, base, isDir)
+	var de *guest.DestinationError
+	if errors.As(err, &de) {
+		return "", "", destinationError(de.Path, de.Reason)
 	}
-	clean := filepath.Clean(dst)
-	dir, name = filepath.Dir(clean), filepath.Base(clean)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", "", err
-	}
-	return dir, name, nil
+	return dir, name, err
 }

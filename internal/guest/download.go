@@ -43,12 +43,12 @@ const maxDepth = 256
 // hostile guest can describe millions of empty ones.
 const MaxEntries = 1 << 20
 
-// hostMode is the mode a downloaded file or directory gets on the host:
+// HostMode is the mode a downloaded file or directory gets on the host:
 // the guest's permission bits without setuid, setgid and sticky, and
 // without group and other write (what cp gives under umask 022). Modes
 // come from the guest, and a guest must not hand the host a setuid file or
 // one other local users may change.
-func hostMode(m fs.FileMode) fs.FileMode { return m.Perm() &^ 0o022 }
+func HostMode(m fs.FileMode) fs.FileMode { return m.Perm() &^ 0o022 }
 
 // Download copies the guest file or directory src to dst on the host over
 // c, as `cp -r` does: if dst is an existing directory, src lands inside it
@@ -86,7 +86,7 @@ func download(ctx context.Context, c *sftp.Client, lim *RecvLimit, src, dst stri
 	if !fi.IsDir() && !fi.Mode().IsRegular() {
 		return fmt.Errorf("%s in the guest is a %s, not a file or directory", src, Kind(fi.Mode()))
 	}
-	dir, name, err := hostLanding(dst, path.Base(src), fi.IsDir())
+	dir, name, err := HostLanding(dst, path.Base(src), fi.IsDir())
 	if err != nil {
 		return err
 	}
@@ -102,16 +102,16 @@ func download(ctx context.Context, c *sftp.Client, lim *RecvLimit, src, dst stri
 	return d.top(ctx, root, dir, name, src, fi)
 }
 
-// hostLanding says in which host directory the copy of a guest entry
+// HostLanding says in which host directory the copy of a guest entry
 // named base lands, and under which name: "." for the directory itself.
-func hostLanding(dst, base string, isDir bool) (dir, name string, err error) {
+func HostLanding(dst, base string, isDir bool) (dir, name string, err error) {
 	st, err := os.Stat(dst)
 	switch {
 	case err == nil && st.IsDir():
-		if !isDir && !validName(base) {
+		if !isDir && !ValidName(base) {
 			return "", "", &DestinationError{dst, "is a directory; name the file to copy to"}
 		}
-		if !validName(base) {
+		if !ValidName(base) {
 			return dst, ".", nil
 		}
 		return dst, base, nil
@@ -133,9 +133,9 @@ func hostLanding(dst, base string, isDir bool) (dir, name string, err error) {
 	return dir, name, nil
 }
 
-// validName reports whether name is one path component: not empty, not
+// ValidName reports whether name is one path component: not empty, not
 // "." or "..", no "/" and no NUL.
-func validName(name string) bool {
+func ValidName(name string) bool {
 	return name != "" && name != "." && name != ".." && !strings.ContainsAny(name, "/\x00")
 }
 
@@ -197,7 +197,7 @@ func (d *downloader) fill(ctx context.Context, dir *os.Root, hostDir, src string
 			return err
 		}
 		name := e.Name()
-		if !validName(name) {
+		if !ValidName(name) {
 			return fmt.Errorf("%w: %s lists the name %q", ErrUnsafe, src, name)
 		}
 		if seen[name] {
@@ -275,7 +275,7 @@ func (d *downloader) newDir(ctx context.Context, parent *os.Root, hp, name, gp s
 	if err := d.fill(ctx, sub, hp, gp, depth); err != nil {
 		return err
 	}
-	return sub.Chmod(".", hostMode(e.Mode()))
+	return sub.Chmod(".", HostMode(e.Mode()))
 }
 
 // openDir opens name in parent as a root of its own, provided it is still
@@ -327,7 +327,7 @@ func (d *downloader) file(ctx context.Context, dir *os.Root, hostDir, name, gp s
 		if err != nil && !errors.Is(err, errCapped) {
 			return fmt.Errorf("download %s: %w", gp, err)
 		}
-		return out.Chmod(hostMode(e.Mode()))
+		return out.Chmod(HostMode(e.Mode()))
 	}()
 	if cerr := out.Close(); err == nil {
 		err = cerr

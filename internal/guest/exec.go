@@ -39,22 +39,17 @@ type ExecRequest struct {
 // connection ends under the command, the error wraps why (ErrUnresponsive,
 // ErrGone).
 func (c *Client) Exec(ctx context.Context, req ExecRequest) (int, error) {
-	spec := runSpec{
+	if req.PTY {
+		return c.ExecPTY(ctx, req, "", 0, 0, nil)
+	}
+	code, err := c.run(ctx, runSpec{
 		request: "exec",
 		arg:     req.Command,
 		env:     req.Env,
 		stdin:   req.Stdin,
 		stdout:  req.Stdout,
 		stderr:  req.Stderr,
-	}
-	if req.PTY {
-		term := req.Env["TERM"]
-		if term == "" {
-			term = "xterm"
-		}
-		spec.pty = &ptySpec{term: term, cols: 80, rows: 24}
-	}
-	code, err := c.run(ctx, spec)
+	})
 	if err != nil {
 		return code, fmt.Errorf("guest: exec: %w", err)
 	}

@@ -116,7 +116,7 @@ func guestLanding(c *sftp.Client, dst, base string, isDir bool) (target string, 
 	gi, err := c.Stat(dst)
 	switch {
 	case err == nil && gi.IsDir():
-		if !validName(base) {
+		if !ValidName(base) {
 			if !isDir {
 				return "", false, &DestinationError{dst, "is a directory in the guest; name the file to copy to"}
 			}

@@ -290,6 +290,7 @@ type eofReader struct {
 	unanswered *unanswered
 	answers    *answerWriter // where parse errors go
 	partial    []byte        // a line read in part
+	buf        []byte        // what stdin gave, read into
 	out        []byte        // whole lines for the SDK
 	err        error         // stdin's end, once out is drained
 }
@@ -299,9 +300,11 @@ const maxLine = 16 << 20
 
 func (r *eofReader) Read(p []byte) (int, error) {
 	for len(r.out) == 0 && r.err == nil {
-		buf := make([]byte, 64<<10)
-		n, err := r.ReadCloser.Read(buf)
-		r.lines(buf[:n], err != nil)
+		if r.buf == nil {
+			r.buf = make([]byte, 64<<10)
+		}
+		n, err := r.ReadCloser.Read(r.buf)
+		r.lines(r.buf[:n], err != nil)
 		if err != nil {
 			r.err = err
 		}
