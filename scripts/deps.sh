@@ -23,6 +23,8 @@ have_cmd mmdebstrap || need+=(mmdebstrap)
 # The Python client's tests: pytest, and venv for the offline `pip install ./python` test.
 have_pkg python3-pytest || need+=(python3-pytest)
 have_pkg python3-venv || need+=(python3-venv)
+# scripts/bench.sh -api times curl against the API too.
+have_cmd curl || need+=(curl)
 
 if ((${#need[@]})); then
 	echo "installing: ${need[*]}" >&2
