@@ -9,6 +9,10 @@ import (
 // process.
 func List(ctx context.Context, opts ...Option) ([]VMInfo, error) {
 	s := newSettings(opts)
+	filter, err := parseLabelFilter(s.labelFilter)
+	if err != nil {
+		return nil, opError("list", "", err)
+	}
 	st, err := openStore(ctx, s)
 	if err != nil {
 		return nil, opError("list", "", err)
@@ -28,6 +32,15 @@ func List(ctx context.Context, opts ...Option) ([]VMInfo, error) {
 			continue // its create was interrupted; reconcile removed it
 		} else if err != nil {
 			return nil, opError("list", row.ID, err)
+		}
+		if err := v.expireOnLook(ctx); errors.Is(err, ErrNotFound) {
+			continue // expired and deleted
+		} else if err != nil {
+			return nil, opError("list", row.ID, err)
+		}
+		v.lookedAt(ctx)
+		if !matchLabels(v.Info().Config.Labels, filter) {
+			continue
 		}
 		out = append(out, v.Info())
 	}

@@ -31,8 +31,11 @@ type settings struct {
 	subnet       string
 	progress     io.Writer
 	config       func(*VMConfig)
-	snapshot     *snapshotPlan // set by FromSnapshot
-	cold         bool          // WithColdBoot
+	snapshot     *snapshotPlan     // set by FromSnapshot
+	cold         bool              // WithColdBoot
+	keeper       string            // WithKeeper
+	labelFilter  []string          // WithLabelFilter (List)
+	secrets      map[string]string // WithStartSecrets: never stored
 }
 
 // WithHome sets the state directory (default $SMOLVM_HOME, else

@@ -215,6 +215,11 @@ func FromID(ctx context.Context, id string, opts ...Option) (*VM, error) {
 		st.Close()
 		return nil, opError("open", id, err)
 	}
+	if err := v.expireOnLook(ctx); err != nil {
+		st.Close()
+		return nil, opError("open", id, err)
+	}
+	v.lookedAt(ctx)
 	return v, nil
 }
 

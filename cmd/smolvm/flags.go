@@ -28,6 +28,7 @@ type vmFlags struct {
 	mounts      []string
 	noEgress    bool
 	cold        bool
+	life        lifeFlags
 }
 
 func (f *vmFlags) register(cmd *cobra.Command) {
@@ -43,6 +44,7 @@ func (f *vmFlags) register(cmd *cobra.Command) {
 	fs.StringArrayVar(&f.mounts, "mount", nil, "share a host folder, HOST[:GUEST][:rw] (read-only unless :rw; GUEST defaults to /mnt/NAME; repeatable)")
 	fs.BoolVar(&f.noEgress, "no-egress", false, "cut the VM off from the host's networks (exposed ports still work)")
 	fs.BoolVar(&f.cold, "cold", false, "boot the VM even when the default image's warm template would resume it (info shows boot_path)")
+	f.life.register(cmd)
 }
 
 // seconds is a duration flag that also takes a plain number as seconds,
@@ -109,7 +111,7 @@ func (f *vmFlags) config() (smolvm.VMConfig, error) {
 		}
 		mounts = append(mounts, m)
 	}
-	return smolvm.VMConfig{
+	cfg := smolvm.VMConfig{
 		Mounts:             mounts,
 		NoEgress:           f.noEgress,
 		ID:                 f.name,
@@ -120,7 +122,8 @@ func (f *vmFlags) config() (smolvm.VMConfig, error) {
 		Env:                env,
 		BootTimeout:        f.bootTimeout,
 		RetainDiskOnDelete: f.retainDisk,
-	}, nil
+	}
+	return cfg, f.life.apply(&cfg)
 }
 
 // parseEnv parses NAME=VALUE pairs; the value may hold '=' and be empty.

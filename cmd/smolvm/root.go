@@ -59,6 +59,9 @@ func (g *globalOptions) sdk(extra ...smolvm.Option) []smolvm.Option {
 	if g.progress != nil {
 		opts = append(opts, smolvm.WithProgress(g.progress))
 	}
+	if k := keeperPath(agentPath()); k != "" {
+		opts = append(opts, smolvm.WithKeeper(k))
+	}
 	return append(opts, extra...)
 }
 
@@ -130,6 +133,8 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		newForkCmd(g),
 		newServeCmd(g),
 		newMCPCmd(g),
+		newKeeperCmd(g),
+		newTTLCmd(g),
 	)
 	return root
 }

@@ -162,6 +162,19 @@ type CreateVM struct {
 	// Start boots the VM before answering (smolvm.Start): the response is
 	// the running VM. Otherwise the VM is created and stays "created".
 	Start bool `json:"start,omitempty"`
+	// TTLSeconds is the VM's lifetime from now (VMConfig.TTL; 0 = none),
+	// OnExpire what ends it: "stop" (default), "hibernate" or "delete".
+	TTLSeconds float64 `json:"ttl_seconds,omitempty"`
+	OnExpire   string  `json:"on_expire,omitempty"`
+	// Labels tag the VM (VMConfig.Labels); GET /v1/vms?label=K=V finds it.
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// SetTTL is POST /v1/vms/{id}/ttl: a new lifetime from now (0 = none);
+// OnExpire "" keeps the VM's.
+type SetTTL struct {
+	TTLSeconds float64 `json:"ttl_seconds"`
+	OnExpire   string  `json:"on_expire,omitempty"`
 }
 
 // VMList is GET /v1/vms.

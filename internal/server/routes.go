@@ -37,6 +37,7 @@ func (s *Server) routes() []Route {
 		h("POST", "/v1/vms/{id}/stop", s.stopVM),
 		h("POST", "/v1/vms/{id}/pause", s.pauseVM),
 		h("POST", "/v1/vms/{id}/resume", s.resumeVM),
+		h("POST", "/v1/vms/{id}/ttl", s.setTTL),
 
 		h("POST", "/v1/vms/{id}/exec", s.exec),
 		h("GET", "/v1/vms/{id}/exec/ws", s.execWS),

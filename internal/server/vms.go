@@ -81,6 +81,7 @@ func (s *Server) create(ctx context.Context, req api.CreateVM) (*smolvm.VM, erro
 		if boot != 0 {
 			opts = append(opts, smolvm.WithBootTimeout(boot))
 		}
+		opts = append(opts, snapshotLifetime(req)...)
 		return smolvm.FromSnapshot(ctx, req.FromSnapshot, s.sdk(opts...)...)
 	}
 	cfg := smolvm.VMConfig{
@@ -88,6 +89,9 @@ func (s *Server) create(ctx context.Context, req api.CreateVM) (*smolvm.VM, erro
 		Image: req.Image, KernelPath: req.KernelPath, RootfsPath: req.RootfsPath, InitrdPath: req.InitrdPath,
 		BootArgs: req.BootArgs, Env: req.Env, Mounts: req.Mounts, NoEgress: req.NoEgress,
 		RetainDiskOnDelete: req.RetainDiskOnDelete, ReuseDisk: req.ReuseDisk, BootTimeout: boot,
+	}
+	if err := lifetime(&cfg, req); err != nil {
+		return nil, err
 	}
 	vm, err := smolvm.NewFromConfig(ctx, cfg, s.sdk(opts...)...)
 	if err != nil {
@@ -113,7 +117,7 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, invalid("state", "state %q: use created, running, paused, stopped, error or hibernated", state))
 		return
 	}
-	infos, err := smolvm.List(r.Context(), s.sdk()...)
+	infos, err := smolvm.List(r.Context(), s.sdk(smolvm.WithLabelFilter(q["label"]...))...)
 	if err != nil {
 		writeError(w, r, err)
 		return
