@@ -224,6 +224,9 @@ func (v *VM) start(ctx context.Context) (err error) {
 	if err := console.bound(bootCtx); err != nil {
 		return err
 	}
+	if err := v.pushStartSecrets(bootCtx); err != nil {
+		return err
+	}
 	if spec.Restore != nil && !rt.RestoreSelf {
 		if err := v.applyEnv(bootCtx, rt.RestoreEnv, info.Config.Env); err != nil {
 			return err

@@ -40,6 +40,9 @@ type globalOptions struct {
 	// ran is set once flags and arguments were accepted: an error before
 	// it is a usage error.
 	ran bool
+	// startSecrets are create's or start's --secret: handed to the VM at
+	// its start, never stored.
+	startSecrets map[string]string
 }
 
 // sdk returns the options every SDK call gets: state dir, agent, network
@@ -61,6 +64,9 @@ func (g *globalOptions) sdk(extra ...smolvm.Option) []smolvm.Option {
 	}
 	if k := keeperPath(agentPath()); k != "" {
 		opts = append(opts, smolvm.WithKeeper(k))
+	}
+	if g.startSecrets != nil {
+		opts = append(opts, smolvm.WithStartSecrets(g.startSecrets))
 	}
 	return append(opts, extra...)
 }

@@ -168,6 +168,9 @@ type CreateVM struct {
 	OnExpire   string  `json:"on_expire,omitempty"`
 	// Labels tag the VM (VMConfig.Labels); GET /v1/vms?label=K=V finds it.
 	Labels map[string]string `json:"labels,omitempty"`
+	// Secrets are start secrets (smolvm.WithStartSecrets), with Start or
+	// FromSnapshot: environment variables never written down.
+	Secrets map[string]string `json:"secrets,omitempty"`
 }
 
 // SetTTL is POST /v1/vms/{id}/ttl: a new lifetime from now (0 = none);
@@ -185,6 +188,9 @@ type VMList struct {
 // Start is POST /v1/vms/{id}/start (body optional).
 type Start struct {
 	BootTimeoutSeconds float64 `json:"boot_timeout_seconds,omitempty"`
+	// Secrets reach every command of this run of the VM as environment
+	// variables and are never written down (smolvm.WithStartSecrets).
+	Secrets map[string]string `json:"secrets,omitempty"`
 }
 
 // Stop is POST /v1/vms/{id}/stop (body optional).
@@ -205,6 +211,9 @@ type Exec struct {
 	Cmd            string            `json:"cmd"`
 	Env            map[string]string `json:"env,omitempty"`
 	TimeoutSeconds float64           `json:"timeout_seconds,omitempty"`
+	// Secrets are variables for this command only that smolvm never
+	// writes down (smolvm.WithSecrets).
+	Secrets map[string]string `json:"secrets,omitempty"`
 	// Stdin is given whole for buffered exec: as text, or as base64 in
 	// StdinB64 (not both). The WebSocket streams stdin instead.
 	Stdin    string `json:"stdin,omitempty"`

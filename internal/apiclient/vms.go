@@ -60,6 +60,12 @@ func (c *Client) StartVM(ctx context.Context, id string, bootTimeout time.Durati
 	return c.vmAction(ctx, id, "start", api.Start{BootTimeoutSeconds: seconds(bootTimeout)})
 }
 
+// StartVMWithSecrets is StartVM handing the guest start secrets
+// (smolvm.WithStartSecrets).
+func (c *Client) StartVMWithSecrets(ctx context.Context, id string, bootTimeout time.Duration, secrets map[string]string) (smolvm.VMInfo, error) {
+	return c.vmAction(ctx, id, "start", api.Start{BootTimeoutSeconds: seconds(bootTimeout), Secrets: secrets})
+}
+
 // StopVM shuts a VM down, killing it after timeout (0 = the default).
 func (c *Client) StopVM(ctx context.Context, id string, timeout time.Duration) (smolvm.VMInfo, error) {
 	return c.vmAction(ctx, id, "stop", api.Stop{TimeoutSeconds: seconds(timeout)})

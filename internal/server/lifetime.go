@@ -74,3 +74,24 @@ func (s *Server) KeepLifetimes(ctx context.Context, tick time.Duration) {
 		}
 	}
 }
+
+// start starts vm, handing it secrets (if any) through a handle of its
+// own: the cached handle's options are fixed, and secrets stay only as
+// long as this request.
+func (s *Server) start(ctx context.Context, vm *smolvm.VM, secrets map[string]string) error {
+	if len(secrets) == 0 {
+		return vm.Start(ctx)
+	}
+	if err := smolvm.ValidateEnv(secrets); err != nil {
+		return err
+	}
+	v, err := smolvm.FromID(ctx, vm.ID(), s.sdk(smolvm.WithStartSecrets(secrets))...)
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	if err := v.Start(ctx); err != nil {
+		return err
+	}
+	return vm.Refresh(ctx)
+}
