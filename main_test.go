@@ -127,6 +127,9 @@ func findLeaks() string {
 		if err == nil && bytes.Contains(data, []byte("qemu")) && usesDir(filepath.Base(filepath.Dir(p)), testEnv.home) {
 			fmt.Fprintf(&b, "QEMU process %s\n", filepath.Base(filepath.Dir(p)))
 		}
+		if err == nil && bytes.Contains(data, []byte("\x00keeper\x00--dir="+testEnv.home)) {
+			fmt.Fprintf(&b, "keeper process %s\n", filepath.Base(filepath.Dir(p)))
+		}
 	}
 	for name, alias := range network.TAPAliases() {
 		if strings.HasPrefix(alias, network.AliasPrefix+testEnv.home) {

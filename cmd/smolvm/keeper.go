@@ -41,7 +41,7 @@ func newKeeperCmd(g *globalOptions) *cobra.Command {
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.dir == "" || o.pid <= 0 || o.name == "" {
-				return usagef("smolvm starts its keepers itself (with --dir, --qemu-pid, --qemu-start and --qemu-name)")
+				return usagef("smolvm starts its keepers itself (with --dir, --vm-pid, --vm-start and --vm-name)")
 			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelInfo})).
 				With("keeper", filepath.Base(o.dir))
@@ -57,9 +57,9 @@ func newKeeperCmd(g *globalOptions) *cobra.Command {
 	}
 	fs := cmd.Flags()
 	fs.StringVar(&o.dir, "dir", "", "the VM's directory")
-	fs.IntVar(&o.pid, "qemu-pid", 0, "the VM process")
-	fs.Uint64Var(&o.start, "qemu-start", 0, "its start time (clock ticks since boot)")
-	fs.StringVar(&o.name, "qemu-name", "", "its name (guest=...)")
+	fs.IntVar(&o.pid, "vm-pid", 0, "the VM process")
+	fs.Uint64Var(&o.start, "vm-start", 0, "its start time (clock ticks since boot)")
+	fs.StringVar(&o.name, "vm-name", "", "its name (guest=...)")
 	return cmd
 }
 

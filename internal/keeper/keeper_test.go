@@ -202,11 +202,11 @@ func childKeeper(args []string) int {
 		switch k {
 		case "--dir":
 			c.Dir = v
-		case "--qemu-pid":
+		case "--vm-pid":
 			c.QEMU.PID, _ = strconv.Atoi(v)
-		case "--qemu-start":
+		case "--vm-start":
 			c.QEMU.Start, _ = strconv.ParseUint(v, 10, 64)
-		case "--qemu-name":
+		case "--vm-name":
 			c.Name = v
 		}
 	}

@@ -64,9 +64,9 @@ func Spawn(ctx context.Context, o SpawnOptions) error {
 	}
 	defer logf.Close()
 	cmd := exec.Command(o.Exe, Command, DirArg(dir),
-		"--qemu-pid="+strconv.Itoa(o.QEMU.PID),
-		"--qemu-start="+strconv.FormatUint(o.QEMU.Start, 10),
-		"--qemu-name="+o.Name)
+		"--vm-pid="+strconv.Itoa(o.QEMU.PID),
+		"--vm-start="+strconv.FormatUint(o.QEMU.Start, 10),
+		"--vm-name="+o.Name)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = keeperEnv(os.Environ())
 	cmd.Dir = "/"

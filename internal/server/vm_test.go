@@ -69,6 +69,7 @@ func TestVM(t *testing.T) {
 		}
 	})
 	t.Run("Exec", func(t *testing.T) { testExec(t, ctx, ts, id) })
+	t.Run("ExecSecrets", func(t *testing.T) { testExecSecrets(t, ctx, ts, id) })
 	t.Run("Concurrent", func(t *testing.T) {
 		// A fresh server: the requests race for the first handle, too.
 		fresh := startServer(t, server.Config{})
