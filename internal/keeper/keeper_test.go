@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -289,4 +290,20 @@ func TestSpawn(t *testing.T) {
 	if !Running(dir) {
 		t.Error("respawned keeper not running")
 	}
+
+	// doctor's view: a keeper whose VM directory is not its own any more.
+	p, _ = Find(dir)
+	if got := Orphans(nil); slices.ContainsFunc(got, func(o Orphan) bool { return o.PID == p.PID }) {
+		t.Errorf("a keeper of its VM is an orphan: %+v", got)
+	}
+	os.Remove(filepath.Join(dir, PidFile))
+	got := Orphans(nil)
+	i := slices.IndexFunc(got, func(o Orphan) bool { return o.PID == p.PID })
+	if i < 0 || got[i].Dir != dir {
+		t.Fatalf("orphans %+v lack keeper %d of %s", got, p.PID, dir)
+	}
+	if err := KillOrphan(got[i]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the orphan to go", func() bool { return !Running(dir) })
 }
