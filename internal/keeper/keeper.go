@@ -95,6 +95,10 @@ func Run(ctx context.Context, c Config) error {
 	if err != nil {
 		return err
 	}
+	// Signals first: a SIGHUP's default is to end the process.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	unlock, err := tryLock(filepath.Join(dir, LockFile))
 	if err != nil {
 		return err
@@ -104,10 +108,6 @@ func Run(ctx context.Context, c Config) error {
 	if err != nil {
 		return fmt.Errorf("keeper: own start time: %w", err)
 	}
-	if err := writePidFile(dir, os.Getpid(), me); err != nil {
-		return err
-	}
-	defer removePidFile(dir, os.Getpid(), me)
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -116,10 +116,6 @@ func Run(ctx context.Context, c Config) error {
 		return nil
 	}
 	go watchExit(ctx, cancel, c.QEMU, c.Name)
-
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
 
 	id := filepath.Base(dir)
 	home := filepath.Dir(filepath.Dir(dir))
@@ -135,6 +131,12 @@ func Run(ctx context.Context, c Config) error {
 			runDuty(ctx, name, d, vm)
 		}()
 	}
+	// Last: whoever finds the keeper by its pid file (Spawn waits for
+	// that) finds its duties running and its signals handled.
+	if err := writePidFile(dir, os.Getpid(), me); err != nil {
+		cancel(err)
+	}
+	defer removePidFile(dir, os.Getpid(), me)
 	log.Info("keeping the VM", "vm", id, "qemu", c.QEMU.PID, "duties", len(c.Duties))
 loop:
 	for {

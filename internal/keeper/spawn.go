@@ -83,16 +83,22 @@ func Spawn(ctx context.Context, o SpawnOptions) error {
 	defer cancel()
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
+	// Up once the pid file names our child; or, when our child left
+	// because another keeper has the VM, once it names that one. Never
+	// before our child settled: it would take over from a keeper that
+	// ends meanwhile, behind the caller's back.
+	var gone <-chan struct{} = exited
 	for {
-		if flock.Held(lock) {
-			return nil // it, or a keeper that was there first
+		p, ok := Find(dir)
+		if ok && (p.PID == cmd.Process.Pid || gone == nil) {
+			return nil
 		}
 		select {
-		case <-exited:
-			if flock.Held(lock) {
-				return nil
+		case <-gone:
+			if !flock.Held(lock) {
+				return fmt.Errorf("keeper: exited at once (%s); see %s", cmd.ProcessState, logPath)
 			}
-			return fmt.Errorf("keeper: exited at once (%s); see %s", cmd.ProcessState, logPath)
+			gone = nil // another keeper has the VM; its pid file is on the way
 		case <-wait.Done():
 			return fmt.Errorf("keeper: not up after %s; see %s: %w", o.Wait, logPath, wait.Err())
 		case <-t.C:
@@ -173,12 +179,13 @@ func Stop(ctx context.Context, dir string) error {
 	return waitGone(ctx, p, dir)
 }
 
-// waitGone waits until p is no longer the keeper of dir (exited, or a
-// zombie: /proc's cmdline of a zombie is empty).
+// waitGone waits until p has exited, its files closed (and with them
+// its lock): a zombie, or gone. Its command line empties earlier, before
+// the kernel closes its files, so isKeeper alone would say so too soon.
 func waitGone(ctx context.Context, p hypervisor.Process, dir string) error {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
-	for isKeeper(p, dir) {
+	for running(p) {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -273,4 +280,19 @@ func removePidFile(dir string, pid int, start uint64) {
 	if err == nil && string(b) == fmt.Sprintf("%d %d\n", pid, start) {
 		os.Remove(p)
 	}
+}
+
+// running reports whether p (with its start time) exists and has not yet
+// exited: not a zombie.
+func running(p hypervisor.Process) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.PID) + "/stat")
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) || b[i+2] == 'Z' || b[i+2] == 'X' {
+		return false
+	}
+	start, err := hypervisor.StartTime(p.PID)
+	return err == nil && start == p.Start
 }
