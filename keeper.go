@@ -102,3 +102,29 @@ func removeKeeperLeftover(l Leftover) error {
 	}
 	return keeper.KillOrphan(keeper.Orphan{PID: pid, Dir: l.vm})
 }
+
+// checkKeeper says which binary would keep running VMs. Optional: without
+// one VMs run, but only a look at them enforces their lifetimes.
+func checkKeeper(s settings) Check {
+	c := Check{Name: "keeper", Optional: true,
+		Fix: "set SMOLVM_KEEPER to the smolvm CLI (./scripts/build.sh makes bin/smolvm), or install Go so smolvm builds one"}
+	path := s.keeper
+	if path == "" {
+		path = os.Getenv(KeeperEnv)
+	}
+	if path == "" {
+		what, err := agentbin.Describe(agentbin.DefaultCacheDir(s.home), "")
+		if err != nil {
+			c.Detail = "none configured, and none can be built: " + err.Error() + "; lifetimes are then enforced only when smolvm looks at a VM"
+			return c
+		}
+		c.OK, c.Detail, c.Fix = true, "none configured: the smolvm CLI built from the same source as the agent ("+what+")", ""
+		return c
+	}
+	if fi, err := os.Stat(path); err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+		c.Detail = path + " is not an executable file"
+		return c
+	}
+	c.OK, c.Detail, c.Fix = true, path+" (smolvm keeper) keeps each running VM's lifetime", ""
+	return c
+}
