@@ -63,6 +63,11 @@ func (v *VM) holdsSecrets() bool {
 // it takes the lock to do so: a snapshot under way finishes first, and
 // one that begins after sees the mark.
 func (v *VM) markSecrets(ctx context.Context, locked bool) error {
+	// The row, not this handle's copy: another process may have
+	// restarted the VM since, and the mark is per process.
+	if err := v.load(ctx); err != nil {
+		return err
+	}
 	if v.holdsSecrets() {
 		return nil
 	}
