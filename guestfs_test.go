@@ -159,15 +159,14 @@ func TestGuestFS(t *testing.T) {
 		}
 		wctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		started, release := make(chan struct{}), make(chan struct{})
+		ready, release := make(chan struct{}), make(chan struct{})
 		events := make(chan smolvm.WatchEvent, 2*guest.WatchQueue+10)
 		done := make(chan error, 1)
 		go func() {
 			first := true
-			done <- gfs.Watch(wctx, "/root/flood", smolvm.WatchOptions{}, func(e smolvm.WatchEvent) {
+			done <- gfs.Watch(wctx, "/root/flood", smolvm.WatchOptions{Ready: func() { close(ready) }}, func(e smolvm.WatchEvent) {
 				if first {
 					first = false
-					close(started)
 					<-release // the slow consumer
 					return
 				}
@@ -178,12 +177,8 @@ func TestGuestFS(t *testing.T) {
 				}
 			})
 		}()
-		retryUntil(t, started, func() {
-			if err := gfs.WriteFile(ctx, "/root/flood/probe", nil, 0); err != nil {
-				t.Fatal(err)
-			}
-		})
-		const n = 6000
+		<-ready
+		const n = 3000
 		run(t, ctx, vm, fmt.Sprintf("cd /root/flood && seq 1 %d | xargs touch", n))
 		close(release)
 		// The overflow is reported ahead of the next event that finds room.
@@ -274,34 +269,24 @@ type watching struct {
 	done   chan error
 }
 
-// startWatch watches dir and returns once the watch demonstrably runs.
+// startWatch watches dir and returns once the guest watches it.
 func startWatch(t *testing.T, ctx context.Context, gfs *smolvm.FS, dir string, recursive bool) *watching {
 	t.Helper()
 	wctx, cancel := context.WithCancel(ctx)
 	w := &watching{events: make(chan smolvm.WatchEvent, 1000), cancel: cancel, done: make(chan error, 1)}
 	t.Cleanup(cancel)
+	ready := make(chan struct{})
 	go func() {
-		w.done <- gfs.Watch(wctx, dir, smolvm.WatchOptions{Recursive: recursive}, func(e smolvm.WatchEvent) { w.events <- e })
+		w.done <- gfs.Watch(wctx, dir, smolvm.WatchOptions{Recursive: recursive, Ready: func() { close(ready) }}, func(e smolvm.WatchEvent) { w.events <- e })
 	}()
-	// A marker file written until its event arrives: then the watch is up.
-	probe := dir + "/.probe"
-	for deadline := time.Now().Add(time.Minute); ; {
-		if err := gfs.WriteFile(ctx, probe, nil, 0); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case <-w.events:
-			gfs.Remove(ctx, probe)
-			w.drainUntil(t, "remove .probe")
-			return w
-		case err := <-w.done:
-			t.Fatalf("watch ended: %v", err)
-		case <-time.After(time.Second):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the watch reported nothing within a minute")
-		}
+	select {
+	case <-ready:
+	case err := <-w.done:
+		t.Fatalf("watch ended: %v", err)
+	case <-time.After(time.Minute):
+		t.Fatal("the watch was not ready within a minute")
 	}
+	return w
 }
 
 func describe(e smolvm.WatchEvent) string {
@@ -318,21 +303,6 @@ func describe(e smolvm.WatchEvent) string {
 		return "overflow"
 	}
 	return string(e.Op) + " " + p(e.Path)
-}
-
-func (w *watching) drainUntil(t *testing.T, want string) {
-	t.Helper()
-	timeout := time.After(time.Minute)
-	for {
-		select {
-		case e := <-w.events:
-			if describe(e) == want {
-				return
-			}
-		case <-timeout:
-			t.Fatalf("no %q within a minute", want)
-		}
-	}
 }
 
 // expect reads events until it has seen want in order; events of the

@@ -45,6 +45,9 @@ type WatchEvent struct {
 type WatchOptions struct {
 	// Recursive watches subdirectories too, also those made later.
 	Recursive bool
+	// Ready, if set, is called once the guest watches everything asked
+	// for, before any event: a change made after it is seen.
+	Ready func()
 }
 
 // Watch calls fn with every change in the guest directory dir until ctx
@@ -63,7 +66,7 @@ func (f *FS) Watch(ctx context.Context, dir string, opts WatchOptions, fn func(W
 	if err != nil {
 		return err
 	}
-	err = c.Watch(ctx, dir, opts.Recursive, func(e guest.WatchEvent) {
+	err = c.Watch(ctx, dir, guest.WatchOptions{Recursive: opts.Recursive, Ready: opts.Ready}, func(e guest.WatchEvent) {
 		fn(WatchEvent{Op: WatchOp(e.Op), Path: e.Path, OldPath: e.Old, Dir: e.Dir, Dropped: e.Dropped, Message: e.Message, Time: time.Now()})
 	})
 	if err != nil && ctx.Err() != nil && err == ctx.Err() {

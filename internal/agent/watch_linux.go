@@ -38,7 +38,7 @@ type watchRequest struct {
 
 // watchEvent is one line of the stream; see internal/guest's WatchEvent.
 type watchEvent struct {
-	Op      string `json:"op"`             // create, modify, remove, rename, overflow, error
+	Op      string `json:"op"`             // ready (first), create, modify, remove, rename, overflow, error
 	Path    string `json:"path,omitempty"` // relative to the watched directory, "." for itself
 	Old     string `json:"old,omitempty"`  // rename: the old path
 	Dir     bool   `json:"dir,omitempty"`
@@ -93,6 +93,9 @@ func (s *session) serveWatch() error {
 	if req.Recursive {
 		w.scan(".", false)
 	}
+	// Everything is watched from here on: say so, so the client knows
+	// that a change it makes now will be seen.
+	w.emit(watchEvent{Op: "ready"})
 	// The client closing its side (or the channel) ends the watch.
 	go func() {
 		_, _ = io.Copy(io.Discard, s.ch)

@@ -36,6 +36,14 @@ const (
 	WatchQueue = 1024
 )
 
+// WatchOptions adjusts Watch.
+type WatchOptions struct {
+	Recursive bool
+	// Ready, if set, is called once the guest watches everything asked
+	// for: a change made after it is seen.
+	Ready func()
+}
+
 // Watch streams the changes in the guest directory dir (recursive: and
 // its subdirectories, new ones included) to fn, one call at a time, until
 // ctx is done (the error is then ctx's) or the directory goes (nil, after
@@ -45,17 +53,18 @@ const (
 // changes files faster than fn takes them costs the host bounded memory.
 // A stream line over MaxWatchLine or an event no honest agent sends ends
 // the watch with ErrUnsafe.
-func (c *Client) Watch(ctx context.Context, dir string, recursive bool, fn func(WatchEvent)) error {
+func (c *Client) Watch(ctx context.Context, dir string, opts WatchOptions, fn func(WatchEvent)) error {
 	req, err := json.Marshal(struct {
 		Path      string `json:"path"`
 		Recursive bool   `json:"recursive,omitempty"`
-	}{dir, recursive})
+	}{dir, opts.Recursive})
 	if err != nil {
 		return err
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	p := NewWatchParser(WatchQueue, cancel)
+	p.ready = opts.Ready
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for ev := range p.Events() {
@@ -99,6 +108,8 @@ type WatchParser struct {
 	q       chan WatchEvent
 	dropped int
 	fail    func()
+	ready   func() // called at the agent's ready line
+	isReady bool
 
 	mu     sync.Mutex
 	err    error
@@ -182,6 +193,15 @@ func (p *WatchParser) event(line []byte) error {
 		return fmt.Errorf("%w: an event with a dropped count only the host sets", ErrUnsafe)
 	}
 	switch ev.Op {
+	case "ready":
+		if p.isReady || ev.Path != "" || ev.Old != "" {
+			return fmt.Errorf("%w: a second or malformed ready line", ErrUnsafe)
+		}
+		p.isReady = true
+		if p.ready != nil {
+			p.ready()
+		}
+		return nil
 	case "create", "modify", "remove":
 		if !cleanRel(ev.Path) || ev.Old != "" {
 			return fmt.Errorf("%w: %s event with path %.100q", ErrUnsafe, ev.Op, ev.Path)

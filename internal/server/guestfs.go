@@ -171,26 +171,27 @@ func (s *Server) watchFiles(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.withVM(w, r, func(vm *smolvm.VM) error {
-		// Check first, so that a missing directory is an error response.
-		fi, err := vm.FS().Stat(r.Context(), p)
-		if err != nil {
-			return err
-		}
-		if !fi.IsDir() {
-			return &fs.PathError{Op: "watch", Path: p, Err: syscall.ENOTDIR}
-		}
-		w.Header().Set("Content-Type", api.NDJSON)
-		w.Header().Set("X-Content-Type-Options", "nosniff")
-		w.WriteHeader(http.StatusOK)
 		rc := http.NewResponseController(w)
-		rc.Flush()
 		enc := json.NewEncoder(w)
 		enc.SetEscapeHTML(false)
-		err = vm.FS().Watch(r.Context(), p, smolvm.WatchOptions{Recursive: recursive}, func(e smolvm.WatchEvent) {
+		// The 200 goes once the guest watches: a client that changes
+		// files after the headers arrive sees the change, and a watch
+		// that cannot start (no such directory) is an error response.
+		started := false
+		err := vm.FS().Watch(r.Context(), p, smolvm.WatchOptions{Recursive: recursive, Ready: func() {
+			started = true
+			w.Header().Set("Content-Type", api.NDJSON)
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			w.WriteHeader(http.StatusOK)
+			rc.Flush()
+		}}, func(e smolvm.WatchEvent) {
 			if enc.Encode(api.WatchEvent{WatchEvent: e}) == nil {
 				rc.Flush()
 			}
 		})
+		if !started {
+			return err
+		}
 		if err != nil && r.Context().Err() == nil {
 			d := detail(err)
 			enc.Encode(api.WatchEvent{WatchEvent: smolvm.WatchEvent{Op: "error", Message: d.Message}, Error: &d})
