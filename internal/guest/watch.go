@@ -5,9 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io/fs"
 	"fmt"
 	"io"
+	"io/fs"
 	"sync"
 )
 
@@ -265,4 +265,3 @@ func (p *WatchParser) push(ev WatchEvent) {
 }
 
 var _ io.Writer = (*WatchParser)(nil)
-

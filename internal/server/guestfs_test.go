@@ -49,7 +49,7 @@ func testGuestFS(t *testing.T, ctx context.Context, ts *testServer, id string) {
 		{"GET", base + "/stat" + q("/root/fs/nope"), nil, 404, api.CodeNotFound, "ENOENT"},
 		{"GET", base + "/list" + q("/root/fs/g"), nil, 400, api.CodeInvalid, "ENOTDIR"},
 		{"GET", base + "/stat", nil, 400, api.CodeInvalid, ""},
-		{"DELETE", base + q("/root/fs/full"), nil, 400, api.CodeInvalid, "ENOTEMPTY"},
+		{"DELETE", base + q("/root/fs/full"), nil, 409, api.CodeAlreadyExists, "ENOTEMPTY"}, // Go: ENOTEMPTY is fs.ErrExist
 		{"DELETE", base + q("/proc/version"), nil, 403, api.CodePermission, "EACCES"},
 		{"DELETE", base + q("/root/fs/full") + "&recursive=true", nil, 204, "", ""},
 		{"DELETE", base + q("/root/fs/full") + "&recursive=maybe", nil, 400, api.CodeInvalid, ""},
