@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -116,6 +118,48 @@ func TestGuestFS(t *testing.T) {
 		}
 		if _, err := gfs.Stat(ctx, "/root/d"); !errors.Is(err, fs.ErrNotExist) {
 			t.Fatalf("after RemoveAll: %v", err)
+		}
+	})
+
+	t.Run("copy archive", func(t *testing.T) {
+		old := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
+		src := filepath.Join(t.TempDir(), "tree")
+		os.MkdirAll(filepath.Join(src, "sub"), 0o775)
+		os.WriteFile(filepath.Join(src, "sub", "f"), []byte("f"), 0o664)
+		os.Chmod(filepath.Join(src, "sub"), 0o775) // past the umask
+		os.Chmod(filepath.Join(src, "sub", "f"), 0o664)
+		for _, p := range []string{"sub/f", "sub", "."} {
+			os.Chtimes(filepath.Join(src, p), old, old)
+		}
+		if err := gfs.MkdirAll(ctx, "/root/cpa", 0); err != nil {
+			t.Fatal(err)
+		}
+		// Into an existing directory: under its own name, as cp -a does.
+		if err := vm.UploadWith(ctx, src, "/root/cpa", smolvm.CopyOptions{Archive: true}); err != nil {
+			t.Fatal(err)
+		}
+		for p, perm := range map[string]fs.FileMode{"/root/cpa/tree/sub/f": 0o664, "/root/cpa/tree/sub": 0o775, "/root/cpa/tree": 0o755} {
+			fi, err := gfs.Stat(ctx, p)
+			if err != nil || !fi.ModTime.Equal(old) || (p != "/root/cpa/tree" && fi.Perm != perm) {
+				t.Errorf("uploaded %s: %+v, %v; want mode %o, mtime %s", p, fi, err, perm, old)
+			}
+		}
+		for _, tc := range []struct {
+			archive bool
+			perm    fs.FileMode
+		}{{true, 0o664}, {false, 0o644}} {
+			dst := t.TempDir()
+			if err := vm.DownloadWith(ctx, "/root/cpa/tree", dst, smolvm.CopyOptions{Archive: tc.archive}); err != nil {
+				t.Fatal(err)
+			}
+			fi, err := os.Stat(filepath.Join(dst, "tree", "sub", "f"))
+			if err != nil || fi.Mode().Perm() != tc.perm || fi.ModTime().Equal(old) != tc.archive {
+				t.Errorf("archive %v: downloaded file %v, mtime %v; want mode %o, old mtime %v", tc.archive, modeOf(fi, err), fi.ModTime(), tc.perm, tc.archive)
+			}
+			di, err := os.Stat(filepath.Join(dst, "tree", "sub"))
+			if err != nil || di.ModTime().Equal(old) != tc.archive {
+				t.Errorf("archive %v: downloaded dir mtime %v, want old %v", tc.archive, di.ModTime(), tc.archive)
+			}
 		}
 	})
 

@@ -75,14 +75,18 @@ func (c *Client) ReadFileBytes(ctx context.Context, id, p string, limit int64) (
 
 // Watch streams the changes in the guest directory p to fn until ctx is
 // done (ctx.Err()), the directory goes (nil), or the server reports an
-// error. Lines are bounded as the SDK bounds the guest's.
-func (c *Client) Watch(ctx context.Context, id, p string, recursive bool, fn func(smolvm.WatchEvent)) error {
+// error. ready (nil: none) is called once the guest watches: the server
+// answers then. Lines are bounded as the SDK bounds the guest's.
+func (c *Client) Watch(ctx context.Context, id, p string, recursive bool, ready func(), fn func(smolvm.WatchEvent)) error {
 	q := url.Values{"path": {p}, "recursive": {strconv.FormatBool(recursive)}}
 	resp, err := c.send(ctx, request{method: http.MethodGet, path: "/vms/" + esc(id) + "/files/watch", query: q})
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
+	if ready != nil {
+		ready()
+	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 0, 4096), guest.MaxWatchLine+1024)
 	for sc.Scan() {
