@@ -57,7 +57,8 @@ type WatchOptions struct {
 // that arrive while it is busy wait in a bounded queue, and past that are
 // dropped and reported as one WatchOverflow with Dropped set, so a guest
 // that changes files faster than fn takes them costs the host bounded
-// memory. It needs the guest's smolvm-watch agent (inotify).
+// memory. Watch returns only after fn's last call has. It needs the
+// guest's smolvm-watch agent (inotify).
 func (f *FS) Watch(ctx context.Context, dir string, opts WatchOptions, fn func(WatchEvent)) error {
 	if err := fsPath(dir, true); err != nil {
 		return opError("watch", f.vm.id, err)

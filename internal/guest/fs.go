@@ -55,7 +55,7 @@ const (
 // return.
 var ErrTooMany = errors.New("guest: too many directory entries")
 
-// Stat lstat's the guest path p.
+// FSStat lstat's the guest path p.
 func (c *Client) FSStat(ctx context.Context, p string) (FSEntry, error) {
 	r, err := c.fsOp(ctx, FSRequest{Op: "stat", Path: p})
 	if err != nil {
