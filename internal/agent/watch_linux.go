@@ -25,7 +25,7 @@ const (
 	maxDirty = 1 << 16
 	// movePairWait is how long, in milliseconds, an IN_MOVED_FROM waits
 	// for its IN_MOVED_TO in a later read.
-	movePairWait = 50
+	movePairWait = 100
 	watchMask    = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MODIFY | unix.IN_CLOSE_WRITE |
 		unix.IN_MOVED_FROM | unix.IN_MOVED_TO | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF |
 		unix.IN_ONLYDIR | unix.IN_EXCL_UNLINK
