@@ -11,11 +11,24 @@ import (
 	"github.com/smolvm/smolvm"
 )
 
-// archiveCopier is a machine that can copy with cp -a's semantics (the
-// SDK's; not yet through a server).
+// archiveCopier is a machine that can copy with cp -a's semantics:
+// localVM through the SDK's methods, remoteVM below.
 type archiveCopier interface {
 	UploadWith(ctx context.Context, local, guestPath string, o smolvm.CopyOptions) error
 	DownloadWith(ctx context.Context, guestPath, local string, o smolvm.CopyOptions) error
+}
+
+var (
+	_ archiveCopier = localVM{}
+	_ archiveCopier = (*remoteVM)(nil)
+)
+
+func (v *remoteVM) UploadWith(ctx context.Context, local, guestPath string, o smolvm.CopyOptions) error {
+	return v.c.UploadWith(ctx, v.info.ID, local, guestPath, nil, o)
+}
+
+func (v *remoteVM) DownloadWith(ctx context.Context, guestPath, local string, o smolvm.CopyOptions) error {
+	return v.c.DownloadWith(ctx, v.info.ID, guestPath, local, nil, o)
 }
 
 func newCpCmd(g *globalOptions) *cobra.Command {

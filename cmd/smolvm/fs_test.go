@@ -3,7 +3,10 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -67,5 +70,48 @@ func testFSWatch(t *testing.T, vm string, clis ...cli) {
 			t.Fatalf("%d: fs watch still runs 30s after SIGINT", i)
 		}
 		c.ok("fs", "rm", "-r", vm, "/root/fsw/watched")
+	}
+}
+
+// testCpArchive copies with -a both ways, locally and through the server:
+// modes (group write too) and modification times survive, for a tree and
+// for one file.
+func testCpArchive(t *testing.T, vm string, clis ...cli) {
+	old := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
+	src := filepath.Join(t.TempDir(), "tree")
+	os.MkdirAll(filepath.Join(src, "sub"), 0o775)
+	os.WriteFile(filepath.Join(src, "sub", "f"), []byte("f"), 0o664)
+	os.Chmod(filepath.Join(src, "sub"), 0o775)
+	os.Chmod(filepath.Join(src, "sub", "f"), 0o664)
+	for _, p := range []string{"sub/f", "sub", "."} {
+		os.Chtimes(filepath.Join(src, p), old, old)
+	}
+	for i, c := range clis {
+		c.t = t
+		g := fmt.Sprintf("/root/cpa%d", i)
+		c.ok("fs", "mkdir", vm, g)
+		c.ok("cp", "-a", src, vm+":"+g)
+		c.ok("cp", "-a", filepath.Join(src, "sub", "f"), vm+":"+g+"/one")
+		for _, p := range []string{g + "/tree/sub/f", g + "/tree/sub", g + "/one"} {
+			var fi smolvm.FileInfo
+			c.json(&fi, "fs", "stat", vm, p)
+			if !fi.ModTime.Equal(old) || fi.Perm&0o020 == 0 {
+				t.Errorf("%d: %s in the guest: %+v, want mtime %s and group write", i, p, fi, old)
+			}
+		}
+		dst := t.TempDir()
+		c.ok("cp", "-a", vm+":"+g+"/tree", dst)
+		c.ok("cp", "-a", vm+":"+g+"/one", filepath.Join(dst, "one"))
+		for _, p := range []string{"tree/sub/f", "tree/sub", "one"} {
+			fi, err := os.Stat(filepath.Join(dst, p))
+			if err != nil || !fi.ModTime().Equal(old) || fi.Mode().Perm()&0o020 == 0 {
+				t.Errorf("%d: %s on the host: %v %v, want mtime %s and group write", i, p, fi.Mode(), fi.ModTime(), old)
+			}
+		}
+		// Without -a, as cp under umask 022: no group write on the host.
+		c.ok("cp", vm+":"+g+"/one", filepath.Join(dst, "plain"))
+		if fi, err := os.Stat(filepath.Join(dst, "plain")); err != nil || fi.Mode().Perm() != 0o644 {
+			t.Errorf("%d: cp without -a: %v, want 0644", i, fi.Mode())
+		}
 	}
 }

@@ -227,6 +227,7 @@ func TestRemoteMatchesLocal(t *testing.T) {
 		return
 	}
 	t.Run("fs watch", func(t *testing.T) { testFSWatch(t, vm, local, overUnix) })
+	t.Run("cp -a", func(t *testing.T) { testCpArchive(t, vm, local, overUnix) })
 
 	t.Run("doctor", func(t *testing.T) {
 		var l, r doctorReport

@@ -2,6 +2,10 @@ package api
 
 import "github.com/smolvm/smolvm"
 
+// FileMtimeHeader carries a downloaded file's modification time (RFC
+// 3339, to the second: SFTP's precision).
+const FileMtimeHeader = "X-Smolvm-Mtime"
+
 // FileList is GET /v1/vms/{id}/files/list?path=P.
 type FileList struct {
 	Entries []smolvm.FileInfo `json:"entries"`
