@@ -206,7 +206,16 @@ func lsLine(e smolvm.FileInfo) string {
 	if e.Target != "" {
 		name += " -> " + printable(e.Target)
 	}
-	return fmt.Sprintf("%s %10d %s %s", e.Mode(), e.Size, e.ModTime.Local().Format("2006-01-02 15:04"), name)
+	return fmt.Sprintf("%s %10d %s %s", lsMode(e), e.Size, e.ModTime.Local().Format("2006-01-02 15:04"), name)
+}
+
+// lsMode is ls -l's mode column ("lrwxrwxrwx", not Go's "Lrwxrwxrwx").
+func lsMode(e smolvm.FileInfo) string {
+	kind := map[string]string{"dir": "d", "symlink": "l", "fifo": "p", "socket": "s", "device": "b", "chardev": "c"}[e.Type]
+	if kind == "" {
+		kind = "-"
+	}
+	return kind + e.Perm.Perm().String()[1:]
 }
 
 func printable(s string) string {
@@ -228,7 +237,7 @@ func newFSStatCmd(g *globalOptions) *cobra.Command {
 					return err
 				}
 				return g.output(cmd.OutOrStdout(), fi, func(w io.Writer) error {
-					_, err := fmt.Fprintf(w, "name:  %s\ntype:  %s\nsize:  %d\nmode:  %04o (%s)\nmtime: %s\n", printable(fi.Name), fi.Type, fi.Size, fi.Perm, fi.Mode(), fi.ModTime.Local().Format(time.RFC3339Nano))
+					_, err := fmt.Fprintf(w, "name:  %s\ntype:  %s\nsize:  %d\nmode:  %04o (%s)\nmtime: %s\n", printable(fi.Name), fi.Type, fi.Size, fi.Perm, lsMode(fi), fi.ModTime.Local().Format(time.RFC3339Nano))
 					if err == nil && fi.Target != "" {
 						_, err = fmt.Fprintf(w, "target: %s\n", printable(fi.Target))
 					}

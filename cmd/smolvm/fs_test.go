@@ -115,3 +115,30 @@ func testCpArchive(t *testing.T, vm string, clis ...cli) {
 		}
 	}
 }
+
+func TestFSLines(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 0, 0, time.Local)
+	for _, tc := range []struct {
+		e    smolvm.FileInfo
+		want string
+	}{
+		{smolvm.FileInfo{Name: "f", Type: "file", Size: 3, Perm: 0o640, ModTime: at}, "-rw-r-----          3 2026-01-02 03:04 f"},
+		{smolvm.FileInfo{Name: "l", Type: "symlink", Size: 1, Perm: 0o777, ModTime: at, Target: "f"}, "lrwxrwxrwx          1 2026-01-02 03:04 l -> f"},
+		{smolvm.FileInfo{Name: "d", Type: "dir", Perm: 0o755, ModTime: at}, "drwxr-xr-x          0 2026-01-02 03:04 d"},
+		// A guest's name with a terminal escape is quoted, not printed.
+		{smolvm.FileInfo{Name: "x\x1b[2J", Type: "file", Perm: 0o644, ModTime: at}, `-rw-r--r--          0 2026-01-02 03:04 "x\x1b[2J"`},
+	} {
+		if got := lsLine(tc.e); got != tc.want {
+			t.Errorf("lsLine:\n%s\nwant\n%s", got, tc.want)
+		}
+	}
+	for e, want := range map[smolvm.WatchEvent]string{
+		{Op: smolvm.WatchRename, OldPath: "a", Path: "b", Dir: true}: "rename a/ -> b/",
+		{Op: smolvm.WatchCreate, Path: "n\x07"}:                      `create "n\a"`,
+		{Op: smolvm.WatchOverflow, Dropped: 3, Message: "3 dropped"}: "overflow 3 dropped",
+	} {
+		if got := watchLine(e); got != want {
+			t.Errorf("watchLine(%+v) = %q, want %q", e, got, want)
+		}
+	}
+}
