@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"syscall"
 
 	"github.com/pkg/sftp"
 
@@ -75,6 +76,7 @@ func (v *VM) DownloadWith(ctx context.Context, guestPath, local string, o CopyOp
 // which is renamed over guestPath only once complete, so a failure or a
 // cancelled ctx leaves the old file (or none) in place. Missing parent
 // directories are made; perm 0 means 0644. It returns the bytes written.
+// A directory at guestPath matches ErrInvalid and syscall.EISDIR.
 func (v *VM) WriteFile(ctx context.Context, guestPath string, r io.Reader, perm fs.FileMode) (int64, error) {
 	if err := checkGuestPath(guestPath); err != nil {
 		return 0, opError("write file", v.id, err)
@@ -88,7 +90,8 @@ func (v *VM) WriteFile(ctx context.Context, guestPath string, r io.Reader, perm 
 	var n int64
 	err := v.withSFTP(ctx, func(c *sftp.Client) error {
 		if fi, err := c.Lstat(guestPath); err == nil && fi.IsDir() {
-			return &ValidationError{Field: "guest path", Value: guestPath, Reason: "is a directory: name the file to write inside it, such as " + path.Join(guestPath, "file")}
+			// Both: bad input (ErrInvalid), and what os would say.
+			return fmt.Errorf("%w (%w)", &ValidationError{Field: "guest path", Value: guestPath, Reason: "is a directory: name the file to write inside it, such as " + path.Join(guestPath, "file")}, syscall.EISDIR)
 		}
 		dir := path.Dir(guestPath)
 		if err := c.MkdirAll(dir); err != nil {

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pkg/sftp"
+
 	"github.com/smolvm/smolvm/internal/guest"
 )
 
@@ -104,28 +106,38 @@ func (f *FS) ReadFileLimit(ctx context.Context, name string, limit int64) ([]byt
 	if limit <= 0 {
 		return nil, opError("read file", f.vm.id, &ValidationError{Field: "limit", Value: limit, Reason: "must be positive"})
 	}
-	c, err := f.client(ctx, "read file")
-	if err != nil {
-		return nil, err
-	}
-	e, err := c.FSStat(ctx, name)
+	w := &capBuffer{max: limit}
+	err := f.vm.withSFTP(ctx, func(c *sftp.Client) error {
+		// Stat first: a FIFO would block the open, and a file already
+		// over the limit need not be sent at all.
+		fi, err := c.Stat(name)
+		switch {
+		case err != nil:
+			return fmt.Errorf("%s: %w", name, err)
+		case fi.IsDir():
+			return &fs.PathError{Op: "read", Path: name, Err: syscall.EISDIR}
+		case !fi.Mode().IsRegular():
+			return &ValidationError{Field: "path", Value: name, Reason: "is a " + guest.Kind(fi.Mode()) + ", not a file"}
+		case fi.Size() > limit:
+			return fmt.Errorf("%s: %w: %d bytes, over the limit of %d (stream it with VM.ReadFile)", name, ErrTooLarge, fi.Size(), limit)
+		}
+		// The size is the guest's word; the cap holds whatever it sends.
+		w.buf.Grow(int(min(fi.Size(), limit, 1<<20)))
+		in, err := c.Open(name)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		defer in.Close()
+		if _, err := in.WriteTo(w); err != nil {
+			if w.over {
+				return fmt.Errorf("%s: %w: grew over the limit of %d bytes while it was read", name, ErrTooLarge, limit)
+			}
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, opError("read file", f.vm.id, err)
-	}
-	switch {
-	case e.Type == "dir":
-		return nil, opError("read file", f.vm.id, &fs.PathError{Op: "read", Path: name, Err: syscall.EISDIR})
-	case e.Size > limit:
-		return nil, opError("read file", f.vm.id, fmt.Errorf("%s: %w: %d bytes, over the limit of %d (stream it with VM.ReadFile)", name, ErrTooLarge, e.Size, limit))
-	}
-	// The stat is the guest's word; the cap holds whatever it sends.
-	w := &capBuffer{max: limit}
-	w.buf.Grow(int(min(max(e.Size, 0), limit, 1<<20)))
-	if _, err := f.vm.ReadFile(ctx, name, w); err != nil {
-		if w.over {
-			return nil, opError("read file", f.vm.id, fmt.Errorf("%s: %w: grew over the limit of %d bytes while it was read", name, ErrTooLarge, limit))
-		}
-		return nil, err
 	}
 	return w.buf.Bytes(), nil
 }
@@ -155,14 +167,7 @@ func (f *FS) WriteFile(ctx context.Context, name string, data []byte, perm fs.Fi
 	if err := fsPath(name, false); err != nil {
 		return opError("write file", f.vm.id, err)
 	}
-	c, err := f.client(ctx, "write file")
-	if err != nil {
-		return err
-	}
-	if e, err := c.FSStat(ctx, name); err == nil && e.Type == "dir" {
-		return opError("write file", f.vm.id, &fs.PathError{Op: "write", Path: name, Err: syscall.EISDIR})
-	}
-	_, err = f.vm.WriteFile(ctx, name, bytes.NewReader(data), perm)
+	_, err := f.vm.WriteFile(ctx, name, bytes.NewReader(data), perm)
 	return err
 }
 
