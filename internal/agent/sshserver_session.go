@@ -130,6 +130,10 @@ func (s *session) handle(req *ssh.Request) {
 			s.start(req, s.startSFTP)
 		case "smolvm-env":
 			s.start(req, s.startEnv)
+		case "smolvm-fs":
+			s.start(req, s.startFS)
+		case "smolvm-watch":
+			s.start(req, s.startWatch)
 		case "smolvm-secrets":
 			s.start(req, s.startSecrets)
 		default:
