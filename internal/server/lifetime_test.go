@@ -2,6 +2,9 @@ package server_test
 
 import (
 	"context"
+	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -82,4 +85,37 @@ func TestLifetimeAPI(t *testing.T) {
 	if r := ts.do(t, ctx, "POST", "/v1/vms", api.CreateVM{ID: "api-life3", Secrets: map[string]string{"S": "x"}}); r.status != 400 {
 		t.Errorf("secrets without start: %d %s", r.status, r.body)
 	}
+}
+
+// TestKeepLifetimes: a serving smolvm ends VMs no keeper keeps once
+// their lifetime is over (here a created one, with on-expire delete),
+// without any request naming them.
+func TestKeepLifetimes(t *testing.T) {
+	requireVM(t)
+	ctx := testContext(t, 2*time.Minute)
+	const id = "api-life-serve"
+	t.Cleanup(func() { deleteVM(t, id) })
+	vm, err := smolvm.NewFromConfig(ctx, smolvm.VMConfig{ID: id, TTL: time.Second, OnExpire: smolvm.ExpireDelete},
+		smolvm.WithHome(testEnv.home), smolvm.WithAgent(testEnv.agent), smolvm.WithColdBoot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	due := vm.Info().Config.ExpiresAt
+	vm.Close()
+	srv := server.New(server.Config{Home: testEnv.home, Agent: testEnv.agent})
+	defer srv.Close()
+	kctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go srv.KeepLifetimes(kctx, 50*time.Millisecond)
+	row := filepath.Join(testEnv.home, "vms", id)
+	for {
+		if _, err := os.Stat(row); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(due.Add(30 * time.Second)) {
+			t.Fatal("still there 30s after its lifetime ended")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("deleted %s after its lifetime ended", time.Since(due).Round(time.Millisecond))
 }
