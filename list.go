@@ -6,7 +6,9 @@ import (
 )
 
 // List returns every VM in the state directory, each reconciled with its
-// process.
+// process, or those WithLabelFilter selects. Like every look at a VM, it
+// ends VMs whose lifetime is over (a deleted one is not listed) and
+// restarts a running VM's missing keeper (docs/lifetimes.md).
 func List(ctx context.Context, opts ...Option) ([]VMInfo, error) {
 	s := newSettings(opts)
 	filter, err := parseLabelFilter(s.labelFilter)

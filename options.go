@@ -31,11 +31,12 @@ type settings struct {
 	subnet       string
 	progress     io.Writer
 	config       func(*VMConfig)
-	snapshot     *snapshotPlan     // set by FromSnapshot
-	cold         bool              // WithColdBoot
-	keeper       string            // WithKeeper
-	labelFilter  []string          // WithLabelFilter (List)
-	secrets      map[string]string // WithStartSecrets: never stored
+	snapshot     *snapshotPlan // set by FromSnapshot
+	cold         bool          // WithColdBoot
+
+	keeper      string            // WithKeeper
+	labelFilter []string          // WithLabelFilter (List)
+	secrets     map[string]string // WithStartSecrets: never stored
 }
 
 // WithHome sets the state directory (default $SMOLVM_HOME, else
