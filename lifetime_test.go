@@ -301,3 +301,46 @@ func TestLifetimeSecretsKeeper(t *testing.T) {
 		}
 	})
 }
+
+// TestExpiryRaces: looks that each enforce a lifetime that is over, and a
+// user's Delete, all at once on one VM: one of them deletes it, the
+// others see it gone (ErrNotFound), leave it to the lock's holder or
+// finish its removal; nothing fails otherwise and nothing is left.
+func TestExpiryRaces(t *testing.T) {
+	ctx := testContext(t, 2*time.Minute)
+	vm := newVM(t, ctx, smolvm.VMConfig{TTL: time.Millisecond, OnExpire: smolvm.ExpireDelete}, smolvm.WithColdBoot())
+	id, dir := vm.ID(), vm.DataDir()
+	time.Sleep(time.Until(vm.Info().Config.ExpiresAt)) // for the lifetime to be over
+	errs := make(chan error, 12)
+	for i := range 12 {
+		go func() {
+			switch i % 3 {
+			case 0:
+				// (A look that finds the lock taken leaves the VM to its
+				// holder, and may still list it.)
+				_, err := smolvm.List(ctx)
+				errs <- err
+			case 1:
+				v, err := smolvm.FromID(ctx, id)
+				if err == nil {
+					v.Close()
+				}
+				errs <- err
+			default:
+				errs <- vm.Delete(ctx)
+			}
+		}()
+	}
+	for range 12 {
+		if err := <-errs; err != nil && !errors.Is(err, smolvm.ErrNotFound) {
+			t.Error(err)
+		}
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("its directory is left: %v", err)
+	}
+	vms, err := smolvm.List(ctx)
+	if err != nil || slices.ContainsFunc(vms, func(v smolvm.VMInfo) bool { return v.ID == id }) {
+		t.Errorf("listed after it was deleted (%v)", err)
+	}
+}
