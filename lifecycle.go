@@ -635,7 +635,7 @@ func (v *VM) delete(ctx context.Context) error {
 		if err := removeAllButDisk(v.paths); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
-	} else if err := os.RemoveAll(v.paths.dir); err != nil {
+	} else if err := removeVMDir(v.paths.dir); err != nil {
 		return err
 	}
 	if err := v.st.DeleteVM(ctx, v.id); err != nil && !errors.Is(err, store.ErrNotFound) {

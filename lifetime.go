@@ -8,7 +8,8 @@ import (
 	"os"
 	"time"
 
-	"github.com/smolvm/smolvm/internal/flock"
+	"golang.org/x/sys/unix"
+
 	"github.com/smolvm/smolvm/internal/keeper"
 	"github.com/smolvm/smolvm/internal/store"
 )
@@ -183,15 +184,16 @@ func (v *VM) expireOnLook(ctx context.Context) error {
 	if !cfg.expired(time.Now()) {
 		return nil
 	}
-	try, cancel := context.WithCancel(ctx)
-	cancel() // one attempt, no wait
-	unlock, err := flock.Lock(try, v.paths.lock(), 0o600)
+	unlock, err := tryLockExisting(v.paths.lock())
 	switch {
 	case errors.Is(err, os.ErrNotExist):
+		if _, serr := os.Stat(v.paths.dir); !errors.Is(serr, os.ErrNotExist) {
+			return nil // its directory is being removed right now
+		}
 		// No directory left to lock (a delete cut short): as Delete does,
 		// finish removing the row.
 	case err != nil:
-		return nil
+		return nil // someone holds the lock: they, or the next look, see to it
 	default:
 		defer unlock()
 	}
@@ -204,6 +206,21 @@ func (v *VM) expireOnLook(ctx context.Context) error {
 		return expiredDeleted(cfg)
 	}
 	return nil
+}
+
+// tryLockExisting takes the VM's lock if it is free, without waiting and
+// without making the lock file: a look must not put a file back into a
+// directory a delete is removing.
+func tryLockExisting(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { f.Close() }, nil
 }
 
 func expiredDeleted(cfg VMConfig) error {
@@ -225,4 +242,16 @@ func (v *VM) refuseExpired(ctx context.Context) error {
 	}
 	return &ValidationError{Field: "ttl", Value: cfg.ExpiresAt.Format(time.RFC3339),
 		Reason: fmt.Sprintf("the VM's lifetime is over; give it a new one first (smolvm ttl %s 10m, or VM.SetTTL), or none (smolvm ttl %s 0)", v.id, v.id)}
+}
+
+// removeVMDir removes a VM's directory, again when a racing process put a
+// file back meanwhile (a lock file: another Delete, or a look, opening it).
+func removeVMDir(dir string) error {
+	var err error
+	for range 5 {
+		if err = os.RemoveAll(dir); !errors.Is(err, unix.ENOTEMPTY) {
+			return err
+		}
+	}
+	return err
 }

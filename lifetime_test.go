@@ -326,8 +326,12 @@ func TestExpiryRaces(t *testing.T) {
 					v.Close()
 				}
 				errs <- err
-			default:
-				errs <- vm.Delete(ctx)
+			default: // a user's delete, from a handle of its own
+				v, err := smolvm.FromID(ctx, id)
+				if err == nil {
+					err = v.Delete(ctx)
+				}
+				errs <- err
 			}
 		}()
 	}
