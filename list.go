@@ -38,7 +38,8 @@ func List(ctx context.Context, opts ...Option) ([]VMInfo, error) {
 		if err := v.expireOnLook(ctx); errors.Is(err, ErrNotFound) {
 			continue // expired and deleted
 		} else if err != nil {
-			return nil, opError("list", row.ID, err)
+			// The list still answers; the next look tries again.
+			v.log().Warn("list: ending a VM whose lifetime is over", "err", err)
 		}
 		v.lookedAt(ctx)
 		if !matchLabels(v.Info().Config.Labels, filter) {

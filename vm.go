@@ -219,9 +219,11 @@ func FromID(ctx context.Context, id string, opts ...Option) (*VM, error) {
 		st.Close()
 		return nil, opError("open", id, err)
 	}
-	if err := v.expireOnLook(ctx); err != nil {
+	if err := v.expireOnLook(ctx); errors.Is(err, ErrNotFound) {
 		st.Close()
 		return nil, opError("open", id, err)
+	} else if err != nil {
+		v.log().Warn("open: ending a VM whose lifetime is over", "err", err)
 	}
 	v.lookedAt(ctx)
 	return v, nil
