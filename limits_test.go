@@ -1,0 +1,240 @@
+package smolvm_test
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/smolvm/smolvm"
+	"github.com/smolvm/smolvm/internal/network"
+)
+
+// TestLimits boots one VM with every limit set at create and checks, on
+// it, that the guest is held to each (timings as lower bounds only: a
+// throttle guarantees a minimum duration, never a maximum), that a change
+// at runtime takes effect, that the metrics make sense, that a guest
+// lying in /proc/meminfo is parsed boundedly, and that stop and delete
+// leave no cgroup or rule behind while start applies the limits again.
+func TestLimits(t *testing.T) {
+	requireVM(t)
+	if os.Geteuid() != 0 {
+		t.Skip("limits need root (cgroups, TAP shaping)")
+	}
+	ctx := testContext(t, 6*time.Minute)
+	lim := smolvm.Limits{CPU: 0.2, MemoryMiB: smolvm.DefaultMemoryMiB + 256, DiskBPS: 2_000_000, NetBPS: 512 << 10}
+	vm := newVM(t, ctx, smolvm.VMConfig{Limits: lim})
+	startVM(t, ctx, vm)
+	info := vm.Info()
+	if info.Config.Limits != lim {
+		t.Fatalf("config limits = %+v, want %+v", info.Config.Limits, lim)
+	}
+
+	cgroupDirs := func(t *testing.T) []string {
+		t.Helper()
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(vm.Info().PID) + "/cgroup")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var dirs []string
+		for line := range strings.Lines(string(b)) {
+			parts := strings.SplitN(strings.TrimSpace(line), ":", 3)
+			if len(parts) != 3 || !strings.Contains(parts[2], "/smolvm/") {
+				continue
+			}
+			switch parts[1] {
+			case "cpu", "memory", "":
+				root := "/sys/fs/cgroup"
+				if parts[1] != "" {
+					root = filepath.Join(root, parts[1])
+				}
+				dirs = append(dirs, filepath.Join(root, parts[2]))
+			}
+		}
+		if len(dirs) == 0 {
+			t.Fatalf("QEMU is in no smolvm cgroup:\n%s", b)
+		}
+		return dirs
+	}
+	quota := func(t *testing.T) string {
+		t.Helper()
+		for _, d := range cgroupDirs(t) {
+			if b, err := os.ReadFile(filepath.Join(d, "cpu.cfs_quota_us")); err == nil {
+				return strings.TrimSpace(string(b))
+			}
+			if b, err := os.ReadFile(filepath.Join(d, "cpu.max")); err == nil {
+				return strings.Fields(string(b))[0]
+			}
+		}
+		t.Fatal("no CPU quota file in the VM's cgroup")
+		return ""
+	}
+	timed := func(t *testing.T, cmd string, opts ...smolvm.RunOption) time.Duration {
+		t.Helper()
+		began := time.Now()
+		res := run(t, ctx, vm, cmd, opts...)
+		if !res.OK() {
+			t.Fatalf("%s: exit %d: %s", cmd, res.ExitCode, res.Output())
+		}
+		return time.Since(began)
+	}
+	// The guest's dd writes past its page cache (O_DIRECT), so what it
+	// times is the disk.
+	const ddBytes = 4 << 20
+	dd := "dd if=/dev/zero of=/root/limits-dd bs=64k count=64 oflag=direct 2>&1 && rm /root/limits-dd"
+	atLeast := func(t *testing.T, what string, got time.Duration, bytes, rate int64) {
+		t.Helper()
+		// QEMU and tbf let a burst of a tenth of the rate through; 0.6
+		// leaves room for that and for clocks.
+		want := time.Duration(0.6 * float64(bytes) / float64(rate) * float64(time.Second))
+		t.Logf("%s: %d bytes at %d B/s took %v (at least %v)", what, bytes, rate, got.Round(time.Millisecond), want.Round(time.Millisecond))
+		if got < want {
+			t.Errorf("%s took %v, want at least %v: not throttled", what, got, want)
+		}
+	}
+
+	t.Run("cgroup", func(t *testing.T) {
+		if q := quota(t); q != "20000" {
+			t.Errorf("CPU quota = %s µs per 100 ms, want 20000", q)
+		}
+	})
+	t.Run("cpu throttled", func(t *testing.T) {
+		run(t, ctx, vm, `timeout 6 sh -c 'while :; do :; done' >/dev/null 2>&1 &`)
+		m1, err := vm.Metrics(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(4 * time.Second) // the window measured, not a wait for an event
+		m2, err := vm.Metrics(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		used := float64(m2.CPU.TimeNS-m1.CPU.TimeNS) / float64(m2.At.Sub(m1.At))
+		t.Logf("a guest spinning under a 0.2 CPU quota used %.3f CPUs (metrics say %.3f), throttled %v", used, m2.CPU.Usage, time.Duration(m2.CPU.ThrottledNS-m1.CPU.ThrottledNS))
+		if used > 0.2*1.5 {
+			t.Errorf("QEMU used %.2f CPUs, want at most ~0.2", used)
+		}
+		if m2.CPU.ThrottledNS <= m1.CPU.ThrottledNS {
+			t.Errorf("throttled time did not grow (%d -> %d): the quota never held the guest back", m1.CPU.ThrottledNS, m2.CPU.ThrottledNS)
+		}
+	})
+	t.Run("disk throttled", func(t *testing.T) {
+		atLeast(t, "dd", timed(t, dd), ddBytes, lim.DiskBPS)
+	})
+	t.Run("net throttled", func(t *testing.T) {
+		const n = 1 << 20
+		atLeast(t, "to the guest", timed(t, "cat >/dev/null", smolvm.WithStdin(bytes.NewReader(make([]byte, n)))), n, lim.NetBPS)
+		atLeast(t, "from the guest", timed(t, "head -c "+strconv.Itoa(n)+" /dev/zero", smolvm.WithOutputLimit(2*n)), n, lim.NetBPS)
+	})
+	t.Run("runtime change", func(t *testing.T) {
+		changed := lim
+		changed.CPU, changed.DiskBPS, changed.NetBPS = 0.1, 1_000_000, 0
+		if err := vm.SetLimits(ctx, changed); err != nil {
+			t.Fatal(err)
+		}
+		if q := quota(t); q != "10000" {
+			t.Errorf("CPU quota = %s after the change, want 10000", q)
+		}
+		atLeast(t, "dd after the change", timed(t, dd), ddBytes, changed.DiskBPS)
+		if got := vm.Info().Config.Limits; got != changed {
+			t.Errorf("stored limits = %+v, want %+v", got, changed)
+		}
+		bad := changed
+		bad.MemoryMiB = smolvm.DefaultMemoryMiB // below the guest's RAM + margin
+		if err := vm.SetLimits(ctx, bad); !errors.Is(err, smolvm.ErrInvalid) {
+			t.Errorf("a memory limit below the guest's RAM: err = %v, want ErrInvalid", err)
+		}
+		lim = changed
+	})
+	t.Run("metrics", func(t *testing.T) {
+		m1, err := vm.Metrics(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		run(t, ctx, vm, "dd if=/dev/zero of=/root/m bs=64k count=4 oflag=direct 2>/dev/null; rm /root/m")
+		m2, err := vm.Metrics(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("metrics: %+v guest %+v net %+v", *m2, m2.Guest, m2.Net)
+		switch {
+		case m2.CPU.TimeNS <= 0 || m2.CPU.TimeNS < m1.CPU.TimeNS:
+			t.Errorf("CPU time %d then %d", m1.CPU.TimeNS, m2.CPU.TimeNS)
+		case m2.Memory.RSS < 16<<20 || m2.Memory.PSS <= 0 || m2.Memory.Cgroup <= 0:
+			t.Errorf("memory = %+v, want RSS, PSS and cgroup usage", m2.Memory)
+		case m2.Disk.WriteBytes < m1.Disk.WriteBytes+256<<10 || m2.Disk.WriteOps <= m1.Disk.WriteOps:
+			t.Errorf("disk writes %+v then %+v, want 256 KiB more", m1.Disk, m2.Disk)
+		case m2.Net == nil || m2.Net.RxBytes <= m1.Net.RxBytes || m2.Net.TxBytes <= m1.Net.TxBytes:
+			t.Errorf("net %+v then %+v, want both ways growing (the SSH session)", m1.Net, m2.Net)
+		case m2.Guest == nil:
+			t.Errorf("no guest metrics: %s", m2.GuestError)
+		case m2.Guest.MemTotal < 256<<20 || m2.Guest.MemTotal > int64(smolvm.DefaultMemoryMiB)<<20 || m2.Guest.MemAvailable <= 0:
+			t.Errorf("guest memory = %+v", *m2.Guest)
+		case m2.Limits != lim:
+			t.Errorf("metrics limits = %+v, want %+v", m2.Limits, lim)
+		}
+	})
+	t.Run("hostile meminfo", func(t *testing.T) {
+		for name, content := range map[string]string{
+			"huge line": "MemTotal: " + strings.Repeat("9", 4000) + " kB\nMemAvailable: 1 kB\n",
+			"too big":   strings.Repeat("Junk: 1 kB\n", 4000),
+			"lies":      "MemTotal: 1 kB\nMemAvailable: 999999999 kB\n",
+			"overflow":  "MemTotal: 99999999999999999999 kB\nMemAvailable: 1 kB\n",
+			"twice":     "MemTotal: 2 kB\nMemTotal: 3 kB\nMemAvailable: 1 kB\n",
+			"binary":    "MemTotal:\x00\xff kB\n",
+		} {
+			t.Run(name, func(t *testing.T) {
+				if _, err := vm.WriteFile(ctx, "/root/fake-meminfo", strings.NewReader(content), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				run(t, ctx, vm, "mount --bind /root/fake-meminfo /proc/meminfo")
+				defer run(t, ctx, vm, "umount /proc/meminfo")
+				m, err := vm.Metrics(ctx)
+				if err != nil {
+					t.Fatalf("a lying guest made Metrics fail: %v", err)
+				}
+				if m.Guest != nil || !strings.Contains(m.GuestError, "meminfo") {
+					t.Errorf("guest = %+v, error %q: want the crafted file refused", m.Guest, m.GuestError)
+				}
+				if m.Memory.RSS <= 0 {
+					t.Errorf("host-side memory lost: %+v", m.Memory)
+				}
+			})
+		}
+	})
+	t.Run("stop and start", func(t *testing.T) {
+		dirs := cgroupDirs(t)
+		tap := vm.Info().Network.TAP
+		if err := vm.Stop(ctx, 0); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range dirs {
+			if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("cgroup %s left after stop: %v", d, err)
+			}
+		}
+		for _, s := range network.ShapedTAPs() {
+			if s == tap {
+				t.Errorf("net limit rule of %s left after stop", tap)
+			}
+		}
+		startVM(t, ctx, vm)
+		if q := quota(t); q != "10000" {
+			t.Errorf("CPU quota = %s after a restart, want 10000", q)
+		}
+		atLeast(t, "dd after a restart", timed(t, dd), ddBytes, lim.DiskBPS)
+		dirs = cgroupDirs(t)
+		if err := vm.Delete(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range dirs {
+			if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("cgroup %s left after delete: %v", d, err)
+			}
+		}
+	})
+}
