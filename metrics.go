@@ -295,6 +295,9 @@ func readGuestProc(c *sftp.Client, path string) ([]byte, error) {
 // every line must look like the kernel's ("Key:   N kB", short), both
 // keys must appear once, and the figures must make sense together.
 func parseGuestMeminfo(b []byte) (*GuestMetrics, error) {
+	if len(b) == 0 {
+		return nil, errors.New("guest /proc/meminfo: empty")
+	}
 	var g GuestMetrics
 	seen := map[string]bool{}
 	for n, line := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {

@@ -104,3 +104,7 @@ func ifname(n string) []byte {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// UnshapeTAP removes the from-guest limit of TAP name, whether or not
+// the device still exists (its tc qdisc went with it).
+func UnshapeTAP(name string) error { return limitFromGuest(name, 0) }

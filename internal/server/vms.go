@@ -88,6 +88,7 @@ func (s *Server) create(ctx context.Context, req api.CreateVM) (*smolvm.VM, erro
 		Image: req.Image, KernelPath: req.KernelPath, RootfsPath: req.RootfsPath, InitrdPath: req.InitrdPath,
 		BootArgs: req.BootArgs, Env: req.Env, Mounts: req.Mounts, NoEgress: req.NoEgress,
 		RetainDiskOnDelete: req.RetainDiskOnDelete, ReuseDisk: req.ReuseDisk, BootTimeout: boot,
+		Limits: req.Limits,
 	}
 	vm, err := smolvm.NewFromConfig(ctx, cfg, s.sdk(opts...)...)
 	if err != nil {
