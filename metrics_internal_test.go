@@ -11,7 +11,7 @@ import (
 func TestParseGuestMeminfo(t *testing.T) {
 	const real = "MemTotal:         491732 kB\nMemFree:          402816 kB\nMemAvailable:     428136 kB\nBuffers:            1868 kB\n"
 	tests := []struct {
-		name, in    string
+		name, in     string
 		total, avail int64
 		bad          string
 	}{
