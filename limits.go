@@ -337,8 +337,9 @@ func (v *VM) removeCgroup(ctx context.Context) error {
 // releaseLimits undoes the limits of a VM whose process is gone: the
 // from-guest rule of its TAP (tc goes with the device) and its cgroup.
 func (v *VM) releaseLimits(tap string) {
-	if tap != "" && v.Info().Config.Limits.NetBPS != 0 {
-		if err := network.ShapeTAP(tap, 0); err != nil {
+	// Whatever the limits say now: another process may have changed them.
+	if tap != "" {
+		if err := network.UnshapeTAP(tap); err != nil {
 			v.log().Warn("remove net limit", "err", err)
 		}
 	}

@@ -101,6 +101,14 @@ func TestLimits(t *testing.T) {
 		if q := quota(t); q != "20000" {
 			t.Errorf("CPU quota = %s µs per 100 ms, want 20000", q)
 		}
+		want := strconv.Itoa(lim.MemoryMiB << 20)
+		for _, d := range cgroupDirs(t) {
+			for _, f := range []string{"memory.limit_in_bytes", "memory.max"} {
+				if b, err := os.ReadFile(filepath.Join(d, f)); err == nil && strings.TrimSpace(string(b)) != want {
+					t.Errorf("%s = %s, want %s", f, b, want)
+				}
+			}
+		}
 	})
 	t.Run("cpu throttled", func(t *testing.T) {
 		run(t, ctx, vm, `timeout 6 sh -c 'while :; do :; done' >/dev/null 2>&1 &`)
@@ -179,13 +187,12 @@ func TestLimits(t *testing.T) {
 		}
 	})
 	t.Run("hostile meminfo", func(t *testing.T) {
+		// The parser's cases are in TestParseGuestMeminfo; these check
+		// that a crafted file in a real guest reaches it and no further.
 		for name, content := range map[string]string{
 			"huge line": "MemTotal: " + strings.Repeat("9", 4000) + " kB\nMemAvailable: 1 kB\n",
 			"too big":   strings.Repeat("Junk: 1 kB\n", 4000),
 			"lies":      "MemTotal: 1 kB\nMemAvailable: 999999999 kB\n",
-			"overflow":  "MemTotal: 99999999999999999999 kB\nMemAvailable: 1 kB\n",
-			"twice":     "MemTotal: 2 kB\nMemTotal: 3 kB\nMemAvailable: 1 kB\n",
-			"binary":    "MemTotal:\x00\xff kB\n",
 		} {
 			t.Run(name, func(t *testing.T) {
 				if _, err := vm.WriteFile(ctx, "/root/fake-meminfo", strings.NewReader(content), 0o644); err != nil {
