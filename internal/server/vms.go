@@ -81,6 +81,9 @@ func (s *Server) create(ctx context.Context, req api.CreateVM) (*smolvm.VM, erro
 		if boot != 0 {
 			opts = append(opts, smolvm.WithBootTimeout(boot))
 		}
+		if !req.Limits.IsZero() {
+			opts = append(opts, smolvm.WithLimits(req.Limits))
+		}
 		return smolvm.FromSnapshot(ctx, req.FromSnapshot, s.sdk(opts...)...)
 	}
 	cfg := smolvm.VMConfig{
