@@ -72,3 +72,13 @@ func checkCgroups() Check {
 	}
 	return c
 }
+
+// cgroupHost is the cgroup hierarchy, for doctor and leftovers; ok is
+// false where there is none usable.
+func cgroupHost() (cgroup.Host, bool) {
+	if os.Geteuid() != 0 {
+		return cgroup.Host{}, false
+	}
+	h, err := cgroup.Detect()
+	return h, err == nil
+}

@@ -12,9 +12,7 @@ import (
 	"time"
 
 	"github.com/pkg/sftp"
-	"golang.org/x/sys/unix"
 
-	"github.com/smolvm/smolvm/internal/cgroup"
 	"github.com/smolvm/smolvm/internal/hypervisor"
 	"github.com/smolvm/smolvm/internal/hypervisor/qemu"
 	"github.com/smolvm/smolvm/internal/network"
@@ -78,8 +76,8 @@ type NetMetrics struct {
 	TxBytes   uint64 `json:"tx_bytes"`
 	RxPackets uint64 `json:"rx_packets"`
 	TxPackets uint64 `json:"tx_packets"`
-	// Dropped is what the host dropped towards the guest plus what the
-	// limit dropped from it is counted by the firewall, not here.
+	// RxDropped and TxDropped are what the TAP itself dropped (a full
+	// queue); what a NetBPS limit drops from the guest is not counted here.
 	RxDropped uint64 `json:"rx_dropped"`
 	TxDropped uint64 `json:"tx_dropped"`
 }
@@ -360,14 +358,4 @@ func parseGuestLoadavg(b []byte) (l1, l5, l15 float64, err error) {
 		out[i] = x
 	}
 	return out[0], out[1], out[2], nil
-}
-
-// cgroupHost is the cgroup hierarchy, for doctor and leftovers; ok is
-// false where there is none usable.
-func cgroupHost() (cgroup.Host, bool) {
-	if unix.Geteuid() != 0 {
-		return cgroup.Host{}, false
-	}
-	h, err := cgroup.Detect()
-	return h, err == nil
 }

@@ -283,7 +283,7 @@ func (g Group) Usage() (Usage, error) {
 	return u, err
 }
 
-// List returns the names of the groups under the hierarchies' smolvm/.
+// List returns the groups under the hierarchies' smolvm/.
 func (h Host) List() []Group {
 	var out []Group
 	if h.V2 != "" {
