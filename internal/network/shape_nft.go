@@ -69,7 +69,9 @@ func limitFromGuest(name string, bps int64) error {
 		c.AddRule(&nftables.Rule{Table: table, Chain: chain, UserData: []byte(name), Exprs: []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(name)},
-			&expr.Limit{Type: expr.LimitTypePktBytes, Rate: uint64(bps), Unit: expr.LimitTimeSecond, Burst: shapeBurst(bps), Over: true},
+			// No burst of its own: nftables' bucket holds a whole unit's
+			// (a second's) worth already.
+			&expr.Limit{Type: expr.LimitTypePktBytes, Rate: uint64(bps), Unit: expr.LimitTimeSecond, Over: true},
 			&expr.Verdict{Kind: expr.VerdictDrop},
 		}})
 	}
