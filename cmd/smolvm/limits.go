@@ -88,7 +88,6 @@ func newUpdateCmd(g *globalOptions) *cobra.Command {
 			"\"smolvm limits set\" is the same command.",
 		Example: "  smolvm update web --cpu-limit 0.5 --disk-bps 10M\n" +
 			"  smolvm update web --net-bps 0",
-		Aliases:           []string{"limits"},
 		Args:              exactID("update"),
 		ValidArgsFunction: completeIDs(g, 1),
 		SilenceUsage:      true,
@@ -118,7 +117,7 @@ func newLimitsCmd(g *globalOptions) *cobra.Command {
 		SilenceUsage: true,
 	}
 	set := newUpdateCmd(g)
-	set.Use, set.Aliases, set.Short = "set ID [flags]", nil, "Change a VM's limits, also while it runs"
+	set.Use, set.Short = "set ID [flags]", "Change a VM's limits, also while it runs"
 	cmd.AddCommand(set)
 	return cmd
 }
