@@ -143,15 +143,28 @@ func formatLimits(l smolvm.Limits) string {
 		parts = append(parts, fmt.Sprintf("memory %d MiB", l.MemoryMiB))
 	}
 	if l.DiskBPS != 0 {
-		parts = append(parts, "disk "+humanBytes(l.DiskBPS)+"/s")
+		parts = append(parts, "disk "+formatRate(l.DiskBPS)+"/s")
 	}
 	if l.DiskIOPS != 0 {
 		parts = append(parts, fmt.Sprintf("disk %d IOPS", l.DiskIOPS))
 	}
 	if l.NetBPS != 0 {
-		parts = append(parts, "net "+humanBytes(l.NetBPS)+"/s")
+		parts = append(parts, "net "+formatRate(l.NetBPS)+"/s")
 	}
 	return strings.Join(parts, ", ")
+}
+
+// formatRate writes a rate as the flags take it: 5M, 1Mi, 1500.
+func formatRate(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"Ti", 1 << 40}, {"Gi", 1 << 30}, {"Mi", 1 << 20}, {"Ki", 1 << 10}, {"T", 1e12}, {"G", 1e9}, {"M", 1e6}, {"k", 1e3}} {
+		if n >= u.mult && n%u.mult == 0 {
+			return strconv.FormatInt(n/u.mult, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
 }
 
 // statsInterval is how often stats refreshes, and the window of the CPU

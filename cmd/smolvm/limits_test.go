@@ -94,3 +94,15 @@ func TestStatsTable(t *testing.T) {
 		t.Errorf("round trip: %v %+v", err, back)
 	}
 }
+
+func TestFormatLimits(t *testing.T) {
+	got := formatLimits(smolvm.Limits{CPU: 0.5, MemoryMiB: 700, DiskBPS: 5_000_000, DiskIOPS: 100, NetBPS: 1 << 20})
+	if want := "cpu 0.5, memory 700 MiB, disk 5M/s, disk 100 IOPS, net 1Mi/s"; got != want {
+		t.Errorf("formatLimits = %q, want %q", got, want)
+	}
+	for n, want := range map[int64]string{1500: "1500", 65536: "64Ki", 2_000_000: "2M", 3 << 30: "3Gi"} {
+		if got := formatRate(n); got != want {
+			t.Errorf("formatRate(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
