@@ -187,6 +187,10 @@ func TestRemoteMatchesLocal(t *testing.T) {
 		{"no such kept disk", []string{"delete", "--disk", "nope"}, "", 1, "", true},
 		{"run", []string{"run", "--", "sh", "-c", "echo out; echo err >&2; exit 3"}, "", 3, "out\n", true},
 		{"run stdin", []string{"run", "-i", "--", "tr", "a-z", "A-Z"}, "piped\n", 0, "PIPED\n", true},
+		{"update", []string{"update", vm, "--disk-bps", "10M"}, "", 0, "disk 10M/s\n", true},
+		{"json update", []string{"--json", "update", vm, "--disk-iops", "500"}, "", 0, "", true},
+		{"bad limit", []string{"update", vm, "--cpu-limit", "-1"}, "", 1, "", false},
+		{"stats of no such VM", []string{"stats", "nope"}, "", 1, "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -215,6 +219,18 @@ func TestRemoteMatchesLocal(t *testing.T) {
 	if t.Failed() {
 		return
 	}
+
+	t.Run("stats", func(t *testing.T) {
+		for _, m := range modes {
+			c := m.c
+			c.t = t
+			var ms []smolvm.Metrics
+			c.json(&ms, "stats", vm)
+			if len(ms) != 1 || ms[0].ID != vm || ms[0].CPU.TimeNS <= 0 || ms[0].Memory.RSS <= 0 || ms[0].Disk.ReadBytes <= 0 || ms[0].Limits.DiskBPS != 10_000_000 {
+				t.Errorf("%s: stats --json: %+v", m.name, ms)
+			}
+		}
+	})
 
 	t.Run("doctor", func(t *testing.T) {
 		var l, r doctorReport
