@@ -302,11 +302,57 @@ func TestLimits(t *testing.T) {
 			t.Errorf("no net limit rule for %s after a restart", tap)
 		}
 		atLeast(t, "dd after a restart", timed(t, dd), ddBytes, lim.DiskBPS)
-		dirs = cgroupDirs(t)
+	})
+	var lastDirs []string // the VM's cgroup, for the checks after it is gone
+	t.Run("memory ceiling", func(t *testing.T) {
+		// A ceiling the guest can reach (set behind the validation's
+		// back, which refuses one below the guest's RAM): filling its RAM
+		// gets its QEMU killed by the kernel, and nothing else.
+		m, err := vm.Metrics(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ceiling := strconv.FormatInt(m.Memory.Cgroup+64<<20, 10)
+		set := false
+		lastDirs = cgroupDirs(t)
+		for _, d := range lastDirs {
+			for _, f := range []string{"memory.limit_in_bytes", "memory.max"} {
+				if _, err := os.Stat(filepath.Join(d, f)); err == nil {
+					if err := os.WriteFile(filepath.Join(d, f), []byte(ceiling), 0o644); err != nil {
+						t.Fatal(err)
+					}
+					set = true
+				}
+			}
+		}
+		if !set {
+			t.Fatal("no memory limit file in the VM's cgroup")
+		}
+		_, err = vm.Run(ctx, "mkdir -p /mnt/fill && mount -t tmpfs -o size=450m fill /mnt/fill && dd if=/dev/zero of=/mnt/fill/x bs=1M count=440")
+		t.Logf("filling the guest's RAM under a ceiling of %s bytes: %v", ceiling, err)
+		deadline := time.Now().Add(time.Minute)
+		for vm.Status() != smolvm.StateError {
+			if time.Now().After(deadline) {
+				t.Fatalf("the VM still runs (%s) past its memory ceiling", vm.Status())
+			}
+			time.Sleep(100 * time.Millisecond) // polling for the state, bounded above
+		}
+		if info := vm.Info(); !strings.Contains(info.Error, "exited") {
+			t.Errorf("error state says %q", info.Error)
+		}
+		for _, d := range lastDirs { // the look that found it dead released it
+			if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("cgroup %s left by a VM killed at its ceiling: %v", d, err)
+			}
+		}
+	})
+	t.Run("delete", func(t *testing.T) {
+		tap := vm.Info().Network.TAP
+		shaped := func() bool { return slices.Contains(network.ShapedTAPs(), tap) }
 		if err := vm.Delete(ctx); err != nil {
 			t.Fatal(err)
 		}
-		for _, d := range dirs {
+		for _, d := range lastDirs {
 			if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("cgroup %s left after delete: %v", d, err)
 			}
