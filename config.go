@@ -90,6 +90,9 @@ type VMConfig struct {
 	// BootTimeout bounds Start: 0 = the default, 60s; ctx can bound it
 	// further. Negative is invalid.
 	BootTimeout time.Duration `json:"boot_timeout,omitempty"`
+	// Limits bound the VM's CPU, memory, disk and network use (see
+	// Limits); zero = unlimited. VM.SetLimits changes them later.
+	Limits Limits `json:"limits,omitzero"`
 }
 
 // Mount shares the host folder HostPath at GuestPath in the guest,
@@ -230,6 +233,7 @@ func (c VMConfig) validate(host hostLimits) error {
 	for _, m := range c.Mounts {
 		errs = append(errs, m.validate()...)
 	}
+	errs = append(errs, c.Limits.validate(c)...)
 	if strings.ContainsAny(c.BootArgs, "\n\x00") {
 		bad("boot args", fmt.Sprintf("%q", c.BootArgs), "must be one line")
 	}

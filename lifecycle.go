@@ -175,8 +175,16 @@ func (v *VM) start(ctx context.Context) (err error) {
 	if err := newConsoleLog(v.paths); err != nil {
 		return err
 	}
-	proc, err := backend.Start(bootCtx, spec)
+	limitsStarted, err := v.limitsBeforeStart(bootCtx, info.Config.Limits, &spec, &undo)
 	if err != nil {
+		return err
+	}
+	proc, err := backend.Start(bootCtx, spec)
+	limitsStarted()
+	if err != nil {
+		return err
+	}
+	if err := v.limitsAfterStart(bootCtx, info.Config.Limits); err != nil {
 		return err
 	}
 	console := v.guardConsole(bootCtx)
@@ -556,6 +564,7 @@ func (v *VM) releaseRunResources() {
 	v.dropClient()
 	tap, name := v.info.Network.TAP, v.info.Process
 	v.mu.Unlock()
+	v.releaseLimits(tap)
 	if tap == "" {
 		return
 	}

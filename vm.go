@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/smolvm/smolvm/internal/cgroup"
 	"github.com/smolvm/smolvm/internal/flock"
 	"github.com/smolvm/smolvm/internal/guest"
 	"github.com/smolvm/smolvm/internal/hypervisor"
@@ -119,6 +120,8 @@ type runtimeRecord struct {
 	// EnvAt is where the initramfs's last archive, the copy of
 	// VMConfig.Env, begins (see env.go); 0 for VMs made before it had one.
 	EnvAt int64 `json:"env_at,omitempty"`
+	// Cgroup is the VM's cgroup while it has one (see limits.go).
+	Cgroup *cgroup.Group `json:"cgroup,omitempty"`
 }
 
 // VM is a handle on one VM. Its methods are safe for concurrent use. A
@@ -135,6 +138,8 @@ type VM struct {
 	info   VMInfo
 	rt     runtimeRecord
 	client *guest.Client
+
+	lastCPU cpuSample // the previous Metrics' CPU reading; guarded by mu
 
 	closeOnce   sync.Once
 	deleted     bool // the VM is gone (see row); guarded by mu

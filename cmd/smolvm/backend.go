@@ -67,6 +67,8 @@ type machine interface {
 	Logs(ctx context.Context, follow bool, w io.Writer) error
 	Snapshot(ctx context.Context, name string, diskOnly bool) (*smolvm.SnapshotInfo, error)
 	Fork(ctx context.Context, n int) ([]smolvm.VMInfo, error)
+	SetLimits(ctx context.Context, l smolvm.Limits) error
+	Metrics(ctx context.Context) (*smolvm.Metrics, error)
 	Close() error
 }
 

@@ -28,6 +28,7 @@ type vmFlags struct {
 	mounts      []string
 	noEgress    bool
 	cold        bool
+	limits      limitFlags
 }
 
 func (f *vmFlags) register(cmd *cobra.Command) {
@@ -43,6 +44,7 @@ func (f *vmFlags) register(cmd *cobra.Command) {
 	fs.StringArrayVar(&f.mounts, "mount", nil, "share a host folder, HOST[:GUEST][:rw] (read-only unless :rw; GUEST defaults to /mnt/NAME; repeatable)")
 	fs.BoolVar(&f.noEgress, "no-egress", false, "cut the VM off from the host's networks (exposed ports still work)")
 	fs.BoolVar(&f.cold, "cold", false, "boot the VM even when the default image's warm template would resume it (info shows boot_path)")
+	f.limits.register(fs)
 }
 
 // seconds is a duration flag that also takes a plain number as seconds,
@@ -120,6 +122,7 @@ func (f *vmFlags) config() (smolvm.VMConfig, error) {
 		Env:                env,
 		BootTimeout:        f.bootTimeout,
 		RetainDiskOnDelete: f.retainDisk,
+		Limits:             f.limits.limits(),
 	}, nil
 }
 

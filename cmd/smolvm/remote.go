@@ -72,7 +72,7 @@ func (h remoteHost) Create(ctx context.Context, cfg smolvm.VMConfig, cold bool) 
 	req := api.CreateVM{
 		ID: cfg.ID, VCPUs: cfg.VCPUs, MemoryMiB: cfg.MemoryMiB, DiskMiB: cfg.DiskMiB, Image: cfg.Image,
 		Env: cfg.Env, NoEgress: cfg.NoEgress, RetainDiskOnDelete: cfg.RetainDiskOnDelete, ReuseDisk: cfg.ReuseDisk,
-		Cold: cold,
+		Cold: cold, Limits: cfg.Limits,
 	}
 	if h.g.network != smolvm.NetworkAuto {
 		req.Network = h.g.network

@@ -133,6 +133,9 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		newForkCmd(g),
 		newServeCmd(g),
 		newMCPCmd(g),
+		newUpdateCmd(g),
+		newLimitsCmd(g),
+		newStatsCmd(g),
 	)
 	return root
 }

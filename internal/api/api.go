@@ -165,6 +165,8 @@ type CreateVM struct {
 	NoEgress           bool              `json:"no_egress,omitempty"`
 	RetainDiskOnDelete bool              `json:"retain_disk_on_delete,omitempty"`
 	ReuseDisk          bool              `json:"reuse_disk,omitempty"`
+	// Limits bound the VM's CPU, memory, disk and network (smolvm.Limits).
+	Limits smolvm.Limits `json:"limits,omitzero"`
 	// BootTimeoutSeconds bounds the start (when Start is set); 0 = 60.
 	BootTimeoutSeconds float64 `json:"boot_timeout_seconds,omitempty"`
 	// Network is "auto" (default), "tap" or "user".

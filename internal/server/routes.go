@@ -56,6 +56,8 @@ func (s *Server) routes() []Route {
 		h("POST", "/v1/vms/{id}/ports", s.exposePort),
 		h("DELETE", "/v1/vms/{id}/ports", s.closePort),
 		h("GET", "/v1/vms/{id}/logs", s.logs),
+		h("PUT", "/v1/vms/{id}/limits", s.putLimits),
+		h("GET", "/v1/vms/{id}/metrics", s.metrics),
 
 		h("POST", "/v1/vms/{id}/snapshots", s.createSnapshot),
 		h("POST", "/v1/vms/{id}/fork", s.fork),

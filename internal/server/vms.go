@@ -81,6 +81,9 @@ func (s *Server) create(ctx context.Context, req api.CreateVM) (*smolvm.VM, erro
 		if boot != 0 {
 			opts = append(opts, smolvm.WithBootTimeout(boot))
 		}
+		if !req.Limits.IsZero() {
+			opts = append(opts, smolvm.WithLimits(req.Limits))
+		}
 		return smolvm.FromSnapshot(ctx, req.FromSnapshot, s.sdk(opts...)...)
 	}
 	cfg := smolvm.VMConfig{
@@ -88,6 +91,7 @@ func (s *Server) create(ctx context.Context, req api.CreateVM) (*smolvm.VM, erro
 		Image: req.Image, KernelPath: req.KernelPath, RootfsPath: req.RootfsPath, InitrdPath: req.InitrdPath,
 		BootArgs: req.BootArgs, Env: req.Env, Mounts: req.Mounts, NoEgress: req.NoEgress,
 		RetainDiskOnDelete: req.RetainDiskOnDelete, ReuseDisk: req.ReuseDisk, BootTimeout: boot,
+		Limits: req.Limits,
 	}
 	vm, err := smolvm.NewFromConfig(ctx, cfg, s.sdk(opts...)...)
 	if err != nil {
