@@ -30,6 +30,13 @@ type ExecRequest struct {
 	Stdout, Stderr io.Writer
 	// PTY runs the command on a pseudo-terminal (TERM from Env, else xterm).
 	PTY bool
+	// Argv, when set, is run without a shell instead of Command: Argv[0]
+	// is looked up in the guest's PATH unless it holds a slash, and a
+	// program that is not there is an error (a *CommandError), not exit
+	// 127. Dir and User (a name or a numeric uid) set the working
+	// directory and the user, for either form; empty = root in its home.
+	Argv      []string
+	Dir, User string
 }
 
 // Exec runs req.Command and returns its exit code; a non-zero exit is not an
@@ -42,9 +49,13 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (int, error) {
 	if req.PTY {
 		return c.ExecPTY(ctx, req, "", 0, 0, nil)
 	}
+	request, arg, err := req.request()
+	if err != nil {
+		return -1, fmt.Errorf("guest: exec: %w", err)
+	}
 	code, err := c.run(ctx, runSpec{
-		request: "exec",
-		arg:     req.Command,
+		request: request,
+		arg:     arg,
 		env:     req.Env,
 		stdin:   req.Stdin,
 		stdout:  req.Stdout,
@@ -179,6 +190,9 @@ func (c *Client) run(ctx context.Context, spec runSpec) (int, error) {
 		}
 	}
 	stdin.close()
+	if exit.err != nil {
+		return -1, exit.err
+	}
 	if !exit.ok {
 		return -1, c.cause(errors.New("session closed without an exit status"))
 	}
@@ -247,6 +261,7 @@ func kill(ch ssh.Channel) {
 type exitInfo struct {
 	code int
 	ok   bool
+	err  *CommandError // the agent could not start the command
 }
 
 // collectExit drains a session's requests until the channel closes and
@@ -270,6 +285,8 @@ func collectExit(reqs <-chan *ssh.Request) exitInfo {
 			if ssh.Unmarshal(req.Payload, &p) == nil {
 				ex = exitInfo{code: 128 + linuxSignals[p.Signal], ok: true}
 			}
+		case "error@smolvm":
+			ex.err = parseCommandError(req.Payload)
 		}
 		if req.WantReply {
 			_ = req.Reply(false, nil)
