@@ -88,9 +88,7 @@ func (c *Cmd) Run() (*CommandResult, error) {
 		stderr = &guest.LimitedBuffer{Limit: limit}
 		o.Stderr = stderr
 	}
-	code, err := c.vm.exec(c.ctx, guest.ExecRequest{Argv: c.Args}, o, func(ctx context.Context, gc *guest.Client, req guest.ExecRequest) (int, error) {
-		return gc.Exec(ctx, req)
-	})
+	code, err := c.vm.ExecArgv(c.ctx, c.Args, o)
 	if err != nil {
 		return nil, err
 	}
@@ -147,6 +145,26 @@ func (c *Cmd) Start() (*Process, error) {
 	}
 	return c.vm.StartProcess(c.ctx, ProcessSpec{Args: c.Args, Dir: c.Dir, User: c.User, Env: c.Env, StdinPipe: c.StdinPipe})
 }
+
+// ExecArgv runs argv without a shell, as Cmd does, streaming as Exec
+// does (o.Dir and o.User apply; o.OutputLimit does not), and returns its
+// exit code. A program, directory or user the guest lacks is an error
+// matching ErrNotFound.
+func (v *VM) ExecArgv(ctx context.Context, argv []string, o ExecOptions) (int, error) {
+	if len(argv) == 0 || argv[0] == "" {
+		return -1, opError("run", v.id, &ValidationError{Field: "command", Value: argv, Reason: "give a program name"})
+	}
+	return v.exec(ctx, guest.ExecRequest{Argv: argv}, o, func(ctx context.Context, c *guest.Client, req guest.ExecRequest) (int, error) {
+		return c.Exec(ctx, req)
+	})
+}
+
+// WithDir runs the command in dir (default: the user's home).
+func WithDir(dir string) RunOption { return func(o *ExecOptions) { o.Dir = dir } }
+
+// WithUser runs the command as user, a name from the guest's /etc/passwd
+// or a numeric uid (default root).
+func WithUser(user string) RunOption { return func(o *ExecOptions) { o.User = user } }
 
 // shellQuoteArgv renders argv for messages, quoted as a shell would need.
 func shellQuoteArgv(argv []string) string {

@@ -287,6 +287,8 @@ func errorKind(err error) string {
 		return "not_running"
 	case errors.Is(err, smolvm.ErrInUse):
 		return "in_use"
+	case errors.Is(err, smolvm.ErrProcessExited):
+		return "process_exited"
 	case errors.Is(err, apiclient.ErrUnauthorized):
 		return "unauthorized"
 	case errors.Is(err, apiclient.ErrUnreachable):

@@ -77,7 +77,7 @@ func (s *Server) execWS(w http.ResponseWriter, r *http.Request) {
 		if req.TTY {
 			return vm.ExecTerminal(ctx, req.Cmd, o, smolvm.Terminal{Term: req.Term, Width: req.Width, Height: req.Height, Resize: resize})
 		}
-		return vm.Exec(ctx, req.Cmd, o)
+		return execAny(ctx, vm, req, o)
 	})
 }
 
