@@ -66,6 +66,7 @@ type machine interface {
 	Snapshot(ctx context.Context, name string, diskOnly bool) (*smolvm.SnapshotInfo, error)
 	Fork(ctx context.Context, n int) ([]smolvm.VMInfo, error)
 	Close() error
+	processes // argv commands and background processes (proc.go)
 }
 
 // snapshotVM is what a VM made from a snapshot may set.
