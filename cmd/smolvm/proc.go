@@ -174,12 +174,19 @@ func newPsCmd(g *globalOptions) *cobra.Command {
 	return &cobra.Command{
 		Use:               "ps ID",
 		Short:             "List a VM's background processes",
-		Long:              "List the background processes of a running VM (exec --detach), running and\nrecently exited." + jsonOutputHelp,
-		Args:              cobra.ExactArgs(1),
+		Long:              "List the background processes of a running VM (exec --detach), running and\nrecently exited. Without an ID, ps lists the VMs, as list does." + jsonOutputHelp,
+		Args:              cobra.MaximumNArgs(1),
 		ValidArgsFunction: completeIDs(g, 1),
 		SilenceUsage:      true,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			if len(args) == 0 {
+				// ps was list's alias before it listed processes.
+				l := newListCmd(g)
+				l.SetOut(cmd.OutOrStdout())
+				l.SetContext(ctx)
+				return l.RunE(l, nil)
+			}
 			return withVM(ctx, g, args[0], func(vm machine) error {
 				list, err := vm.procs(ctx)
 				if err != nil {
