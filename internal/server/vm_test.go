@@ -91,6 +91,7 @@ func TestVM(t *testing.T) {
 	})
 	t.Run("ExecStream", func(t *testing.T) { testExecStream(t, ctx, ts, id) })
 	t.Run("ExecWebSocket", func(t *testing.T) { testExecWS(t, ctx, ts, id) })
+	t.Run("Processes", func(t *testing.T) { testProcesses(t, ctx, ts, id) })
 	t.Run("Files", func(t *testing.T) { testFiles(t, ctx, ts, id) })
 	t.Run("Env", func(t *testing.T) { testEnvVars(t, ctx, ts, id) })
 	t.Run("Ports", func(t *testing.T) { testPorts(t, ctx, ts, id) })
