@@ -86,6 +86,10 @@ type ExecOptions struct {
 	// in its home. A directory or user the guest lacks is an error
 	// matching ErrNotFound.
 	Dir, User string
+	// Signals carries signal names (TERM, INT, KILL, ...) to deliver to
+	// the command's process group while it runs; how it ends is its exit
+	// code, as usual (128+N if the signal killed it).
+	Signals <-chan string
 }
 
 // Run runs cmd with the guest's shell and returns its output and exit code.
@@ -147,7 +151,7 @@ func (v *VM) exec(ctx context.Context, req guest.ExecRequest, o ExecOptions, sta
 		return -1, opError("run", v.id, err)
 	}
 	req.Env, req.Stdin, req.Stdout, req.Stderr, req.PTY = o.Env, o.Stdin, o.Stdout, o.Stderr, o.TTY
-	req.Dir, req.User = o.Dir, o.User
+	req.Dir, req.User, req.Signals = o.Dir, o.User, o.Signals
 	code, err := start(ctx, c, req)
 	if err != nil {
 		cmd := req.Command

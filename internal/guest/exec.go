@@ -37,6 +37,9 @@ type ExecRequest struct {
 	// directory and the user, for either form; empty = root in its home.
 	Argv      []string
 	Dir, User string
+	// Signals are signal names (TERM, KILL...) to send to the command's
+	// process group while it runs.
+	Signals <-chan string
 }
 
 // Exec runs req.Command and returns its exit code; a non-zero exit is not an
@@ -60,6 +63,7 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (int, error) {
 		stdin:   req.Stdin,
 		stdout:  req.Stdout,
 		stderr:  req.Stderr,
+		signals: req.Signals,
 	})
 	if err != nil {
 		return code, fmt.Errorf("guest: exec: %w", err)
@@ -94,6 +98,7 @@ type runSpec struct {
 	stdout, stderr io.Writer
 	pty            *ptySpec
 	resize         <-chan [2]int
+	signals        <-chan string
 }
 
 type ptySpec struct {
@@ -165,6 +170,9 @@ func (c *Client) run(ctx context.Context, spec runSpec) (int, error) {
 	defer close(finished)
 	if spec.resize != nil {
 		go forwardResize(ch, spec.resize, finished)
+	}
+	if spec.signals != nil {
+		go forwardSignals(ch, spec.signals, finished)
 	}
 
 	// Done when the guest has closed the channel (after the exit status)
@@ -316,6 +324,24 @@ func forwardResize(ch ssh.Channel, resize <-chan [2]int, finished <-chan struct{
 				Cols: uint32(max(sz[0], 0)), Rows: uint32(max(sz[1], 0)),
 			})
 			if _, err := ch.SendRequest("window-change", false, payload); err != nil {
+				return
+			}
+		case <-finished:
+			return
+		}
+	}
+}
+
+// forwardSignals sends each signal name received as a "signal" request,
+// which the agent delivers to the command's process group.
+func forwardSignals(ch ssh.Channel, signals <-chan string, finished <-chan struct{}) {
+	for {
+		select {
+		case sig, ok := <-signals:
+			if !ok {
+				return
+			}
+			if _, err := ch.SendRequest("signal", false, ssh.Marshal(struct{ Signal string }{sig})); err != nil {
 				return
 			}
 		case <-finished:

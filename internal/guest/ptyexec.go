@@ -34,6 +34,7 @@ func (c *Client) ExecPTY(ctx context.Context, req ExecRequest, term string, widt
 		stderr:  req.Stderr,
 		pty:     &ptySpec{term: term, cols: width, rows: height},
 		resize:  resize,
+		signals: req.Signals,
 	})
 	if err != nil {
 		return code, fmt.Errorf("guest: exec: %w", err)

@@ -201,3 +201,15 @@ func (s *Server) attachProcess(w http.ResponseWriter, r *http.Request) {
 		return nil
 	})
 }
+
+// validSignal reports whether name (without SIG) is a Linux signal the
+// exec WebSocket passes on.
+func validSignal(name string) bool {
+	switch name {
+	case "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
+		"PIPE", "ALRM", "TERM", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU",
+		"XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS":
+		return true
+	}
+	return false
+}

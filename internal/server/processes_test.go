@@ -6,7 +6,9 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/smolvm/smolvm"
 	"github.com/smolvm/smolvm/internal/api"
@@ -28,6 +30,19 @@ func testProcesses(t *testing.T, ctx context.Context, ts *testServer, id string)
 		_, r = execJSON(t, ctx, ts, id, api.Exec{Argv: []string{"true"}, Cmd: "true"})
 		if r.status != 400 {
 			t.Errorf("argv and cmd: %d %s", r.status, r.body)
+		}
+	})
+
+	t.Run("exec ws signal", func(t *testing.T) {
+		// The WebSocket's signal reaches the command, which may catch it.
+		w := dialWS(t, ctx, ts, "/v1/vms/"+id+"/exec/ws")
+		w.send(api.Exec{Cmd: "trap 'echo got-term; exit 5' TERM; echo ready; while :; do sleep 0.1; done"})
+		if !w.readUntil("ready", 20*time.Second) {
+			t.Fatalf("output %q", w.output.String())
+		}
+		w.send(api.Event{Type: "signal", Signal: "SIGTERM"})
+		if ev := w.wait(); ev.Type != "exit" || ev.ExitCode == nil || *ev.ExitCode != 5 || !strings.Contains(w.output.String(), "got-term") {
+			t.Errorf("after TERM: %+v, output %q", ev, w.output.String())
 		}
 	})
 
