@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -73,8 +74,9 @@ type bgProc struct {
 	pid     int
 	started time.Time
 
-	stdinMu sync.Mutex // one stdin write at a time
-	stdin   *os.File   // nil unless kept open, and once closed
+	stdinMu   sync.Mutex  // one stdin write at a time
+	stdin     *os.File    // nil unless kept open, and once closed
+	stdinOpen atomic.Bool // stdin != nil, readable while a write blocks
 
 	mu       sync.Mutex
 	ring     ring
@@ -99,9 +101,7 @@ func (p *bgProc) info() procInfo {
 		ID: p.id, PID: p.pid, Argv: p.spec.Argv, Shell: p.spec.Shell, Dir: p.spec.Dir, User: p.spec.User,
 		StartedAt: p.started, Running: !p.exited, OutputBytes: p.ring.total, Dropped: p.ring.first(),
 	}
-	p.stdinMu.Lock()
-	in.Stdin = p.stdin != nil
-	p.stdinMu.Unlock()
+	in.Stdin = p.stdinOpen.Load()
 	if p.exited {
 		at, ex := p.exitedAt, p.exit
 		in.ExitedAt, in.Exit = &at, &ex
@@ -175,6 +175,7 @@ func (t *procTable) start(sp *argvSpec, keepStdin bool) (*bgProc, error) {
 		id: "p" + strconv.FormatUint(t.next, 10), spec: *sp, pid: cmd.Process.Pid, started: time.Now(),
 		stdin: stdinW, changed: make(chan struct{}), readers: 2,
 	}
+	p.stdinOpen.Store(stdinW != nil)
 	t.byID[p.id] = p
 	t.order = append(t.order, p)
 	go p.collect(outR, 'o')
@@ -335,6 +336,7 @@ func (p *bgProc) writeStdin(data []byte, closeIt bool) error {
 	if closeIt {
 		p.stdin.Close()
 		p.stdin = nil
+		p.stdinOpen.Store(false)
 	}
 	return nil
 }

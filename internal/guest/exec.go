@@ -281,7 +281,7 @@ func collectExit(reqs <-chan *ssh.Request) exitInfo {
 		case "exit-status":
 			var p struct{ Status uint32 }
 			if ssh.Unmarshal(req.Payload, &p) == nil {
-				ex = exitInfo{code: int(p.Status), ok: true}
+				ex.code, ex.ok = int(p.Status), true
 			}
 		case "exit-signal":
 			var p struct {
@@ -291,7 +291,7 @@ func collectExit(reqs <-chan *ssh.Request) exitInfo {
 				Lang       string
 			}
 			if ssh.Unmarshal(req.Payload, &p) == nil {
-				ex = exitInfo{code: 128 + linuxSignals[p.Signal], ok: true}
+				ex.code, ex.ok = 128+linuxSignals[p.Signal], true
 			}
 		case "error@smolvm":
 			ex.err = parseCommandError(req.Payload)

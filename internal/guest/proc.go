@@ -75,6 +75,7 @@ const (
 	maxProcLine = 8 << 20
 	// MaxProcStdin is the most one ProcStdin call sends.
 	MaxProcStdin = 1 << 20
+	maxProcs     = 1024 // the agent's table
 )
 
 // ErrProcProtocol is a reply from the agent that breaks the protocol.
@@ -91,14 +92,23 @@ func (c *Client) ProcStart(ctx context.Context, spec ProcSpec, keepStdin bool) (
 // start order.
 func (c *Client) Procs(ctx context.Context) ([]ProcInfo, error) {
 	var out []ProcInfo
+	got := false
 	err := c.proc(ctx, procRequest{Op: "list"}, func(r *procReply) error {
-		out = r.Procs
+		out, got = r.Procs, true
 		return nil
 	})
-	if out == nil && err == nil {
+	switch {
+	case err != nil:
+		return nil, err
+	case !got:
+		return nil, fmt.Errorf("%w: no reply to list", ErrProcProtocol)
+	case out == nil:
 		out = []ProcInfo{}
 	}
-	return out, err
+	if len(out) > maxProcs {
+		return nil, fmt.Errorf("%w: %d processes listed, the agent keeps at most %d", ErrProcProtocol, len(out), maxProcs)
+	}
+	return out, nil
 }
 
 // Proc returns one process's record.
