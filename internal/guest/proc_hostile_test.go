@@ -120,7 +120,7 @@ func TestProcHostileAgent(t *testing.T) {
 
 // TestExecArgvHostileError: an agent's error report is bounded too.
 func TestExecArgvHostileError(t *testing.T) {
-	for _, msg := range []string{strings.Repeat("e", 1<<20), "not json", `{"kind":"not_found","message":"no such program"}`} {
+	for _, msg := range []string{strings.Repeat("e", 100<<10), "not json", `{"kind":"not_found","message":"no such program"}`} {
 		g := hostileAgent(t, func(ch ssh.Channel) {
 			ch.SendRequest("error@smolvm", false, ssh.Marshal(struct{ S string }{msg}))
 		})
