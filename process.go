@@ -29,7 +29,7 @@ const (
 // ProcessSpec is a background process to start: Args run without a shell
 // (as Cmd does), or Shell, a command line for the guest's shell.
 type ProcessSpec struct {
-	Args  []string          `json:"args,omitempty"`
+	Args  []string          `json:"argv,omitempty"`
 	Shell string            `json:"shell,omitempty"`
 	Dir   string            `json:"dir,omitempty"`  // empty = the user's home
 	User  string            `json:"user,omitempty"` // name or uid; empty = root
@@ -51,7 +51,7 @@ type ExitStatus struct {
 type ProcessInfo struct {
 	ID        string      `json:"id"`
 	PID       int         `json:"pid"` // in the guest
-	Args      []string    `json:"args,omitempty"`
+	Args      []string    `json:"argv,omitempty"`
 	Shell     string      `json:"shell,omitempty"`
 	Dir       string      `json:"dir,omitempty"`
 	User      string      `json:"user,omitempty"`
