@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/smolvm/smolvm"
 )
@@ -46,7 +47,7 @@ func TestProcessCommands(t *testing.T) {
 			}
 
 			var started smolvm.ProcessInfo
-			c.json(&started, "exec", "--detach", vm, "--", "sh", "-c", "echo hello; echo oops >&2; trap 'echo bye; exit 3' TERM; while :; do sleep 0.1; done")
+			c.json(&started, "exec", "--detach", vm, "--", "sh", "-c", "trap 'echo bye; exit 3' TERM; echo hello; echo oops >&2; while :; do sleep 0.1; done")
 			if started.ID == "" || started.PID <= 1 || !started.Running {
 				t.Fatalf("exec --detach = %+v", started)
 			}
@@ -62,7 +63,17 @@ func TestProcessCommands(t *testing.T) {
 			if out := c.ok("ps", vm); !strings.Contains(out, id) || !strings.Contains(out, "running") {
 				t.Errorf("ps = %q", out)
 			}
-			// The earlier output, stdout and stderr apart, then back.
+			// Once it has written (and so set its trap): the earlier
+			// output, stdout and stderr apart.
+			for deadline := time.Now().Add(time.Minute); ; {
+				c.json(&list, "ps", vm)
+				if outputOf(list, id) >= int64(len("hello\noops\n")) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no output from %s: %+v", id, list)
+				}
+			}
 			r := c.run("attach", "--no-follow", vm, id)
 			if r.code != 0 || r.stdout != "hello\n" || r.stderr != "oops\n" {
 				t.Errorf("attach --no-follow: exit %d, %q, %q", r.code, r.stdout, r.stderr)
@@ -99,6 +110,15 @@ func TestProcessCommands(t *testing.T) {
 			}
 		})
 	}
+}
+
+func outputOf(list []smolvm.ProcessInfo, id string) int64 {
+	for _, p := range list {
+		if p.ID == id {
+			return p.OutputBytes
+		}
+	}
+	return 0
 }
 
 func procListed(list []smolvm.ProcessInfo, id string, running bool) bool {

@@ -47,7 +47,7 @@ func testProcesses(t *testing.T, ctx context.Context, ts *testServer, id string)
 	})
 
 	var p smolvm.ProcessInfo
-	r := ts.do(t, ctx, "POST", base, api.StartProcess{Cmd: `echo up; read l; echo "in=$l"; trap 'exit 9' TERM; while :; do sleep 0.1; done`, Stdin: true})
+	r := ts.do(t, ctx, "POST", base, api.StartProcess{Cmd: `trap 'exit 9' TERM; echo up; read l; echo "in=$l"; while :; do sleep 0.1; done`, Stdin: true})
 	decodeJSON(t, r, 201, &p)
 	conforms(t, "ProcessInfo", r.body)
 	if p.ID == "" || !p.Running || !p.StdinOpen {
@@ -68,6 +68,12 @@ func testProcesses(t *testing.T, ctx context.Context, ts *testServer, id string)
 	if afterStdin.StdinOpen {
 		t.Errorf("stdin still open after close: %s", r.body)
 	}
+	// Once it has read its input (and so set its trap), TERM.
+	waitFor(t, ctx, "the process's output", func() bool {
+		var in smolvm.ProcessInfo
+		decodeJSON(t, ts.do(t, ctx, "GET", pp, nil), 200, &in)
+		return in.OutputBytes >= int64(len("up\nin=hello\n"))
+	})
 	r = ts.do(t, ctx, "POST", pp+"/signal", api.Signal{Signal: "TERM"})
 	decodeJSON(t, r, 200, nil)
 	r = ts.do(t, ctx, "POST", pp+"/wait", nil)
