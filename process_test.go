@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
@@ -206,18 +207,38 @@ func TestProcesses(t *testing.T) {
 	})
 
 	t.Run("terminal session", func(t *testing.T) {
-		ts := vm.StartTerminal(ctx, "stty size; read x; echo got $x; exit 4", smolvm.ExecOptions{}, smolvm.Terminal{Width: 100, Height: 30})
+		ts := vm.StartTerminal(ctx, `stty size; while read x; do stty size; [ "$x" = q ] && exit 4; done`, smolvm.ExecOptions{}, smolvm.Terminal{Width: 100, Height: 30})
 		defer ts.Close()
-		if _, err := ts.Write([]byte("hi\n")); err != nil {
+		var out bytes.Buffer
+		buf := make([]byte, 4096)
+		readUntil := func(want string) {
+			t.Helper()
+			for !regexp.MustCompile(want).MatchString(out.String()) {
+				n, err := ts.Read(buf)
+				out.Write(buf[:n])
+				if err != nil {
+					t.Fatalf("waiting for %q: %v, output %q", want, err, out.String())
+				}
+			}
+		}
+		readUntil("30 100")
+		if err := ts.Resize(ctx, 60, 20); err != nil {
 			t.Fatal(err)
 		}
-		out, err := io.ReadAll(ts)
-		if err != nil {
-			t.Fatal(err)
+		// The resize travels apart from the input: ask until the
+		// terminal says so.
+		for i := 0; !strings.Contains(out.String(), "20 60"); i++ {
+			if i == 100 {
+				t.Fatalf("no resize seen: %q", out.String())
+			}
+			out.Reset()
+			ts.Write([]byte("a\n"))
+			readUntil(`[0-9]+ [0-9]+\r?\n`)
 		}
-		code, err := ts.Wait()
-		if err != nil || code != 4 || !strings.Contains(string(out), "30 100") || !strings.Contains(string(out), "got hi") {
-			t.Fatalf("= %d, %v, output %q", code, err, out)
+		ts.Write([]byte("q\n"))
+		io.Copy(io.Discard, ts)
+		if code, err := ts.Wait(); err != nil || code != 4 {
+			t.Fatalf("= %d, %v", code, err)
 		}
 	})
 }
