@@ -137,7 +137,7 @@ func (s *session) follow(p *bgProc, off int64, follow bool, enc *json.Encoder) e
 		var dropped int64
 		if !wait {
 			chunks, dropped = p.ring.from(off)
-			off = p.ring.total
+			off = max(off, p.ring.total) // an offset past the end waits for it
 		}
 		finished := p.done()
 		changed := p.changed

@@ -94,6 +94,12 @@ func TestProcs(t *testing.T) {
 		if out.String() != "out\n" || errb.String() != "err\n" {
 			t.Fatalf("attach: stdout %q stderr %q", out.String(), errb.String())
 		}
+		for _, tc := range []struct{ offset, want int64 }{{in.OutputBytes - 2, 2}, {in.OutputBytes, 0}, {in.OutputBytes + 100, 0}} {
+			var n countWriter
+			if _, err := c.ProcAttach(ctx, p.ID, &n, &n, guest.AttachOptions{Offset: tc.offset, Follow: true}); err != nil || n.n != tc.want {
+				t.Errorf("attach from %d: %d bytes, %v; want %d", tc.offset, n.n, err, tc.want)
+			}
+		}
 		if _, err := c.ProcSignal(ctx, p.ID, "TERM"); err == nil {
 			t.Fatal("signalling an exited process worked")
 		}
