@@ -218,7 +218,7 @@ func (v *remoteVM) Exec(ctx context.Context, cmd string, o smolvm.ExecOptions) (
 	return v.exec(ctx, api.Exec{Cmd: cmd}, o, cmd)
 }
 
-// exec runs req (a command line or an argv, what says which in errors)
+// exec runs req (a command line or an argv; cmd names it in errors)
 // with o's settings, streaming.
 func (v *remoteVM) exec(ctx context.Context, req api.Exec, o smolvm.ExecOptions, cmd string) (int, error) {
 	if o.Timeout > 0 {
