@@ -30,6 +30,10 @@ func (e *CommandError) Is(target error) bool {
 	return false
 }
 
+// ErrOldAgent: the guest's agent predates argv commands and background
+// processes (a VM created with this smolvm has them).
+var ErrOldAgent = errors.New("the VM's agent is older than this smolvm: it runs no argv commands or background processes")
+
 // maxAgentError bounds an error message from the (untrusted) agent.
 const maxAgentError = 4 << 10
 

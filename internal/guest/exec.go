@@ -254,7 +254,12 @@ func (c *Client) start(spec runSpec) startedSession {
 		return fail(fmt.Errorf("send %s request: %w", spec.request, err))
 	}
 	if !ok {
-		return fail(fmt.Errorf("guest refused %s request", spec.request))
+		err := fmt.Errorf("guest refused %s request", spec.request)
+		if spec.request == "exec-argv@smolvm" || spec.arg == "smolvm-proc" {
+			// Only an agent older than this host refuses these outright.
+			err = fmt.Errorf("%w: %w", ErrOldAgent, err)
+		}
+		return fail(err)
 	}
 	return startedSession{ch: ch, exited: exited}
 }
