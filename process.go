@@ -253,11 +253,21 @@ func agentError(err error) error {
 	}
 	switch ce.Kind {
 	case "not_found":
-		return fmt.Errorf("%w: %w", ErrNotFound, ce)
+		return &kindError{ErrNotFound, ce}
 	case "invalid", "limit":
-		return fmt.Errorf("%w: %w", ErrInvalid, ce)
+		return &kindError{ErrInvalid, ce}
 	case "exited":
-		return fmt.Errorf("%w: %w", ErrProcessExited, ce)
+		return &kindError{ErrProcessExited, ce}
 	}
 	return err
 }
+
+// kindError is the agent's message, matching both a root sentinel and
+// the *guest.CommandError (and through it fs.ErrNotExist...).
+type kindError struct {
+	kind error
+	ce   *guest.CommandError
+}
+
+func (e *kindError) Error() string   { return e.ce.Message }
+func (e *kindError) Unwrap() []error { return []error{e.kind, e.ce} }
