@@ -245,7 +245,8 @@ func (v *VM) withConn(ctx context.Context, op string, fn func(*guest.Client) err
 
 // agentError gives the agent's refusals (*guest.CommandError) the root
 // package's kinds: a program, directory, user or process that is not
-// there is ErrNotFound; bad input ErrInvalid.
+// there is ErrNotFound; bad input (a file that is not executable too)
+// ErrInvalid.
 func agentError(err error) error {
 	var ce *guest.CommandError
 	if !errors.As(err, &ce) {
@@ -254,7 +255,7 @@ func agentError(err error) error {
 	switch ce.Kind {
 	case "not_found":
 		return &kindError{ErrNotFound, ce}
-	case "invalid", "limit":
+	case "invalid", "limit", "permission":
 		return &kindError{ErrInvalid, ce}
 	case "exited":
 		return &kindError{ErrProcessExited, ce}

@@ -20,7 +20,7 @@ func TestAgentError(t *testing.T) {
 		{"invalid", []error{ErrInvalid}},
 		{"limit", []error{ErrInvalid}},
 		{"exited", []error{ErrProcessExited}},
-		{"permission", []error{fs.ErrPermission}},
+		{"permission", []error{ErrInvalid, fs.ErrPermission}},
 	}
 	for _, tt := range tests {
 		ce := &guest.CommandError{Kind: tt.kind, Message: "the message"}
