@@ -57,6 +57,8 @@ type machine interface {
 	UnsetEnv(ctx context.Context, keys ...string) (map[string]string, error)
 	Upload(ctx context.Context, local, guestPath string) error
 	Download(ctx context.Context, guestPath, local string) error
+	// Files is the VM's file system, for the fs commands (fs.go).
+	Files() guestFiles
 	Expose(ctx context.Context, p portSpec) (smolvm.PortForward, error)
 	Unexpose(ctx context.Context, hostAddr string, hostPort int) error
 	Forwards(ctx context.Context) ([]smolvm.PortForward, error)

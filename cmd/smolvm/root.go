@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -128,6 +130,7 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		newEnvCmd(g),
 		newDoctorCmd(g),
 		newCpCmd(g),
+		newFSCmd(g),
 		newPortCmd(g),
 		newImageCmd(g),
 		newSnapshotCmd(g),
@@ -297,6 +300,15 @@ func errorKind(err error) string {
 		return "unauthorized"
 	case errors.Is(err, apiclient.ErrUnreachable):
 		return "unreachable"
+	// A guest file operation's errno, as the API's codes have it.
+	case errors.Is(err, fs.ErrNotExist):
+		return "not_found"
+	case errors.Is(err, fs.ErrExist):
+		return "already_exists"
+	case errors.Is(err, fs.ErrPermission):
+		return "permission_denied"
+	case errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.ENOTDIR), errors.Is(err, smolvm.ErrTooLarge):
+		return "invalid"
 	}
 	return "error"
 }

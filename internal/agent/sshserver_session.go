@@ -136,6 +136,10 @@ func (s *session) handle(req *ssh.Request) {
 			s.start(req, s.startEnv)
 		case "smolvm-proc":
 			s.start(req, s.startProc)
+		case "smolvm-fs":
+			s.start(req, s.startFS)
+		case "smolvm-watch":
+			s.start(req, s.startWatch)
 		default:
 			reply(false)
 		}

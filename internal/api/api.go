@@ -10,6 +10,7 @@ package api
 
 import (
 	"errors"
+	"io/fs"
 	"net/http"
 
 	"github.com/smolvm/smolvm"
@@ -55,6 +56,7 @@ const (
 	CodeCanceled      = "canceled"               // 499: the client went away
 	CodeInternal      = "internal"               // 500: anything else
 	CodeExited        = "process_exited"         // 409: the background process has exited
+	CodePermission    = "permission_denied"      // 403: the guest refused a file operation
 )
 
 // Status is the HTTP status of an error code.
@@ -64,6 +66,8 @@ func Status(code string) int {
 		return http.StatusBadRequest
 	case CodeUnauthorized:
 		return http.StatusUnauthorized
+	case CodePermission:
+		return http.StatusForbidden
 	case CodeNotFound:
 		return http.StatusNotFound
 	case CodeNotAllowed:
@@ -101,6 +105,14 @@ func CodeOf(err error) string {
 		return CodeInUse
 	case errors.Is(err, smolvm.ErrProcessExited):
 		return CodeExited
+	case errors.Is(err, smolvm.ErrTooLarge):
+		return CodeTooLarge
+	case errors.Is(err, fs.ErrNotExist):
+		return CodeNotFound
+	case errors.Is(err, fs.ErrExist):
+		return CodeAlreadyExists
+	case errors.Is(err, fs.ErrPermission):
+		return CodePermission
 	}
 	return CodeInternal
 }
@@ -116,6 +128,9 @@ type ErrorDetail struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
 	Field   string `json:"field,omitempty"`
+	// Errno names the guest's errno when a file operation failed
+	// ("ENOENT", "EISDIR", "ENOTEMPTY"...).
+	Errno string `json:"errno,omitempty"`
 }
 
 // Serving is what `smolvm serve --json` prints once it listens: the
