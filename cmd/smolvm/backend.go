@@ -70,6 +70,7 @@ type machine interface {
 	SetLimits(ctx context.Context, l smolvm.Limits) error
 	Metrics(ctx context.Context) (*smolvm.Metrics, error)
 	Close() error
+	processes // argv commands and background processes (proc.go)
 }
 
 // snapshotVM is what a VM made from a snapshot may set.

@@ -121,6 +121,10 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		newListCmd(g),
 		newInfoCmd(g),
 		newExecCmd(g),
+		newPsCmd(g),
+		newKillCmd(g),
+		newAttachCmd(g),
+		newWaitCmd(g),
 		newSSHCmd(g),
 		newLogsCmd(g),
 		newEnvCmd(g),
@@ -293,6 +297,8 @@ func errorKind(err error) string {
 		return "not_running"
 	case errors.Is(err, smolvm.ErrInUse):
 		return "in_use"
+	case errors.Is(err, smolvm.ErrProcessExited):
+		return "process_exited"
 	case errors.Is(err, apiclient.ErrUnauthorized):
 		return "unauthorized"
 	case errors.Is(err, apiclient.ErrUnreachable):

@@ -17,7 +17,7 @@ import (
 func newListCmd(g *globalOptions) *cobra.Command {
 	return &cobra.Command{
 		Use:          "list",
-		Aliases:      []string{"ls", "ps"},
+		Aliases:      []string{"ls"}, // ps: proc.go
 		Short:        "List VMs",
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,

@@ -95,6 +95,7 @@ type Server struct {
 	env      *envStore
 	poweroff func()
 	reaper   *Reaper
+	procs    *procTable // background processes (smolvm-proc)
 	log      *slog.Logger
 	// sshConf is swapped whole by SetKeys; each connection takes the one
 	// current when it arrives.
@@ -159,6 +160,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		authorizedKeysFile: cfg.AuthorizedKeysFile,
 		password:           password,
 	}
+	srv.procs = newProcTable(srv)
 	srv.sshConf.Store(srv.newSSHConfig(cfg.HostKey, cfg.AuthorizedKeys))
 	return srv, nil
 }

@@ -55,6 +55,7 @@ const (
 	CodeTimeout       = "timeout"                // 504: the operation ran past its timeout
 	CodeCanceled      = "canceled"               // 499: the client went away
 	CodeInternal      = "internal"               // 500: anything else
+	CodeExited        = "process_exited"         // 409: the background process has exited
 	CodePermission    = "permission_denied"      // 403: the guest refused a file operation
 )
 
@@ -71,7 +72,7 @@ func Status(code string) int {
 		return http.StatusNotFound
 	case CodeNotAllowed:
 		return http.StatusMethodNotAllowed
-	case CodeAlreadyExists, CodeNotRunning, CodeInUse:
+	case CodeAlreadyExists, CodeNotRunning, CodeInUse, CodeExited:
 		return http.StatusConflict
 	case CodeTooLarge:
 		return http.StatusRequestEntityTooLarge
@@ -102,6 +103,8 @@ func CodeOf(err error) string {
 		return CodeNotRunning
 	case errors.Is(err, smolvm.ErrInUse):
 		return CodeInUse
+	case errors.Is(err, smolvm.ErrProcessExited):
+		return CodeExited
 	case errors.Is(err, smolvm.ErrTooLarge):
 		return CodeTooLarge
 	case errors.Is(err, fs.ErrNotExist):
@@ -206,7 +209,12 @@ type Pause struct {
 // ?stream=true) and the first message of the exec WebSocket.
 type Exec struct {
 	// Cmd is a shell command line, run by the guest's /bin/sh -c.
-	Cmd            string            `json:"cmd"`
+	Cmd string `json:"cmd,omitempty"`
+	// Argv, instead of Cmd, is run without a shell (docs/processes.md);
+	// Dir and User (a name or uid) apply to either form.
+	Argv           []string          `json:"argv,omitempty"`
+	Dir            string            `json:"dir,omitempty"`
+	User           string            `json:"user,omitempty"`
 	Env            map[string]string `json:"env,omitempty"`
 	TimeoutSeconds float64           `json:"timeout_seconds,omitempty"`
 	// Stdin is given whole for buffered exec: as text, or as base64 in

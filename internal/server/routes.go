@@ -41,6 +41,13 @@ func (s *Server) routes() []Route {
 		h("POST", "/v1/vms/{id}/exec", s.exec),
 		h("GET", "/v1/vms/{id}/exec/ws", s.execWS),
 		h("GET", "/v1/vms/{id}/shell/ws", s.shellWS),
+		h("POST", "/v1/vms/{id}/processes", s.startProcess),
+		h("GET", "/v1/vms/{id}/processes", s.listProcesses),
+		h("GET", "/v1/vms/{id}/processes/{pid}", s.getProcess),
+		h("POST", "/v1/vms/{id}/processes/{pid}/signal", s.signalProcess),
+		h("POST", "/v1/vms/{id}/processes/{pid}/wait", s.waitProcess),
+		h("POST", "/v1/vms/{id}/processes/{pid}/stdin", s.processStdin),
+		h("GET", "/v1/vms/{id}/processes/{pid}/attach", s.attachProcess),
 
 		h("GET", "/v1/vms/{id}/env", s.getEnv),
 		h("PATCH", "/v1/vms/{id}/env", s.patchEnv),
