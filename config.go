@@ -104,6 +104,9 @@ type VMConfig struct {
 	// Labels tag the VM for List's filter (WithLabelFilter): at most 64,
 	// keys as ValidateLabels allows.
 	Labels map[string]string `json:"labels,omitempty"`
+	// Limits bound the VM's CPU, memory, disk and network use (see
+	// Limits); zero = unlimited. VM.SetLimits changes them later.
+	Limits Limits `json:"limits,omitzero"`
 }
 
 // Mount shares the host folder HostPath at GuestPath in the guest,
@@ -248,6 +251,7 @@ func (c VMConfig) validate(host hostLimits) error {
 	for _, m := range c.Mounts {
 		errs = append(errs, m.validate()...)
 	}
+	errs = append(errs, c.Limits.validate(c)...)
 	if strings.ContainsAny(c.BootArgs, "\n\x00") {
 		bad("boot args", fmt.Sprintf("%q", c.BootArgs), "must be one line")
 	}

@@ -66,6 +66,9 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	if err != nil {
 		return nil, opError("create", cfg.ID, err)
 	}
+	if err := cfg.Limits.checkHost(mode); err != nil {
+		return nil, opError("create", cfg.ID, err)
+	}
 	pool, err := resolvePool(s.subnet)
 	if err != nil {
 		return nil, opError("create", cfg.ID, err)

@@ -45,6 +45,7 @@ func Doctor(ctx context.Context, opts ...Option) []Check {
 		checkTools(),
 		checkTAP(),
 		checkForwarding(),
+		checkCgroups(),
 		checkStateDir(s.home),
 		checkAgent(s),
 		checkKeeper(s),

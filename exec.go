@@ -84,6 +84,15 @@ type ExecOptions struct {
 	// Secrets are variables for this command only, as Env, that smolvm
 	// never writes down (see WithSecrets); they win over Env.
 	Secrets map[string]string `json:"-"`
+	// Dir is the working directory and User the guest user (a name from
+	// its /etc/passwd or a numeric uid) the command runs as; empty = root
+	// in its home. A directory or user the guest lacks is an error
+	// matching ErrNotFound.
+	Dir, User string
+	// Signals carries signal names (TERM, INT, KILL, ...) to deliver to
+	// the command's process group while it runs; how it ends is its exit
+	// code, as usual (128+N if the signal killed it).
+	Signals <-chan string
 }
 
 // Run runs cmd with the guest's shell and returns its output and exit code.
@@ -120,14 +129,15 @@ func (v *VM) Run(ctx context.Context, cmd string, opts ...RunOption) (*CommandRe
 // after it last sent anything; a *TimeoutError), or a VM process
 // that exits (ErrNotRunning). Cancelling ctx ends this command only.
 func (v *VM) Exec(ctx context.Context, cmd string, o ExecOptions) (int, error) {
-	return v.exec(ctx, cmd, o, func(ctx context.Context, c *guest.Client, req guest.ExecRequest) (int, error) {
+	return v.exec(ctx, guest.ExecRequest{Command: cmd}, o, func(ctx context.Context, c *guest.Client, req guest.ExecRequest) (int, error) {
 		return c.Exec(ctx, req)
 	})
 }
 
-// exec checks o, bounds ctx by its timeout and runs the command with
-// start on the VM's connection: what Exec and ExecTerminal share.
-func (v *VM) exec(ctx context.Context, cmd string, o ExecOptions, start func(context.Context, *guest.Client, guest.ExecRequest) (int, error)) (int, error) {
+// exec checks o, bounds ctx by its timeout and runs the command (req's
+// Command or Argv, Dir, User) with start on the VM's connection: what
+// Exec, ExecTerminal and Cmd share.
+func (v *VM) exec(ctx context.Context, req guest.ExecRequest, o ExecOptions, start func(context.Context, *guest.Client, guest.ExecRequest) (int, error)) (int, error) {
 	if o.Timeout < 0 {
 		return -1, opError("run", v.id, &ValidationError{Field: "timeout", Value: o.Timeout, Reason: "must not be negative; 0 means no limit"})
 	}
@@ -151,10 +161,14 @@ func (v *VM) exec(ctx context.Context, cmd string, o ExecOptions, start func(con
 	if err != nil {
 		return -1, opError("run", v.id, err)
 	}
-	code, err := start(ctx, c, guest.ExecRequest{
-		Command: cmd, Env: withSecrets(o.Env, o.Secrets), Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr, PTY: o.TTY,
-	})
+	req.Env, req.Stdin, req.Stdout, req.Stderr, req.PTY = withSecrets(o.Env, o.Secrets), o.Stdin, o.Stdout, o.Stderr, o.TTY
+	req.Dir, req.User, req.Signals = o.Dir, o.User, o.Signals
+	code, err := start(ctx, c, req)
 	if err != nil {
+		cmd := req.Command
+		if len(req.Argv) > 0 {
+			cmd = shellQuoteArgv(req.Argv)
+		}
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) && errors.Is(err, context.DeadlineExceeded) {
 			return -1, &TimeoutError{Op: "run", VM: v.id, Timeout: o.Timeout, Detail: "command killed: " + cmd}
 		}
@@ -162,7 +176,7 @@ func (v *VM) exec(ctx context.Context, cmd string, o ExecOptions, start func(con
 			// The session only saw its channel close; say why.
 			err = fmt.Errorf("%w: the VM %s while the command ran (%w)", ErrNotRunning, gone, err)
 		}
-		return -1, opError("run", v.id, err)
+		return -1, opError("run", v.id, agentError(err))
 	}
 	return code, nil
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/smolvm/smolvm/internal/cgroup"
 	"github.com/smolvm/smolvm/internal/flock"
 	"github.com/smolvm/smolvm/internal/hypervisor"
 	"github.com/smolvm/smolvm/internal/network"
@@ -19,12 +20,13 @@ import (
 // Leftover is something of smolvm's that belongs to no VM in the state
 // database: debris of a crash or of a killed process.
 type Leftover struct {
-	Kind   string `json:"kind"` // "process", "tap", "rule", "dir" or "keeper"
+	Kind   string `json:"kind"` // "process", "tap", "rule", "dir", "cgroup", "shape" or "keeper"
 	Name   string `json:"name"` // PID, device, rule tag or path
 	Detail string `json:"detail"`
 
-	proc hypervisor.Process
-	vm   string
+	proc   hypervisor.Process
+	vm     string
+	cgroup cgroup.Group
 }
 
 // FindLeftovers lists QEMU processes, TAP devices, nftables rules and VM
@@ -109,6 +111,7 @@ func FindLeftovers(ctx context.Context, opts ...Option) ([]Leftover, error) {
 	}
 	out = append(out, snapshotLeftovers(ctx, s)...)
 	out = append(out, keeperLeftovers(vmsDir, known)...)
+	out = append(out, limitLeftovers(vms, procs)...)
 	return out, nil
 }
 
@@ -162,6 +165,8 @@ func RemoveLeftovers(ctx context.Context, leftovers []Leftover) error {
 			err = os.RemoveAll(l.Name)
 		case "keeper":
 			err = removeKeeperLeftover(l)
+		default:
+			_, err = removeLimitLeftover(l)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s %s: %w", l.Kind, l.Name, err))

@@ -178,8 +178,16 @@ func (v *VM) start(ctx context.Context) (err error) {
 	if err := newConsoleLog(v.paths); err != nil {
 		return err
 	}
-	proc, err := backend.Start(bootCtx, spec)
+	limitsStarted, err := v.limitsBeforeStart(bootCtx, info.Config.Limits, &spec, &undo)
 	if err != nil {
+		return err
+	}
+	proc, err := backend.Start(bootCtx, spec)
+	limitsStarted()
+	if err != nil {
+		return err
+	}
+	if err := v.limitsAfterStart(bootCtx, info.Config.Limits); err != nil {
 		return err
 	}
 	console := v.guardConsole(bootCtx)
@@ -569,6 +577,7 @@ func (v *VM) releaseRunResources() {
 	tap, name := v.info.Network.TAP, v.info.Process
 	v.mu.Unlock()
 	v.stopKeeper()
+	v.releaseLimits(tap)
 	if tap == "" {
 		return
 	}

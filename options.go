@@ -111,6 +111,10 @@ func WithBootTimeout(d time.Duration) Option {
 	return withConfig(func(c *VMConfig) { c.BootTimeout = d })
 }
 
+// WithLimits sets the VM's limits (VMConfig.Limits); with FromSnapshot it
+// replaces the snapshot's.
+func WithLimits(l Limits) Option { return withConfig(func(c *VMConfig) { c.Limits = l }) }
+
 func newSettings(opts []Option) settings {
 	var s settings
 	for _, o := range opts {

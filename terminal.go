@@ -22,7 +22,7 @@ func (v *VM) ExecTerminal(ctx context.Context, cmd string, o ExecOptions, t Term
 		return -1, opError("run", v.id, &ValidationError{Field: "terminal size", Value: [2]int{t.Width, t.Height}, Reason: "want 0 (the default, 80x24) up to 32768 cells each way"})
 	}
 	o.TTY = true
-	return v.exec(ctx, cmd, o, func(ctx context.Context, c *guest.Client, req guest.ExecRequest) (int, error) {
+	return v.exec(ctx, guest.ExecRequest{Command: cmd}, o, func(ctx context.Context, c *guest.Client, req guest.ExecRequest) (int, error) {
 		return c.ExecPTY(ctx, req, t.Term, t.Width, t.Height, t.Resize)
 	})
 }

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/smolvm/smolvm/internal/cgroup"
 	"github.com/smolvm/smolvm/internal/flock"
 	"github.com/smolvm/smolvm/internal/guest"
 	"github.com/smolvm/smolvm/internal/hypervisor"
@@ -123,6 +124,8 @@ type runtimeRecord struct {
 	// given secrets (see secrets.go): while it runs, its memory is not
 	// to be captured. Never the secrets themselves.
 	SecretsProc uint64 `json:"secrets_proc,omitempty"`
+	// Cgroup is the VM's cgroup while it has one (see limits.go).
+	Cgroup *cgroup.Group `json:"cgroup,omitempty"`
 }
 
 // VM is a handle on one VM. Its methods are safe for concurrent use. A
@@ -139,6 +142,8 @@ type VM struct {
 	info   VMInfo
 	rt     runtimeRecord
 	client *guest.Client
+
+	lastCPU cpuSample // the previous Metrics' CPU reading; guarded by mu
 
 	closeOnce   sync.Once
 	deleted     bool // the VM is gone (see row); guarded by mu

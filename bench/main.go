@@ -12,7 +12,9 @@
 //   - with -api N: the round trip of `true` through the SDK, the HTTP API
 //     and the Python client, on one VM (see api.go);
 //   - with -fs N: a file watch event's latency and the in-memory file
-//     API's throughput for 1 MiB and 50 MiB, on one VM (see fs.go).
+//     API's throughput for 1 MiB and 50 MiB, on one VM (see fs.go);
+//   - with -proc N: the round trip of `true` as an argv against the shell
+//     form, and a background process's start to first output (proc.go).
 //
 // Run it with scripts/bench.sh, which builds the agent first.
 package main
@@ -73,8 +75,15 @@ func main() {
 	density := flag.Int("density", 0, "instead: hold N idle warm VMs, then run `true` in each in turn")
 	apiRuns := flag.Int("api", 0, "instead: N round trips of `true` through the Go SDK, the HTTP API (Go client, curl) and the Python client")
 	fsRuns := flag.Int("fs", 0, "instead: N rounds of the file API: watch event latency, WriteFile/ReadFile of 1 MiB and 50 MiB (see fs.go)")
+	procRuns := flag.Int("proc", 0, "instead: N round trips of `true` as argv and as a shell string, and N background starts to first output")
 	flag.Parse()
 	ctx := context.Background()
+	if *procRuns > 0 {
+		if err := procBench(ctx, *procRuns); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if *fsRuns > 0 {
 		if err := fsBench(ctx, *fsRuns); err != nil {
 			log.Fatal(err)

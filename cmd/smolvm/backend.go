@@ -72,7 +72,10 @@ type machine interface {
 	Fork(ctx context.Context, n int) ([]smolvm.VMInfo, error)
 	// SetTTL gives the VM a lifetime from now (0 = none); onExpire "" keeps it.
 	SetTTL(ctx context.Context, ttl time.Duration, onExpire string) error
+	SetLimits(ctx context.Context, l smolvm.Limits) error
+	Metrics(ctx context.Context) (*smolvm.Metrics, error)
 	Close() error
+	processes // argv commands and background processes (proc.go)
 }
 
 // snapshotVM is what a VM made from a snapshot may set.

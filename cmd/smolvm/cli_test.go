@@ -132,6 +132,9 @@ func TestCommandArgs(t *testing.T) {
 		{newExecCmd(g), []string{"web", "--timeout", "1", "--", "ls"}, []string{"web", "ls"}, "timeout", "1s"},
 		{newExecCmd(g), []string{"web", "--timeout", "1.5s", "--", "ls"}, []string{"web", "ls"}, "timeout", "1.5s"},
 		{newRunCmd(g), []string{"--timeout", "2m", "ls"}, []string{"ls"}, "timeout", "2m0s"},
+		{newExecCmd(g), []string{"--argv", "web", "--cwd", "/tmp", "--", "ls", "--cwd"}, []string{"web", "ls", "--cwd"}, "cwd", "/tmp"},
+		{newExecCmd(g), []string{"-d", "web", "-u", "nobody", "--", "sleep", "9"}, []string{"web", "sleep", "9"}, "detach", "true"},
+		{newKillCmd(g), []string{"web", "p1", "-s", "KILL"}, []string{"web", "p1"}, "signal", "KILL"},
 	}
 	for _, tt := range tests {
 		if err := tt.cmd.ParseFlags(tt.args); err != nil {
@@ -165,6 +168,7 @@ func TestErrorKind(t *testing.T) {
 		{errors.New("boom"), "error", 1},
 		{exitCodeError{3}, "error", 3},
 		{fmt.Errorf("%w: delete them first", smolvm.ErrInUse), "in_use", 1},
+		{fmt.Errorf("%w: p1", smolvm.ErrProcessExited), "process_exited", 1},
 	}
 	for _, tt := range tests {
 		if got := errorKind(tt.err); got != tt.kind {
@@ -349,6 +353,11 @@ func TestListEmpty(t *testing.T) {
 	stdout, _, code = runCLI(t, "--home", home, "list")
 	if code != 0 || !strings.HasPrefix(stdout, "ID") {
 		t.Errorf("list: code %d, stdout %q", code, stdout)
+	}
+	// ps without a VM id is list, as when it was list's alias.
+	stdout, stderr, code = runCLI(t, "--json", "--home", home, "ps")
+	if code != 0 || strings.TrimSpace(stdout) != "[]" {
+		t.Errorf("ps --json: code %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 	stdout, stderr, code = runCLI(t, "--json", "--home", home, "snapshot", "list")
 	if code != 0 || strings.TrimSpace(stdout) != "[]" {

@@ -165,6 +165,20 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("env list: %v, want %v", env, want)
 		}
 		c.ok("env", "unset", id, "N")
+		var samples []smolvm.Metrics
+		c.json(&samples, "stats", id)
+		if len(samples) != 1 || samples[0].ID != id || samples[0].CPU.TimeNS <= 0 || samples[0].Memory.RSS <= 0 || samples[0].Guest == nil {
+			t.Errorf("stats --json %s: %+v", id, samples)
+		}
+		c.json(&samples, "stats")
+		if len(samples) != 1 || samples[0].ID != id {
+			t.Errorf("stats --json (all running VMs): %+v", samples)
+		}
+		var lim smolvm.Limits
+		c.json(&lim, "update", id, "--disk-bps", "10M")
+		if c.json(&info, "info", id); lim.DiskBPS != 10_000_000 || info.Config.Limits != lim {
+			t.Errorf("update --disk-bps 10M: %+v, info %+v", lim, info.Config.Limits)
+		}
 		if out := c.ok("ssh", id, "--print"); !strings.Contains(out, filepath.Join(c.home, "vms", id, "id_ed25519")) || !strings.Contains(out, "root@") {
 			t.Errorf("ssh --print: %q", out)
 		}

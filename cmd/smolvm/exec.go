@@ -24,6 +24,7 @@ type execOptions struct {
 	stdin   bool
 	env     []string
 	secrets secretFlags
+	procFlags
 }
 
 func newExecCmd(g *globalOptions) *cobra.Command {
@@ -32,16 +33,25 @@ func newExecCmd(g *globalOptions) *cobra.Command {
 		Use:   "exec ID [flags] -- CMD [ARGS...]",
 		Short: "Run a command in a running VM",
 		Long: "Run a command in a running VM, streaming its output; smolvm exits with the\n" +
-			"command's exit code (124 on --timeout). Arguments are quoted as for run." + jsonOutputHelp,
-		Example:           "  smolvm exec web -- ls -la /\n  smolvm exec -i web -- sh -c 'cat > /tmp/f' < file",
+			"command's exit code (124 on --timeout). Arguments are quoted as for run and\n" +
+			"the guest's shell runs them; with --argv they are a program and its arguments,\n" +
+			"run without a shell. --detach starts it in the background and prints its\n" +
+			"process id (ps, attach, kill, wait)." + jsonOutputHelp,
+		Example: "  smolvm exec web -- ls -la /\n  smolvm exec -i web -- sh -c 'cat > /tmp/f' < file\n" +
+			"  smolvm exec --argv --cwd /tmp --user nobody web -- printf '%s\\n' 'a b' '$(id)'\n" +
+			"  smolvm exec --detach web -- python3 -m http.server 8000",
 		ValidArgsFunction: completeIDs(g, 1),
 		SilenceUsage:      true,
 		Args:              minArgs(2, "need a VM id and a command: smolvm exec ID -- CMD [ARGS...]"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.detach || o.argv {
+				return runExecProc(cmd.Context(), g, o, args[0], args[1:], cmdStreams(cmd))
+			}
 			return runExec(cmd.Context(), g, o, args[0], shellJoin(args[1:]), cmdStreams(cmd))
 		},
 	}
 	fs := cmd.Flags()
+	o.procFlags.register(cmd)
 	fs.Var(secondsFlag(&o.timeout), "timeout", timeoutHelp)
 	fs.BoolVarP(&o.stdin, "interactive", "i", false, "pass standard input to the command")
 	fs.StringArrayVarP(&o.env, "env", "e", nil, "set an environment variable for this command, NAME=VALUE (repeatable)")
@@ -59,7 +69,7 @@ func runExec(ctx context.Context, g *globalOptions, o execOptions, id, command s
 	if err != nil {
 		return err
 	}
-	eo := smolvm.ExecOptions{Stdout: s.out, Stderr: s.err, Env: env, Timeout: o.timeout, Secrets: secrets}
+	eo := smolvm.ExecOptions{Stdout: s.out, Stderr: s.err, Env: env, Timeout: o.timeout, Dir: o.cwd, User: o.user, Secrets: secrets}
 	if g.json {
 		eo.Stdout, eo.Stderr = &stdout, &stderr
 	}

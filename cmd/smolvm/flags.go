@@ -29,6 +29,7 @@ type vmFlags struct {
 	noEgress    bool
 	cold        bool
 	life        lifeFlags
+	limits      limitFlags
 }
 
 func (f *vmFlags) register(cmd *cobra.Command) {
@@ -45,6 +46,7 @@ func (f *vmFlags) register(cmd *cobra.Command) {
 	fs.BoolVar(&f.noEgress, "no-egress", false, "cut the VM off from the host's networks (exposed ports still work)")
 	fs.BoolVar(&f.cold, "cold", false, "boot the VM even when the default image's warm template would resume it (info shows boot_path)")
 	f.life.register(cmd)
+	f.limits.register(fs)
 }
 
 // seconds is a duration flag that also takes a plain number as seconds,
@@ -122,6 +124,7 @@ func (f *vmFlags) config() (smolvm.VMConfig, error) {
 		Env:                env,
 		BootTimeout:        f.bootTimeout,
 		RetainDiskOnDelete: f.retainDisk,
+		Limits:             f.limits.limits(),
 	}
 	return cfg, f.life.apply(&cfg)
 }

@@ -72,7 +72,7 @@ func (h remoteHost) Create(ctx context.Context, cfg smolvm.VMConfig, cold bool) 
 	req := api.CreateVM{
 		ID: cfg.ID, VCPUs: cfg.VCPUs, MemoryMiB: cfg.MemoryMiB, DiskMiB: cfg.DiskMiB, Image: cfg.Image,
 		Env: cfg.Env, NoEgress: cfg.NoEgress, RetainDiskOnDelete: cfg.RetainDiskOnDelete, ReuseDisk: cfg.ReuseDisk,
-		Cold: cold, TTLSeconds: cfg.TTL.Seconds(), OnExpire: cfg.OnExpire, Labels: cfg.Labels,
+		Cold: cold, Limits: cfg.Limits, TTLSeconds: cfg.TTL.Seconds(), OnExpire: cfg.OnExpire, Labels: cfg.Labels,
 	}
 	if h.g.network != smolvm.NetworkAuto {
 		req.Network = h.g.network
@@ -219,14 +219,20 @@ func (v *remoteVM) Delete(ctx context.Context) error { return v.c.DeleteVM(ctx, 
 const serverGrace = 30 * time.Second
 
 func (v *remoteVM) Exec(ctx context.Context, cmd string, o smolvm.ExecOptions) (int, error) {
+	return v.exec(ctx, api.Exec{Cmd: cmd}, o, cmd)
+}
+
+// exec runs req (a command line or an argv; cmd names it in errors)
+// with o's settings, streaming.
+func (v *remoteVM) exec(ctx context.Context, req api.Exec, o smolvm.ExecOptions, cmd string) (int, error) {
 	if o.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, o.Timeout+serverGrace)
 		defer cancel()
 	}
-	code, err := v.c.ExecStream(ctx, v.info.ID, api.Exec{
-		Cmd: cmd, Env: o.Env, TimeoutSeconds: o.Timeout.Seconds(), TTY: o.TTY, Secrets: o.Secrets,
-	}, apiclient.Stdio{Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr})
+	req.Env, req.TimeoutSeconds, req.TTY, req.Dir, req.User = o.Env, o.Timeout.Seconds(), o.TTY, o.Dir, o.User
+	req.Secrets = o.Secrets
+	code, err := v.c.ExecStream(ctx, v.info.ID, req, apiclient.Stdio{Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr})
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
 		return -1, &smolvm.TimeoutError{Op: "run", VM: v.info.ID, Timeout: o.Timeout,
 			Detail: "the server did not report the end of the command " + serverGrace.String() + " after its timeout: " + cmd}

@@ -198,6 +198,10 @@ func TestRemoteMatchesLocal(t *testing.T) {
 		{"fs rm not empty", []string{"--json", "fs", "rm", vm, "/root/fsw/d"}, "", 1, "", true},
 		{"fs rm missing", []string{"--json", "fs", "rm", vm, "/root/fsw/nope"}, "", 1, "", true},
 		{"fs cat a directory", []string{"--json", "fs", "cat", vm, "/root/fsw"}, "", 1, "", true},
+		{"update", []string{"update", vm, "--disk-bps", "10M"}, "", 0, "disk 10M/s\n", true},
+		{"json update", []string{"--json", "update", vm, "--disk-iops", "500"}, "", 0, "", true},
+		{"bad limit", []string{"update", vm, "--cpu-limit", "-1"}, "", 1, "", false},
+		{"stats of no such VM", []string{"stats", "nope"}, "", 1, "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -228,6 +232,18 @@ func TestRemoteMatchesLocal(t *testing.T) {
 	}
 	t.Run("fs watch", func(t *testing.T) { testFSWatch(t, vm, local, overUnix) })
 	t.Run("cp -a", func(t *testing.T) { testCpArchive(t, vm, local, overUnix) })
+
+	t.Run("stats", func(t *testing.T) {
+		for _, m := range modes {
+			c := m.c
+			c.t = t
+			var ms []smolvm.Metrics
+			c.json(&ms, "stats", vm)
+			if len(ms) != 1 || ms[0].ID != vm || ms[0].CPU.TimeNS <= 0 || ms[0].Memory.RSS <= 0 || ms[0].Disk.ReadBytes <= 0 || ms[0].Limits.DiskBPS != 10_000_000 {
+				t.Errorf("%s: stats --json: %+v", m.name, ms)
+			}
+		}
+	})
 
 	t.Run("doctor", func(t *testing.T) {
 		var l, r doctorReport

@@ -130,6 +130,10 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		newListCmd(g),
 		newInfoCmd(g),
 		newExecCmd(g),
+		newPsCmd(g),
+		newKillCmd(g),
+		newAttachCmd(g),
+		newWaitCmd(g),
 		newSSHCmd(g),
 		newLogsCmd(g),
 		newEnvCmd(g),
@@ -144,6 +148,9 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		newMCPCmd(g),
 		newKeeperCmd(g),
 		newTTLCmd(g),
+		newUpdateCmd(g),
+		newLimitsCmd(g),
+		newStatsCmd(g),
 	)
 	return root
 }
@@ -301,6 +308,8 @@ func errorKind(err error) string {
 		return "not_running"
 	case errors.Is(err, smolvm.ErrInUse):
 		return "in_use"
+	case errors.Is(err, smolvm.ErrProcessExited):
+		return "process_exited"
 	case errors.Is(err, apiclient.ErrUnauthorized):
 		return "unauthorized"
 	case errors.Is(err, apiclient.ErrUnreachable):

@@ -18,7 +18,7 @@ func newListCmd(g *globalOptions) *cobra.Command {
 	var filters []string
 	cmd := &cobra.Command{
 		Use:          "list",
-		Aliases:      []string{"ls", "ps"},
+		Aliases:      []string{"ls"}, // ps: proc.go
 		Short:        "List VMs",
 		Example:      "  smolvm list --filter label=team=ml --filter label=gpu",
 		Args:         cobra.NoArgs,
@@ -128,6 +128,9 @@ func writeInfo(w io.Writer, vm smolvm.VMInfo) error {
 	line("CPUs", fmt.Sprint(vm.Config.VCPUs))
 	line("Memory", fmt.Sprintf("%d MiB", vm.Config.MemoryMiB))
 	line("Disk", fmt.Sprintf("%d MiB, %s", vm.Config.DiskMiB, vm.Disk))
+	if !vm.Config.Limits.IsZero() {
+		line("Limits", formatLimits(vm.Config.Limits))
+	}
 	image := vm.Config.Image
 	if image == "" && vm.Config.RootfsPath != "" {
 		image = vm.Config.RootfsPath

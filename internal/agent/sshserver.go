@@ -96,6 +96,7 @@ type Server struct {
 	secrets  secretStore // start secrets, in memory only
 	poweroff func()
 	reaper   *Reaper
+	procs    *procTable // background processes (smolvm-proc)
 	log      *slog.Logger
 	// sshConf is swapped whole by SetKeys; each connection takes the one
 	// current when it arrives.
@@ -160,6 +161,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		authorizedKeysFile: cfg.AuthorizedKeysFile,
 		password:           password,
 	}
+	srv.procs = newProcTable(srv)
 	srv.sshConf.Store(srv.newSSHConfig(cfg.HostKey, cfg.AuthorizedKeys))
 	return srv, nil
 }

@@ -55,6 +55,8 @@ type session struct {
 
 	stdin     *os.File // write end of the command's stdin pipe (no pty)
 	stdinOnce sync.Once
+
+	gone chan struct{} // closed once the channel is, for waits that outlast it
 }
 
 type ptyRequest struct {
@@ -69,7 +71,7 @@ func (s *Server) handleSession(nch ssh.NewChannel, log *slog.Logger) {
 	if err != nil {
 		return
 	}
-	sess := &session{srv: s, ch: ch, log: log}
+	sess := &session{srv: s, ch: ch, log: log, gone: make(chan struct{})}
 	for req := range reqs {
 		sess.handle(req)
 	}
@@ -119,6 +121,8 @@ func (s *session) handle(req *ssh.Request) {
 		s.start(req, func() (func(), error) { return s.startCommand(s.srv.shell, "-c", p.Command) })
 	case "shell":
 		s.start(req, func() (func(), error) { return s.startCommand(s.srv.shell, "-l") })
+	case "exec-argv@smolvm":
+		s.start(req, func() (func(), error) { return s.startArgv(req.Payload) })
 	case "subsystem":
 		var p struct{ Name string }
 		if ssh.Unmarshal(req.Payload, &p) != nil {
@@ -130,6 +134,8 @@ func (s *session) handle(req *ssh.Request) {
 			s.start(req, s.startSFTP)
 		case "smolvm-env":
 			s.start(req, s.startEnv)
+		case "smolvm-proc":
+			s.start(req, s.startProc)
 		case "smolvm-fs":
 			s.start(req, s.startFS)
 		case "smolvm-watch":
@@ -176,6 +182,7 @@ func (s *session) start(req *ssh.Request, prepare func() (func(), error)) {
 // teardown runs once the channel is closed: it kills the command's process
 // group if the command still runs and waits for every session goroutine.
 func (s *session) teardown() {
+	close(s.gone)
 	s.mu.Lock()
 	if s.proc != nil {
 		_ = unix.Kill(-s.proc.Pid, unix.SIGKILL)

@@ -55,6 +55,7 @@ const (
 	CodeTimeout       = "timeout"                // 504: the operation ran past its timeout
 	CodeCanceled      = "canceled"               // 499: the client went away
 	CodeInternal      = "internal"               // 500: anything else
+	CodeExited        = "process_exited"         // 409: the background process has exited
 	CodePermission    = "permission_denied"      // 403: the guest refused a file operation
 )
 
@@ -71,7 +72,7 @@ func Status(code string) int {
 		return http.StatusNotFound
 	case CodeNotAllowed:
 		return http.StatusMethodNotAllowed
-	case CodeAlreadyExists, CodeNotRunning, CodeInUse:
+	case CodeAlreadyExists, CodeNotRunning, CodeInUse, CodeExited:
 		return http.StatusConflict
 	case CodeTooLarge:
 		return http.StatusRequestEntityTooLarge
@@ -102,6 +103,8 @@ func CodeOf(err error) string {
 		return CodeNotRunning
 	case errors.Is(err, smolvm.ErrInUse):
 		return CodeInUse
+	case errors.Is(err, smolvm.ErrProcessExited):
+		return CodeExited
 	case errors.Is(err, smolvm.ErrTooLarge):
 		return CodeTooLarge
 	case errors.Is(err, fs.ErrNotExist):
@@ -165,6 +168,8 @@ type CreateVM struct {
 	NoEgress           bool              `json:"no_egress,omitempty"`
 	RetainDiskOnDelete bool              `json:"retain_disk_on_delete,omitempty"`
 	ReuseDisk          bool              `json:"reuse_disk,omitempty"`
+	// Limits bound the VM's CPU, memory, disk and network (smolvm.Limits).
+	Limits smolvm.Limits `json:"limits,omitzero"`
 	// BootTimeoutSeconds bounds the start (when Start is set); 0 = 60.
 	BootTimeoutSeconds float64 `json:"boot_timeout_seconds,omitempty"`
 	// Network is "auto" (default), "tap" or "user".
@@ -223,7 +228,12 @@ type Pause struct {
 // ?stream=true) and the first message of the exec WebSocket.
 type Exec struct {
 	// Cmd is a shell command line, run by the guest's /bin/sh -c.
-	Cmd            string            `json:"cmd"`
+	Cmd string `json:"cmd,omitempty"`
+	// Argv, instead of Cmd, is run without a shell (docs/processes.md);
+	// Dir and User (a name or uid) apply to either form.
+	Argv           []string          `json:"argv,omitempty"`
+	Dir            string            `json:"dir,omitempty"`
+	User           string            `json:"user,omitempty"`
 	Env            map[string]string `json:"env,omitempty"`
 	TimeoutSeconds float64           `json:"timeout_seconds,omitempty"`
 	// Secrets are variables for this command only that smolvm never

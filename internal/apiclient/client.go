@@ -142,6 +142,8 @@ func (e *Error) Is(target error) bool {
 		return target == smolvm.ErrNotRunning
 	case api.CodeInUse:
 		return target == smolvm.ErrInUse
+	case api.CodeExited:
+		return target == smolvm.ErrProcessExited
 	case api.CodeTimeout:
 		return target == smolvm.ErrTimeout || target == context.DeadlineExceeded
 	case api.CodeUnauthorized:

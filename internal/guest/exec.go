@@ -30,6 +30,16 @@ type ExecRequest struct {
 	Stdout, Stderr io.Writer
 	// PTY runs the command on a pseudo-terminal (TERM from Env, else xterm).
 	PTY bool
+	// Argv, when set, is run without a shell instead of Command: Argv[0]
+	// is looked up in the guest's PATH unless it holds a slash, and a
+	// program that is not there is an error (a *CommandError), not exit
+	// 127. Dir and User (a name or a numeric uid) set the working
+	// directory and the user, for either form; empty = root in its home.
+	Argv      []string
+	Dir, User string
+	// Signals are signal names (TERM, KILL...) to send to the command's
+	// process group while it runs.
+	Signals <-chan string
 }
 
 // Exec runs req.Command and returns its exit code; a non-zero exit is not an
@@ -42,13 +52,18 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (int, error) {
 	if req.PTY {
 		return c.ExecPTY(ctx, req, "", 0, 0, nil)
 	}
+	request, arg, err := req.request()
+	if err != nil {
+		return -1, fmt.Errorf("guest: exec: %w", err)
+	}
 	code, err := c.run(ctx, runSpec{
-		request: "exec",
-		arg:     req.Command,
+		request: request,
+		arg:     arg,
 		env:     req.Env,
 		stdin:   req.Stdin,
 		stdout:  req.Stdout,
 		stderr:  req.Stderr,
+		signals: req.Signals,
 	})
 	if err != nil {
 		return code, fmt.Errorf("guest: exec: %w", err)
@@ -83,6 +98,7 @@ type runSpec struct {
 	stdout, stderr io.Writer
 	pty            *ptySpec
 	resize         <-chan [2]int
+	signals        <-chan string
 }
 
 type ptySpec struct {
@@ -155,6 +171,9 @@ func (c *Client) run(ctx context.Context, spec runSpec) (int, error) {
 	if spec.resize != nil {
 		go forwardResize(ch, spec.resize, finished)
 	}
+	if spec.signals != nil {
+		go forwardSignals(ch, spec.signals, finished)
+	}
 
 	// Done when the guest has closed the channel (after the exit status)
 	// and all output up to that point has been written out.
@@ -179,6 +198,9 @@ func (c *Client) run(ctx context.Context, spec runSpec) (int, error) {
 		}
 	}
 	stdin.close()
+	if exit.err != nil {
+		return -1, exit.err
+	}
 	if !exit.ok {
 		return -1, c.cause(errors.New("session closed without an exit status"))
 	}
@@ -232,7 +254,12 @@ func (c *Client) start(spec runSpec) startedSession {
 		return fail(fmt.Errorf("send %s request: %w", spec.request, err))
 	}
 	if !ok {
-		return fail(fmt.Errorf("guest refused %s request", spec.request))
+		err := fmt.Errorf("guest refused %s request", spec.request)
+		if spec.request == "exec-argv@smolvm" || spec.arg == "smolvm-proc" {
+			// Only an agent older than this host refuses these outright.
+			err = fmt.Errorf("%w: %w", ErrOldAgent, err)
+		}
+		return fail(err)
 	}
 	return startedSession{ch: ch, exited: exited}
 }
@@ -247,6 +274,7 @@ func kill(ch ssh.Channel) {
 type exitInfo struct {
 	code int
 	ok   bool
+	err  *CommandError // the agent could not start the command
 }
 
 // collectExit drains a session's requests until the channel closes and
@@ -258,7 +286,7 @@ func collectExit(reqs <-chan *ssh.Request) exitInfo {
 		case "exit-status":
 			var p struct{ Status uint32 }
 			if ssh.Unmarshal(req.Payload, &p) == nil {
-				ex = exitInfo{code: int(p.Status), ok: true}
+				ex.code, ex.ok = int(p.Status), true
 			}
 		case "exit-signal":
 			var p struct {
@@ -268,8 +296,10 @@ func collectExit(reqs <-chan *ssh.Request) exitInfo {
 				Lang       string
 			}
 			if ssh.Unmarshal(req.Payload, &p) == nil {
-				ex = exitInfo{code: 128 + linuxSignals[p.Signal], ok: true}
+				ex.code, ex.ok = 128+linuxSignals[p.Signal], true
 			}
+		case "error@smolvm":
+			ex.err = parseCommandError(req.Payload)
 		}
 		if req.WantReply {
 			_ = req.Reply(false, nil)
@@ -299,6 +329,24 @@ func forwardResize(ch ssh.Channel, resize <-chan [2]int, finished <-chan struct{
 				Cols: uint32(max(sz[0], 0)), Rows: uint32(max(sz[1], 0)),
 			})
 			if _, err := ch.SendRequest("window-change", false, payload); err != nil {
+				return
+			}
+		case <-finished:
+			return
+		}
+	}
+}
+
+// forwardSignals sends each signal name received as a "signal" request,
+// which the agent delivers to the command's process group.
+func forwardSignals(ch ssh.Channel, signals <-chan string, finished <-chan struct{}) {
+	for {
+		select {
+		case sig, ok := <-signals:
+			if !ok {
+				return
+			}
+			if _, err := ch.SendRequest("signal", false, ssh.Marshal(struct{ Signal string }{sig})); err != nil {
 				return
 			}
 		case <-finished:

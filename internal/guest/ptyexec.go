@@ -21,15 +21,20 @@ func (c *Client) ExecPTY(ctx context.Context, req ExecRequest, term string, widt
 	if height <= 0 {
 		height = 24
 	}
+	request, arg, err := req.request()
+	if err != nil {
+		return -1, fmt.Errorf("guest: exec: %w", err)
+	}
 	code, err := c.run(ctx, runSpec{
-		request: "exec",
-		arg:     req.Command,
+		request: request,
+		arg:     arg,
 		env:     req.Env,
 		stdin:   req.Stdin,
 		stdout:  req.Stdout,
 		stderr:  req.Stderr,
 		pty:     &ptySpec{term: term, cols: width, rows: height},
 		resize:  resize,
+		signals: req.Signals,
 	})
 	if err != nil {
 		return code, fmt.Errorf("guest: exec: %w", err)

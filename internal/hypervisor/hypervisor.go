@@ -50,6 +50,12 @@ type Spec struct {
 	// The device topology (everything but paths, network and identity)
 	// must be the snapshot's source's.
 	Restore *SnapshotFiles
+	// Cgroup, when set, is the control group the monitor runs in, joined
+	// before the guest runs: v2 by the descriptor of its directory (the
+	// process starts in it, clone3 CLONE_INTO_CGROUP), v1 by writing the
+	// PID to each of CgroupProcs right after the process starts.
+	CgroupDir   *os.File
+	CgroupProcs []string
 }
 
 // AgentPort is the name of the guest agent's control port.

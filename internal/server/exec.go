@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -19,8 +20,18 @@ import (
 // execOptions checks an Exec request and turns it into run options; stdin
 // is read from the request (buffered exec) only when withStdin.
 func execOptions(req api.Exec, withStdin bool) ([]smolvm.RunOption, error) {
-	if strings.TrimSpace(req.Cmd) == "" {
-		return nil, invalid("cmd", "cmd is empty: give the shell command line to run, such as \"uname -a\"")
+	if len(req.Argv) > 0 {
+		if req.Cmd != "" {
+			return nil, invalid("argv", "give cmd (a shell command line) or argv (run without a shell), not both")
+		}
+		if req.Argv[0] == "" {
+			return nil, invalid("argv", "argv[0] is empty: give the program to run")
+		}
+		if req.TTY {
+			return nil, invalid("argv", "argv does not run on a terminal yet; give cmd with tty")
+		}
+	} else if strings.TrimSpace(req.Cmd) == "" {
+		return nil, invalid("cmd", "cmd is empty: give the shell command line to run, such as \"uname -a\" (or argv)")
 	}
 	if strings.ContainsRune(req.Cmd, 0) {
 		return nil, invalid("cmd", "cmd holds a NUL byte, which no shell command line can")
@@ -36,7 +47,8 @@ func execOptions(req api.Exec, withStdin bool) ([]smolvm.RunOption, error) {
 		return nil, invalid("output_limit", "output_limit %d: want 0 (the default, %d) up to %d bytes per stream; stream the output (?stream=true) for more",
 			req.OutputLimit, smolvm.DefaultOutputLimit, smolvm.DefaultOutputLimit)
 	}
-	opts := []smolvm.RunOption{smolvm.WithTimeout(timeout), smolvm.WithOutputLimit(req.OutputLimit)}
+	opts := []smolvm.RunOption{smolvm.WithTimeout(timeout), smolvm.WithOutputLimit(req.OutputLimit),
+		smolvm.WithDir(req.Dir), smolvm.WithUser(req.User)}
 	if len(req.Env) > 0 {
 		opts = append(opts, smolvm.WithRunEnv(req.Env))
 	}
@@ -110,10 +122,10 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 	}
 	s.withVM(w, r, func(vm *smolvm.VM) error {
 		if stream {
-			return s.execStream(w, r, vm, req.Cmd, opts)
+			return s.execStream(w, r, vm, req, opts)
 		}
 		began := time.Now()
-		res, err := vm.Run(r.Context(), req.Cmd, opts...)
+		res, err := run(r, vm, req, opts)
 		if err != nil {
 			return err
 		}
@@ -127,7 +139,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 
 // execStream runs cmd and answers with NDJSON events as the output comes.
 // Once the 200 is sent, a failure is the stream's last event.
-func (s *Server) execStream(w http.ResponseWriter, r *http.Request, vm *smolvm.VM, cmd string, opts []smolvm.RunOption) error {
+func (s *Server) execStream(w http.ResponseWriter, r *http.Request, vm *smolvm.VM, req api.Exec, opts []smolvm.RunOption) error {
 	if st := vm.Status(); st != smolvm.StateRunning {
 		return &apiError{code: api.CodeNotRunning, err: smolvm.ErrNotRunning,
 			msg: "vm " + strconv.Quote(vm.ID()) + " is " + string(st) + ", not running: start it first"}
@@ -142,7 +154,7 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, vm *smolvm.V
 	w.WriteHeader(http.StatusOK)
 	ev.flush()
 	o.Stdout, o.Stderr = ev.data("stdout"), ev.data("stderr")
-	code, err := vm.Exec(r.Context(), cmd, o)
+	code, err := execAny(r.Context(), vm, req, o)
 	if err != nil {
 		s.dropIfGone(vm, err)
 		d := detail(err)
@@ -151,6 +163,28 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, vm *smolvm.V
 	}
 	ev.send(api.Event{Type: "exit", ExitCode: &code})
 	return nil
+}
+
+// run runs req's command line or argv to completion.
+func run(r *http.Request, vm *smolvm.VM, req api.Exec, opts []smolvm.RunOption) (*smolvm.CommandResult, error) {
+	if len(req.Argv) == 0 {
+		return vm.Run(r.Context(), req.Cmd, opts...)
+	}
+	var o smolvm.ExecOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	c := vm.Command(r.Context(), req.Argv[0], req.Argv[1:]...)
+	c.Dir, c.User, c.Env, c.Stdin, c.Timeout, c.OutputLimit = o.Dir, o.User, o.Env, o.Stdin, o.Timeout, o.OutputLimit
+	return c.Run()
+}
+
+// execAny streams req's command line or argv.
+func execAny(ctx context.Context, vm *smolvm.VM, req api.Exec, o smolvm.ExecOptions) (int, error) {
+	if len(req.Argv) > 0 {
+		return vm.ExecArgv(ctx, req.Argv, o)
+	}
+	return vm.Exec(ctx, req.Cmd, o)
 }
 
 // eventWriter writes NDJSON events, one at a time, each flushed.

@@ -42,6 +42,13 @@ func (s *Server) routes() []Route {
 		h("POST", "/v1/vms/{id}/exec", s.exec),
 		h("GET", "/v1/vms/{id}/exec/ws", s.execWS),
 		h("GET", "/v1/vms/{id}/shell/ws", s.shellWS),
+		h("POST", "/v1/vms/{id}/processes", s.startProcess),
+		h("GET", "/v1/vms/{id}/processes", s.listProcesses),
+		h("GET", "/v1/vms/{id}/processes/{pid}", s.getProcess),
+		h("POST", "/v1/vms/{id}/processes/{pid}/signal", s.signalProcess),
+		h("POST", "/v1/vms/{id}/processes/{pid}/wait", s.waitProcess),
+		h("POST", "/v1/vms/{id}/processes/{pid}/stdin", s.processStdin),
+		h("GET", "/v1/vms/{id}/processes/{pid}/attach", s.attachProcess),
 
 		h("GET", "/v1/vms/{id}/env", s.getEnv),
 		h("PATCH", "/v1/vms/{id}/env", s.patchEnv),
@@ -57,6 +64,8 @@ func (s *Server) routes() []Route {
 		h("POST", "/v1/vms/{id}/ports", s.exposePort),
 		h("DELETE", "/v1/vms/{id}/ports", s.closePort),
 		h("GET", "/v1/vms/{id}/logs", s.logs),
+		h("PUT", "/v1/vms/{id}/limits", s.putLimits),
+		h("GET", "/v1/vms/{id}/metrics", s.metrics),
 
 		h("POST", "/v1/vms/{id}/snapshots", s.createSnapshot),
 		h("POST", "/v1/vms/{id}/fork", s.fork),

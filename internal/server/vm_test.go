@@ -92,6 +92,7 @@ func TestVM(t *testing.T) {
 	})
 	t.Run("ExecStream", func(t *testing.T) { testExecStream(t, ctx, ts, id) })
 	t.Run("ExecWebSocket", func(t *testing.T) { testExecWS(t, ctx, ts, id) })
+	t.Run("Processes", func(t *testing.T) { testProcesses(t, ctx, ts, id) })
 	t.Run("Files", func(t *testing.T) { testFiles(t, ctx, ts, id) })
 	t.Run("FS", func(t *testing.T) { testGuestFS(t, ctx, ts, id) })
 	t.Run("Env", func(t *testing.T) { testEnvVars(t, ctx, ts, id) })
@@ -356,8 +357,9 @@ func testExecWS(t *testing.T, ctx context.Context, ts *testServer, id string) {
 		if !resized {
 			t.Fatalf("resize not seen; output %q", w.output.String())
 		}
+		// A signal reaches the command, which it kills: its exit says so.
 		w.send(api.Event{Type: "signal", Signal: "KILL"})
-		if ev := w.wait(); ev.Type != "error" || ev.Error.Code != api.CodeCanceled {
+		if ev := w.wait(); ev.Type != "exit" || ev.ExitCode == nil || *ev.ExitCode != 128+9 {
 			t.Errorf("after the signal: %+v", ev)
 		}
 		waitFor(t, ctx, "the signalled command to end", func() bool {

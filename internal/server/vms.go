@@ -85,6 +85,9 @@ func (s *Server) create(ctx context.Context, req api.CreateVM) (*smolvm.VM, erro
 		if len(req.Secrets) > 0 {
 			opts = append(opts, smolvm.WithStartSecrets(req.Secrets))
 		}
+		if !req.Limits.IsZero() {
+			opts = append(opts, smolvm.WithLimits(req.Limits))
+		}
 		return smolvm.FromSnapshot(ctx, req.FromSnapshot, s.sdk(opts...)...)
 	}
 	cfg := smolvm.VMConfig{
@@ -92,6 +95,7 @@ func (s *Server) create(ctx context.Context, req api.CreateVM) (*smolvm.VM, erro
 		Image: req.Image, KernelPath: req.KernelPath, RootfsPath: req.RootfsPath, InitrdPath: req.InitrdPath,
 		BootArgs: req.BootArgs, Env: req.Env, Mounts: req.Mounts, NoEgress: req.NoEgress,
 		RetainDiskOnDelete: req.RetainDiskOnDelete, ReuseDisk: req.ReuseDisk, BootTimeout: boot,
+		Limits: req.Limits,
 	}
 	if err := lifetime(&cfg, req); err != nil {
 		return nil, err

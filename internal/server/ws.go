@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/coder/websocket"
@@ -72,12 +73,14 @@ func (s *Server) execWS(w http.ResponseWriter, r *http.Request) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	s.runWS(ctx, c, vm, func(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer, resize <-chan [2]int) (int, error) {
+	signals := make(chan string, wsSignalQueue)
+	o.Signals = signals
+	s.runWS(ctx, c, vm, signals, func(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer, resize <-chan [2]int) (int, error) {
 		o.Stdin, o.Stdout, o.Stderr = stdin, stdout, stderr
 		if req.TTY {
 			return vm.ExecTerminal(ctx, req.Cmd, o, smolvm.Terminal{Term: req.Term, Width: req.Width, Height: req.Height, Resize: resize})
 		}
-		return vm.Exec(ctx, req.Cmd, o)
+		return execAny(ctx, vm, req, o)
 	})
 }
 
@@ -122,7 +125,7 @@ func (s *Server) shellWS(w http.ResponseWriter, r *http.Request) {
 	}
 	defer c.CloseNow()
 	c.SetReadLimit(wsReadLimit)
-	s.runWS(r.Context(), c, vm, func(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer, resize <-chan [2]int) (int, error) {
+	s.runWS(r.Context(), c, vm, nil, func(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer, resize <-chan [2]int) (int, error) {
 		return vm.Shell(ctx, stdin, stdout, stderr, term, size[0], size[1], resize)
 	})
 }
@@ -153,10 +156,15 @@ func wsSend(ctx context.Context, c *websocket.Conn, ev api.Event) error {
 
 type wsRun func(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer, resize <-chan [2]int) (int, error)
 
+// wsSignalQueue is how many signals may wait for the guest; more are
+// dropped (a client repeating INT needs no more than that).
+const wsSignalQueue = 8
+
 // runWS runs a command with its stdin, resizes and signals from the socket
-// and its output to it. The client closing the socket, or sending a
-// signal, ends the command (the guest kills its process group).
-func (s *Server) runWS(ctx context.Context, c *websocket.Conn, vm *smolvm.VM, run wsRun) {
+// and its output to it. A signal goes to the command's process group in
+// the guest (on signals); where the command takes none (the shell), it
+// ends the command. The client closing the socket ends it too.
+func (s *Server) runWS(ctx context.Context, c *websocket.Conn, vm *smolvm.VM, signals chan<- string, run wsRun) {
 	// The command runs under cmdCtx, which a signal or the client going
 	// away ends; the socket is read and written under ctx, since
 	// coder/websocket closes a connection whose Read or Write context ends
@@ -244,9 +252,21 @@ func (s *Server) runWS(ctx context.Context, c *websocket.Conn, vm *smolvm.VM, ru
 				}
 				resize <- [2]int{ev.Width, ev.Height}
 			case "signal":
-				clientErr <- &apiError{code: api.CodeCanceled, msg: "ended by signal " + ev.Signal + " from the client"}
-				cancel()
-				return
+				if signals == nil {
+					clientErr <- &apiError{code: api.CodeCanceled, msg: "ended by signal " + ev.Signal + " from the client"}
+					cancel()
+					return
+				}
+				name := strings.TrimPrefix(strings.ToUpper(ev.Signal), "SIG")
+				if !validSignal(name) {
+					clientErr <- invalid("signal", "signal %q: send a name such as TERM, INT, HUP or KILL", ev.Signal)
+					cancel()
+					return
+				}
+				select {
+				case signals <- name:
+				default:
+				}
 			default:
 				clientErr <- invalid("type", "event type %q: send stdin, eof, resize or signal", ev.Type)
 				cancel()

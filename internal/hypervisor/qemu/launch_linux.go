@@ -51,6 +51,9 @@ func (q *QEMU) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.Proc
 	if c := spec.RunAs; c != nil {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: c.UID, Gid: c.GID, Groups: c.Groups}
 	}
+	if spec.CgroupDir != nil {
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(spec.CgroupDir.Fd())
+	}
 	if err := cmd.Start(); err != nil {
 		return proc, fmt.Errorf("qemu: %w", err)
 	}
@@ -62,7 +65,12 @@ func (q *QEMU) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.Proc
 	proc.PID = cmd.Process.Pid
 	proc.Start, _ = hypervisor.StartTime(proc.PID)
 
-	err = waitMonitor(ctx, spec.ControlSocket, exited)
+	// v1: QEMU is still setting the machine up (QMP is not served yet),
+	// so no guest instruction has run outside the group.
+	err = joinCgroup(spec.CgroupProcs, proc.PID)
+	if err == nil {
+		err = waitMonitor(ctx, spec.ControlSocket, exited)
+	}
 	if err == nil && spec.Restore != nil {
 		err = restore(ctx, spec.ControlSocket, *spec.Restore, exited)
 	}
@@ -72,6 +80,16 @@ func (q *QEMU) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.Proc
 		return hypervisor.Process{}, fmt.Errorf("qemu: %w%s", err, logTail(spec.ProcessLog))
 	}
 	return proc, nil
+}
+
+// joinCgroup writes pid to each cgroup.procs file.
+func joinCgroup(procs []string, pid int) error {
+	for _, f := range procs {
+		if err := os.WriteFile(f, []byte(strconv.Itoa(pid)), 0o644); err != nil {
+			return fmt.Errorf("join cgroup: %w", err)
+		}
+	}
+	return nil
 }
 
 // waitMonitor returns once QMP answers: QEMU serves the monitor from its
