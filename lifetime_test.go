@@ -190,6 +190,9 @@ func TestLifetimeSecretsKeeper(t *testing.T) {
 		if res.Stdout != cmdSecret+" "+startSecret+"\n" {
 			t.Errorf("command secret: %q", res.Stdout)
 		}
+		if out, err := a.Command(ctx, "printenv", "START_SECRET").Output(); err != nil || string(out) != startSecret+"\n" {
+			t.Errorf("start secret in an argv command: %q, %v", out, err)
+		}
 		if got := run(t, ctx, a, `echo "[$CMD_SECRET]"; grep -rl s3cr3t /etc /root 2>/dev/null; true`).Stdout; got != "[]\n" {
 			t.Errorf("a command secret outlived its command, or is on the guest's disk: %q", got)
 		}
