@@ -178,9 +178,15 @@ func (r *Resolver) Serve(ctx context.Context) error {
 		pc.Close()
 		return fmt.Errorf("resolver: %w", err)
 	}
+	return r.serve(ctx, pc, ln)
+}
+
+// serve answers on the sockets given until ctx ends, and closes them.
+func (r *Resolver) serve(ctx context.Context, pc net.PacketConn, ln net.Listener) error {
 	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var err error
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
 	wg.Add(2)
@@ -487,4 +493,6 @@ func matches(resp []byte, id uint16, q dnsmessage.Question) (dnsmessage.Header, 
 	return h, true
 }
 
-func sameName(a, b dnsmessage.Name) bool { return NormalizeName(a.String()) == NormalizeName(b.String()) }
+func sameName(a, b dnsmessage.Name) bool {
+	return NormalizeName(a.String()) == NormalizeName(b.String())
+}
