@@ -77,6 +77,14 @@ type VMConfig struct {
 	// NoEgress cuts the VM off from the host's networks; exposed ports
 	// still reach it.
 	NoEgress bool `json:"no_egress,omitempty"`
+	// Egress limits where the VM may connect (allowed domains and CIDRs,
+	// denied CIDRs); the zero value is the default perimeter: public
+	// addresses only. See EgressPolicy; VM.SetEgressPolicy changes it.
+	Egress EgressPolicy `json:"egress,omitzero"`
+	// DNSUpstream is the resolver smolvm's DNS server forwards allowed
+	// names to, "ADDR" or "ADDR:PORT"; empty = $SMOLVM_DNS_UPSTREAM, else
+	// the host's /etc/resolv.conf, read at each start.
+	DNSUpstream string `json:"dns_upstream,omitempty"`
 	// RetainDiskOnDelete keeps the VM's disk file when it is deleted, at
 	// DataDir/disk.ext4, until a create with ReuseDisk and the same ID
 	// boots it again or RemoveKeptDisk removes it. Until then a create
@@ -230,6 +238,7 @@ func (c VMConfig) validate(host hostLimits) error {
 	for _, m := range c.Mounts {
 		errs = append(errs, m.validate()...)
 	}
+	errs = append(errs, c.validateEgress()...)
 	if strings.ContainsAny(c.BootArgs, "\n\x00") {
 		bad("boot args", fmt.Sprintf("%q", c.BootArgs), "must be one line")
 	}

@@ -34,8 +34,10 @@ type outsideHost struct {
 }
 
 const (
-	outsideHostIP  = "198.18.0.1" // host end of the veth (benchmark range, RFC 2544)
-	outsideFarIP   = "198.18.0.2" // the outside namespace's address
+	// A documentation range (TEST-NET-3): public as far as the default
+	// egress perimeter goes, unlike the private and benchmark ranges.
+	outsideHostIP  = "203.0.113.1" // host end of the veth
+	outsideFarIP   = "203.0.113.2" // the outside namespace's address
 	outsideLinkIP  = "169.254.77.1"
 	outsidePayload = 50 << 20
 )

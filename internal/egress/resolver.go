@@ -88,7 +88,8 @@ type Config struct {
 	// so only what arrives on it is answered.
 	Device string
 	// Upstream is the resolver allowed names are forwarded to, from the
-	// host's own sockets: the guest's address never reaches it.
+	// host's own sockets: the guest's address never reaches it. Invalid =
+	// none: allowed names get SERVFAIL.
 	Upstream netip.AddrPort
 	// Allow is called with the addresses of each answer in a restricted
 	// policy (Rules.Names set); nil = none needed.
@@ -105,6 +106,10 @@ type Config struct {
 type Resolver struct {
 	cfg      Config
 	rules    atomic.Pointer[Rules]
+	upstream atomic.Pointer[netip.AddrPort]
+	// beforeQuery, if set, runs before each query is looked at (ServeFile
+	// reloads a changed spec there).
+	beforeQuery func()
 	limit    *rate.Limiter
 	inflight chan struct{}
 	log      *slog.Logger
@@ -121,8 +126,8 @@ type Stats struct {
 
 // NewResolver returns a resolver enforcing rules; Serve runs it.
 func NewResolver(cfg Config, rules Rules) (*Resolver, error) {
-	if !cfg.Listen.IsValid() || !cfg.Upstream.IsValid() {
-		return nil, fmt.Errorf("%w: resolver: listen address %v and upstream %v must be set", ErrInvalid, cfg.Listen, cfg.Upstream)
+	if !cfg.Listen.IsValid() {
+		return nil, fmt.Errorf("%w: resolver: no listen address", ErrInvalid)
 	}
 	if cfg.Rate == 0 {
 		cfg.Rate, cfg.Burst = DefaultRate, DefaultBurst
@@ -133,8 +138,11 @@ func NewResolver(cfg Config, rules Rules) (*Resolver, error) {
 	}
 	r := &Resolver{cfg: cfg, limit: rate.NewLimiter(rate.Limit(cfg.Rate), cfg.Burst), inflight: make(chan struct{}, maxInflight), log: log}
 	r.SetRules(rules)
+	r.setUpstream(cfg.Upstream)
 	return r, nil
 }
+
+func (r *Resolver) setUpstream(a netip.AddrPort) { r.upstream.Store(&a) }
 
 // SetRules replaces the rules; queries from now on see the new ones.
 func (r *Resolver) SetRules(rules Rules) { r.rules.Store(&rules) }
@@ -358,6 +366,9 @@ func (r *Resolver) answer(ctx context.Context, query []byte, size int) []byte {
 		return reply(dnsmessage.RCodeFormatError, nil, nil)
 	}
 	q := qs[0]
+	if r.beforeQuery != nil {
+		r.beforeQuery()
+	}
 	rules := r.rules.Load()
 	name := q.Name.String()
 	if q.Class != dnsmessage.ClassINET {
@@ -414,9 +425,14 @@ func (r *Resolver) forward(ctx context.Context, q dnsmessage.Question) ([]byte, 
 		return nil, err
 	}
 	var d net.Dialer
-	resp, err := exchangeUDP(ctx, &d, r.cfg.Upstream.String(), msg, id, q)
+	upAddr := *r.upstream.Load()
+	if !upAddr.IsValid() {
+		return nil, errors.New("no upstream resolver configured")
+	}
+	up := upAddr.String()
+	resp, err := exchangeUDP(ctx, &d, up, msg, id, q)
 	if errors.Is(err, errTruncated) {
-		resp, err = exchangeTCP(ctx, &d, r.cfg.Upstream.String(), msg, id, q)
+		resp, err = exchangeTCP(ctx, &d, up, msg, id, q)
 	}
 	return resp, err
 }
@@ -424,7 +440,7 @@ func (r *Resolver) forward(ctx context.Context, q dnsmessage.Question) ([]byte, 
 var errTruncated = errors.New("truncated")
 
 func exchangeUDP(ctx context.Context, d *net.Dialer, addr string, msg []byte, id uint16, q dnsmessage.Question) ([]byte, error) {
-	c, err := d.DialContext(ctx, "udp4", addr)
+	c, err := d.DialContext(ctx, "udp", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -453,7 +469,7 @@ func exchangeUDP(ctx context.Context, d *net.Dialer, addr string, msg []byte, id
 }
 
 func exchangeTCP(ctx context.Context, d *net.Dialer, addr string, msg []byte, id uint16, q dnsmessage.Question) ([]byte, error) {
-	c, err := d.DialContext(ctx, "tcp4", addr)
+	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}

@@ -231,7 +231,7 @@ func TestResolver(t *testing.T) {
 		{"a.example.org.", dnsmessage.TypeA, dnsmessage.RCodeSuccess, []string{"203.0.113.20"}, 1},
 		{"example.org.", dnsmessage.TypeA, dnsmessage.RCodeNameError, nil, 0}, // the apex is not below itself
 		{"bad.test.", dnsmessage.TypeA, dnsmessage.RCodeNameError, nil, 0},
-		{"loop.test.", dnsmessage.TypeA, dnsmessage.RCodeSuccess, nil, 1}, // the loop is cut
+		{"loop.test.", dnsmessage.TypeA, dnsmessage.RCodeSuccess, nil, 1},                         // the loop is cut
 		{"private.test.", dnsmessage.TypeA, dnsmessage.RCodeSuccess, []string{"203.0.113.30"}, 0}, // no rebinding onto private ranges
 		{"lan.test.", dnsmessage.TypeA, dnsmessage.RCodeSuccess, []string{"10.9.0.1"}, 0},         // unless an allowed CIDR names them
 		{"denied.test.", dnsmessage.TypeA, dnsmessage.RCodeSuccess, nil, 0},
