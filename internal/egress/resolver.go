@@ -110,9 +110,9 @@ type Resolver struct {
 	// beforeQuery, if set, runs before each query is looked at (ServeFile
 	// reloads a changed spec there).
 	beforeQuery func()
-	limit    *rate.Limiter
-	inflight chan struct{}
-	log      *slog.Logger
+	limit       *rate.Limiter
+	inflight    chan struct{}
+	log         *slog.Logger
 
 	mu     sync.Mutex
 	warned time.Time // last rate-limit warning; guarded by mu
