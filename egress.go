@@ -137,11 +137,9 @@ type EgressStatus struct {
 	Summary string `json:"summary"`
 }
 
-// EgressStatus returns the VM's policy as of the last look (see Refresh).
-func (v *VM) EgressStatus() EgressStatus {
-	info := v.Info()
-	return egressStatus(info.Config, info.Network.Mode)
-}
+// EgressStatus returns the VM's policy and what it means for its network
+// mode (user-mode networking has no egress, whatever the policy).
+func (i VMInfo) EgressStatus() EgressStatus { return egressStatus(i.Config, i.Network.Mode) }
 
 // EgressPolicy returns the VM's egress policy as of the last look.
 func (v *VM) EgressPolicy() EgressPolicy { return v.Info().Config.egressPolicy() }

@@ -55,6 +55,8 @@ type machine interface {
 	Env(ctx context.Context) (map[string]string, error)
 	SetEnv(ctx context.Context, vars map[string]string) (map[string]string, error)
 	UnsetEnv(ctx context.Context, keys ...string) (map[string]string, error)
+	// SetEgressPolicy replaces the VM's egress policy (Info shows it after).
+	SetEgressPolicy(ctx context.Context, p smolvm.EgressPolicy) error
 	Upload(ctx context.Context, local, guestPath string) error
 	Download(ctx context.Context, guestPath, local string) error
 	Expose(ctx context.Context, p portSpec) (smolvm.PortForward, error)

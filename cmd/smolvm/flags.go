@@ -28,6 +28,8 @@ type vmFlags struct {
 	mounts      []string
 	noEgress    bool
 	cold        bool
+	egress      egressFlags
+	dnsUpstream string
 }
 
 func (f *vmFlags) register(cmd *cobra.Command) {
@@ -42,6 +44,8 @@ func (f *vmFlags) register(cmd *cobra.Command) {
 	fs.Var(secondsFlag(&f.bootTimeout), "boot-timeout", fmt.Sprintf("give up booting after this long: seconds, or a duration such as 1.5s or 2m (0 = default, %s)", smolvm.DefaultBootTimeout))
 	fs.StringArrayVar(&f.mounts, "mount", nil, "share a host folder, HOST[:GUEST][:rw] (read-only unless :rw; GUEST defaults to /mnt/NAME; repeatable)")
 	fs.BoolVar(&f.noEgress, "no-egress", false, "cut the VM off from the host's networks (exposed ports still work)")
+	f.egress.register(cmd)
+	fs.StringVar(&f.dnsUpstream, "dns-upstream", "", "the DNS server the VM's allowed names are forwarded to, ADDR[:PORT] (default $SMOLVM_DNS_UPSTREAM, else the host's /etc/resolv.conf)")
 	fs.BoolVar(&f.cold, "cold", false, "boot the VM even when the default image's warm template would resume it (info shows boot_path)")
 }
 
@@ -120,6 +124,8 @@ func (f *vmFlags) config() (smolvm.VMConfig, error) {
 		Env:                env,
 		BootTimeout:        f.bootTimeout,
 		RetainDiskOnDelete: f.retainDisk,
+		Egress:             f.egress.policy(false),
+		DNSUpstream:        f.dnsUpstream,
 	}, nil
 }
 

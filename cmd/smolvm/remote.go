@@ -71,7 +71,7 @@ func (h remoteHost) c() *apiclient.Client { return h.g.remote }
 func (h remoteHost) Create(ctx context.Context, cfg smolvm.VMConfig, cold bool) (machine, error) {
 	req := api.CreateVM{
 		ID: cfg.ID, VCPUs: cfg.VCPUs, MemoryMiB: cfg.MemoryMiB, DiskMiB: cfg.DiskMiB, Image: cfg.Image,
-		Env: cfg.Env, NoEgress: cfg.NoEgress, RetainDiskOnDelete: cfg.RetainDiskOnDelete, ReuseDisk: cfg.ReuseDisk,
+		Env: cfg.Env, NoEgress: cfg.NoEgress, Egress: cfg.Egress, DNSUpstream: cfg.DNSUpstream, RetainDiskOnDelete: cfg.RetainDiskOnDelete, ReuseDisk: cfg.ReuseDisk,
 		Cold: cold,
 	}
 	if h.g.network != smolvm.NetworkAuto {
@@ -240,6 +240,10 @@ func (v *remoteVM) Env(ctx context.Context) (map[string]string, error) {
 
 func (v *remoteVM) SetEnv(ctx context.Context, vars map[string]string) (map[string]string, error) {
 	return v.c.PatchEnv(ctx, v.info.ID, api.EnvPatch{Set: vars})
+}
+
+func (v *remoteVM) SetEgressPolicy(ctx context.Context, p smolvm.EgressPolicy) error {
+	return v.update(v.c.PutPolicy(ctx, v.info.ID, p))
 }
 
 func (v *remoteVM) UnsetEnv(ctx context.Context, keys ...string) (map[string]string, error) {

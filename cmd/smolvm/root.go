@@ -122,6 +122,7 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		newSSHCmd(g),
 		newLogsCmd(g),
 		newEnvCmd(g),
+		newPolicyCmd(g),
 		newDoctorCmd(g),
 		newCpCmd(g),
 		newPortCmd(g),

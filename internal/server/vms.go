@@ -86,7 +86,7 @@ func (s *Server) create(ctx context.Context, req api.CreateVM) (*smolvm.VM, erro
 	cfg := smolvm.VMConfig{
 		ID: req.ID, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB,
 		Image: req.Image, KernelPath: req.KernelPath, RootfsPath: req.RootfsPath, InitrdPath: req.InitrdPath,
-		BootArgs: req.BootArgs, Env: req.Env, Mounts: req.Mounts, NoEgress: req.NoEgress,
+		BootArgs: req.BootArgs, Env: req.Env, Mounts: req.Mounts, NoEgress: req.NoEgress, Egress: req.Egress, DNSUpstream: req.DNSUpstream,
 		RetainDiskOnDelete: req.RetainDiskOnDelete, ReuseDisk: req.ReuseDisk, BootTimeout: boot,
 	}
 	vm, err := smolvm.NewFromConfig(ctx, cfg, s.sdk(opts...)...)
