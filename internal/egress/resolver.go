@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -164,7 +165,11 @@ func (r *Resolver) listenConfig() net.ListenConfig {
 	return net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+			// TCP only: a restarted resolver must not wait out TIME_WAIT;
+			// UDP with it would let two resolvers share the port.
+			if strings.HasPrefix(network, "tcp") {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+			}
 			if serr == nil && r.cfg.Device != "" {
 				serr = unix.BindToDevice(int(fd), r.cfg.Device)
 			}
