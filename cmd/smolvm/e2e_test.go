@@ -165,6 +165,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("env list: %v, want %v", env, want)
 		}
 		c.ok("env", "unset", id, "N")
+		checkPolicyCLI(t, c, id)
 		if out := c.ok("ssh", id, "--print"); !strings.Contains(out, filepath.Join(c.home, "vms", id, "id_ed25519")) || !strings.Contains(out, "root@") {
 			t.Errorf("ssh --print: %q", out)
 		}
