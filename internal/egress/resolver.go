@@ -221,6 +221,14 @@ func (r *Resolver) serve(ctx context.Context, pc net.PacketConn, ln net.Listener
 
 func (r *Resolver) serveUDP(ctx context.Context, pc net.PacketConn) error {
 	buf := make([]byte, maxQuery+1)
+	// Replies to one client socket go out in the order its queries came,
+	// as from a resolver that answers one at a time: some stub resolvers
+	// (busybox nslookup) send A and AAAA with one id and take the first
+	// reply with that id for the first query. Answers are still worked
+	// out concurrently; only sending waits. The map holds at most
+	// maxInflight entries.
+	var mu sync.Mutex
+	last := map[string]chan struct{}{}
 	for {
 		n, from, err := pc.ReadFrom(buf)
 		if err != nil {
@@ -237,11 +245,29 @@ func (r *Resolver) serveUDP(ctx context.Context, pc net.PacketConn) error {
 			continue
 		}
 		q := append([]byte(nil), buf[:n]...)
+		key, done := from.String(), make(chan struct{})
+		mu.Lock()
+		prev := last[key]
+		last[key] = done
+		mu.Unlock()
 		go func() {
 			defer func() { <-r.inflight }()
-			if reply := r.answer(ctx, q, maxUDPReply); reply != nil {
+			reply := r.answer(ctx, q, maxUDPReply)
+			if prev != nil {
+				select {
+				case <-prev:
+				case <-ctx.Done():
+				}
+			}
+			if reply != nil {
 				pc.WriteTo(reply, from)
 			}
+			close(done)
+			mu.Lock()
+			if last[key] == done {
+				delete(last, key)
+			}
+			mu.Unlock()
 		}()
 	}
 }
@@ -385,12 +411,15 @@ func (r *Resolver) answer(ctx context.Context, query []byte, size int) []byte {
 		return reply(dnsmessage.RCodeNameError, qs, nil)
 	}
 	if q.Type != dnsmessage.TypeA {
+		r.log.Debug("dns: no data", "name", name, "id", h.ID, "type", q.Type)
 		// Guests have no IPv6, and only addresses become allowances: an
 		// allowed name has no other data here.
 		r.count(func(s *Stats) { s.Answered++ })
 		return reply(dnsmessage.RCodeSuccess, qs, nil)
 	}
+	began := time.Now()
 	up, err := r.forward(ctx, q)
+	upTook := time.Since(began)
 	if err != nil {
 		r.count(func(s *Stats) { s.UpstreamErrors++ })
 		r.log.Debug("dns: upstream", "name", name, "err", err)
@@ -405,6 +434,8 @@ func (r *Resolver) answer(ctx context.Context, query []byte, size int) []byte {
 		}
 	}
 	r.count(func(s *Stats) { s.Answered++ })
+	r.log.Debug("dns: answered", "name", name, "id", h.ID, "rcode", rc, "addrs", len(ans.addrs), "cnames", len(ans.cnames),
+		"upstream", upTook, "took", time.Since(began))
 	return reply(rc, qs, &ans)
 }
 

@@ -266,6 +266,31 @@ func TestResolver(t *testing.T) {
 		t.Errorf("ttl told = %d, want the chain's smallest, 600", got.ttl)
 	}
 
+	t.Run("replies in order", func(t *testing.T) {
+		// busybox nslookup: A and AAAA with one id on one socket; the
+		// first reply must be the A query's, though AAAA is answered
+		// without asking the upstream.
+		c, err := net.Dial("udp", srv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write(query(t, "a.example.org.", dnsmessage.TypeA))
+		c.Write(query(t, "a.example.org.", dnsmessage.TypeAAAA))
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		for i, want := range []dnsmessage.Type{dnsmessage.TypeA, dnsmessage.TypeAAAA} {
+			buf := make([]byte, 1500)
+			n, err := c.Read(buf)
+			if err != nil {
+				t.Fatalf("reply %d: %v", i, err)
+			}
+			var p dnsmessage.Parser
+			p.Start(buf[:n])
+			if q, err := p.Question(); err != nil || q.Type != want {
+				t.Errorf("reply %d answers %v, want %v", i, q.Type, want)
+			}
+		}
+	})
 	t.Run("runtime change", func(t *testing.T) {
 		before := up.queries.Load()
 		m2, _ := NewMatcher([]string{"bad.test"})

@@ -3,6 +3,7 @@
 // more TCP connections than it should, for a while. Not part of smolvm.
 //
 //	dnsflood ADDR:PORT SECONDS NAME
+//	dnsflood -bench ADDR:PORT COUNT NAME   (sequential queries: median RTT)
 package main
 
 import (
@@ -11,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -26,7 +28,46 @@ func query(id uint16, name string) []byte {
 	return append(b, 0, 0, 1, 0, 1) // A, IN
 }
 
+// bench asks name count times, one after another, and prints the median
+// round trip of those answered.
+func bench(addr string, count int, name string) {
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	buf := make([]byte, 1500)
+	var rtts []time.Duration
+	for i := range count {
+		q := query(uint16(i), name)
+		start := time.Now()
+		c.Write(q)
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				break
+			}
+			if n >= 2 && buf[0] == q[0] && buf[1] == q[1] {
+				rtts = append(rtts, time.Since(start))
+				break
+			}
+		}
+	}
+	slices.Sort(rtts)
+	if len(rtts) == 0 {
+		fmt.Println("no answers")
+		os.Exit(1)
+	}
+	fmt.Printf("answered %d of %d, median %v\n", len(rtts), count, rtts[len(rtts)/2])
+}
+
 func main() {
+	if len(os.Args) == 5 && os.Args[1] == "-bench" {
+		n, _ := strconv.Atoi(os.Args[3])
+		bench(os.Args[2], n, os.Args[4])
+		return
+	}
 	if len(os.Args) != 4 {
 		fmt.Fprintln(os.Stderr, "usage: dnsflood ADDR:PORT SECONDS NAME")
 		os.Exit(2)
