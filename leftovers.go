@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -93,6 +94,15 @@ func FindLeftovers(ctx context.Context, opts ...Option) ([]Leftover, error) {
 			seen[r.VMID] = true
 			out = append(out, Leftover{Kind: "rule", Name: "vm:" + r.VMID, vm: r.VMID,
 				Detail: "nftables rules of a VM that does not exist"})
+		}
+	}
+	if tags, err := network.NewFirewall(0).ResolvedSets(); err == nil {
+		for _, tag := range tags {
+			if _, ok := byName[tag]; ok || procRunning(procs, tag) || slices.ContainsFunc(out, func(l Leftover) bool { return l.vm == tag }) {
+				continue
+			}
+			out = append(out, Leftover{Kind: "rule", Name: "dns-" + tag, vm: tag,
+				Detail: "nftables set of resolved addresses of a VM that does not exist"})
 		}
 	}
 

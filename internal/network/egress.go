@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/google/nftables"
@@ -218,4 +219,24 @@ func (f *Firewall) deleteResolvedSet(id string) error {
 		return fmt.Errorf("delete set %s%s: %w", resolvedPrefix, id, err)
 	}
 	return nil
+}
+
+// ResolvedSets lists the VM tags that have a resolved set (doctor: one
+// whose VM has no rules left is a leftover). A missing table has none.
+func (f *Firewall) ResolvedSets() ([]string, error) {
+	c, err := f.conn()
+	if err != nil {
+		return nil, fmt.Errorf("firewall: %w", err)
+	}
+	sets, err := c.GetSets(newLayout().table)
+	if err != nil {
+		return nil, nil // no table
+	}
+	var out []string
+	for _, s := range sets {
+		if tag, ok := strings.CutPrefix(s.Name, resolvedPrefix); ok {
+			out = append(out, tag)
+		}
+	}
+	return out, nil
 }
