@@ -223,7 +223,13 @@ func (v *VM) applyEgress(info VMInfo) error {
 	if err := firewallSetVM(info.Process, info.Network, info.Config); err != nil {
 		return err
 	}
-	return writeResolverSpec(v.paths.dir, info.Process, info.Network, info.Config)
+	// The upstream stays the one picked at start unless the config names
+	// one: this process's $SMOLVM_DNS_UPSTREAM is not the starter's.
+	cfg := info.Config
+	if old, err := egress.ReadSpec(filepath.Join(v.paths.dir, egress.SpecFile)); err == nil && cfg.DNSUpstream == "" && old.Upstream != "" {
+		cfg.DNSUpstream = old.Upstream
+	}
+	return writeResolverSpec(v.paths.dir, info.Process, info.Network, cfg)
 }
 
 // vmRules is the firewall's view of a VM and its policy.
