@@ -202,6 +202,8 @@ func TestFirewall(t *testing.T) {
 				for _, a := range tc.not {
 					expectDropped(t, tp.a, a)
 				}
+				// Another VM never reaches A's resolver.
+				expectDropped(t, tp.b, hostPort(hostA, 53))
 			})
 		}
 		t.Run("resolved", func(t *testing.T) {
