@@ -116,7 +116,7 @@ type Resolver struct {
 	log         *slog.Logger
 
 	mu     sync.Mutex
-	warned time.Time // last rate-limit warning; guarded by mu
+	warned map[string]time.Time // last warning of each kind; guarded by mu
 	stats  Stats     // guarded by mu
 }
 
@@ -272,18 +272,28 @@ func (r *Resolver) serveUDP(ctx context.Context, pc net.PacketConn) error {
 	}
 }
 
+// warn logs msg at most once a minute: a guest must not be able to fill
+// the keeper's log.
+func (r *Resolver) warn(msg string, args ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if time.Since(r.warned[msg]) < time.Minute {
+		return
+	}
+	if r.warned == nil {
+		r.warned = map[string]time.Time{}
+	}
+	r.warned[msg] = time.Now()
+	r.log.Warn(msg, args...)
+}
+
 // admit takes a token and an in-flight slot for one query, or counts it
 // as dropped.
 func (r *Resolver) admit() bool {
 	r.count(func(s *Stats) { s.Queries++ })
 	if !r.limit.Allow() {
 		r.count(func(s *Stats) { s.Limited++ })
-		r.mu.Lock()
-		if time.Since(r.warned) > time.Minute {
-			r.warned = time.Now()
-			r.log.Warn("dns: queries over the rate limit are dropped", "rate", r.cfg.Rate, "burst", r.cfg.Burst)
-		}
-		r.mu.Unlock()
+		r.warn("dns: queries over the rate limit are dropped", "rate", r.cfg.Rate, "burst", r.cfg.Burst)
 		return false
 	}
 	select {
@@ -429,7 +439,7 @@ func (r *Resolver) answer(ctx context.Context, query []byte, size int) []byte {
 	if len(ans.addrs) > 0 && rules.restricted() && r.cfg.Allow != nil {
 		if err := r.cfg.Allow(ctx, ans.addrs, ans.allowFor); err != nil {
 			r.count(func(s *Stats) { s.UpstreamErrors++ })
-			r.log.Warn("dns: allow resolved addresses", "name", name, "err", err)
+			r.warn("dns: allow resolved addresses", "name", name, "err", err)
 			return reply(dnsmessage.RCodeServerFailure, qs, nil)
 		}
 	}

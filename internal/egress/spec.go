@@ -239,12 +239,12 @@ func (w *watcher) check() {
 	}
 	spec, err := ReadSpec(w.path)
 	if err != nil {
-		w.log.Warn("dns: reload", "err", err)
+		w.r.warn("dns: reload", "err", err)
 		return
 	}
 	rules, err := spec.Rules()
 	if err != nil {
-		w.log.Warn("dns: reload", "err", err)
+		w.r.warn("dns: reload", "err", err)
 		return
 	}
 	if up, err := ParseUpstream(spec.Upstream); err == nil {
