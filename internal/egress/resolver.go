@@ -117,7 +117,7 @@ type Resolver struct {
 
 	mu     sync.Mutex
 	warned map[string]time.Time // last warning of each kind; guarded by mu
-	stats  Stats     // guarded by mu
+	stats  Stats                // guarded by mu
 }
 
 // Stats counts what a Resolver did.
