@@ -98,6 +98,20 @@ type VMConfig struct {
 	// BootTimeout bounds Start: 0 = the default, 60s; ctx can bound it
 	// further. Negative is invalid.
 	BootTimeout time.Duration `json:"boot_timeout,omitempty"`
+	// TTL is the VM's lifetime, counted from its create: when it is over
+	// the VM is ended as OnExpire says, whether or not the process that
+	// made it still runs (see docs/lifetimes.md). 0 = no end. VM.SetTTL
+	// changes it later. Negative is invalid.
+	TTL time.Duration `json:"ttl,omitempty"`
+	// ExpiresAt is when the lifetime ends: set from TTL at create (or
+	// given instead of it) and by VM.SetTTL; zero = never.
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	// OnExpire is what ends the VM at ExpiresAt: ExpireStop (the default),
+	// ExpireHibernate or ExpireDelete.
+	OnExpire string `json:"on_expire,omitempty"`
+	// Labels tag the VM for List's filter (WithLabelFilter): at most 64,
+	// keys as ValidateLabels allows.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Mount shares the host folder HostPath at GuestPath in the guest,
@@ -233,6 +247,10 @@ func (c VMConfig) validate(host hostLimits) error {
 		}
 	}
 	if err := ValidateEnv(c.Env); err != nil {
+		errs = append(errs, err)
+	}
+	errs = append(errs, c.validateLifetime()...)
+	if err := ValidateLabels(c.Labels); err != nil {
 		errs = append(errs, err)
 	}
 	for _, m := range c.Mounts {

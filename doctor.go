@@ -47,6 +47,7 @@ func Doctor(ctx context.Context, opts ...Option) []Check {
 		checkForwarding(),
 		checkStateDir(s.home),
 		checkAgent(s),
+		checkKeeper(s),
 		checkAlpine(s),
 	}
 }

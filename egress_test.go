@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -139,36 +138,6 @@ func listenPacketInNetns(t *testing.T, name, addr string) net.PacketConn {
 	return pc
 }
 
-// serveResolver runs the VM's resolver in this process until the test
-// ends (in production the VM's keeper runs it).
-func serveResolver(t *testing.T, vm *smolvm.VM) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	allow := func(tag string) egress.AllowFunc {
-		return func(_ context.Context, addrs []netip.Addr, ttl time.Duration) error {
-			return network.NewFirewall(0).AllowResolved(tag, addrs, ttl)
-		}
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: egressLogLevel()}))
-	go func() { done <- egress.ServeFile(ctx, filepath.Join(vm.DataDir(), egress.SpecFile), allow, log) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("resolver: %v", err)
-		}
-	})
-}
-
-// egressLogLevel is the in-process resolver's: $SMOLVM_TEST_DNS_DEBUG=1
-// logs every answer.
-func egressLogLevel() slog.Level {
-	if os.Getenv("SMOLVM_TEST_DNS_DEBUG") != "" {
-		return slog.LevelDebug
-	}
-	return slog.LevelWarn
-}
-
 // keepBase rewrites the firewall's shared rules every 250ms until the test
 // ends (see TestEgressPolicy).
 func keepBase(t *testing.T) {
@@ -201,8 +170,7 @@ func TestEgressPolicy(t *testing.T) {
 		Egress:      smolvm.EgressPolicy{AllowDomains: []string{"ok.test", "stuffed.test"}},
 		DNSUpstream: w.upstream,
 	}, smolvm.WithNetwork(smolvm.NetworkTAP))
-	startVM(t, ctx, vm)
-	serveResolver(t, vm)
+	startVM(t, ctx, vm) // its keeper runs its resolver (cmd/smolvm/dnsduty.go)
 	tag := vm.Info().Process
 	gw := vm.Info().Network.Gateway
 
@@ -412,6 +380,29 @@ func TestEgressPolicy(t *testing.T) {
 		// And the resolver still answers.
 		if out := resolves(t, "ok.test", egOKIP); !strings.Contains(out, egOKIP) {
 			t.Errorf("after the flood: %q", out)
+		}
+	})
+	t.Run("fork keeps the policy", func(t *testing.T) {
+		set(t, smolvm.EgressPolicy{AllowDomains: []string{"ok.test"}})
+		kids, err := vm.Fork(ctx, 1)
+		if err != nil {
+			t.Fatalf("fork: %v", err)
+		}
+		kid := kids[0]
+		t.Cleanup(func() { kid.Delete(context.Background()) })
+		if p := kid.EgressPolicy(); len(p.AllowDomains) != 1 || p.AllowDomains[0] != "ok.test" {
+			t.Errorf("the fork's policy: %+v", p)
+		}
+		kgw := kid.Info().Network.Gateway
+		if out := run(t, ctx, kid, "cat /etc/resolv.conf").Stdout; !strings.Contains(out, "nameserver "+kgw+"\n") {
+			t.Errorf("the fork's resolv.conf: %q, want nameserver %s (its own gateway)", out, kgw)
+		}
+		ensureBase(t)
+		if out := run(t, ctx, kid, "nc -w 5 ok.test 8080 </dev/null 2>&1").Stdout; !strings.Contains(out, "ok-host") {
+			t.Errorf("the fork to ok.test: %q", out)
+		}
+		if out := run(t, ctx, kid, "nc -w 2 "+egOtherIP+" 8080 </dev/null 2>&1").Stdout; strings.Contains(out, "-host") {
+			t.Errorf("the fork reached %s: %q", egOtherIP, out)
 		}
 	})
 	t.Run("survives restart", func(t *testing.T) {

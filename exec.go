@@ -81,6 +81,9 @@ type ExecOptions struct {
 	// OutputLimit is Run's cap per stream (WithOutputLimit); Exec, which
 	// streams, ignores it.
 	OutputLimit int64
+	// Secrets are variables for this command only, as Env, that smolvm
+	// never writes down (see WithSecrets); they win over Env.
+	Secrets map[string]string `json:"-"`
 }
 
 // Run runs cmd with the guest's shell and returns its output and exit code.
@@ -131,6 +134,14 @@ func (v *VM) exec(ctx context.Context, cmd string, o ExecOptions, start func(con
 	if err := ValidateEnv(o.Env); err != nil {
 		return -1, opError("run", v.id, err)
 	}
+	if len(o.Secrets) > 0 {
+		if err := ValidateEnv(o.Secrets); err != nil {
+			return -1, opError("run", v.id, err)
+		}
+		if err := v.markSecrets(ctx, false); err != nil {
+			return -1, opError("run", v.id, err)
+		}
+	}
 	if o.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, o.Timeout)
@@ -141,7 +152,7 @@ func (v *VM) exec(ctx context.Context, cmd string, o ExecOptions, start func(con
 		return -1, opError("run", v.id, err)
 	}
 	code, err := start(ctx, c, guest.ExecRequest{
-		Command: cmd, Env: o.Env, Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr, PTY: o.TTY,
+		Command: cmd, Env: withSecrets(o.Env, o.Secrets), Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr, PTY: o.TTY,
 	})
 	if err != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) && errors.Is(err, context.DeadlineExceeded) {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"syscall"
 
 	"github.com/pkg/sftp"
 
@@ -25,8 +26,24 @@ import (
 // local itself is resolved as given; symlinks beneath it are copied as
 // symlinks, never followed, and nothing outside local is read.
 func (v *VM) Upload(ctx context.Context, local, guestPath string) error {
+	return v.UploadWith(ctx, local, guestPath, CopyOptions{})
+}
+
+// CopyOptions adjusts UploadWith and DownloadWith.
+type CopyOptions struct {
+	// Archive is cp -a: modification times of files and directories are
+	// kept (symlinks' are not), and a download keeps the permission bits
+	// whole, group and other write included (setuid, setgid and sticky
+	// are still dropped: the guest must not hand the host such files).
+	// Without it, copies get the time of the copy, and a download drops
+	// group and other write, as cp does under umask 022.
+	Archive bool
+}
+
+// UploadWith is Upload with o.
+func (v *VM) UploadWith(ctx context.Context, local, guestPath string, o CopyOptions) error {
 	return opError("upload", v.id, v.withSFTP(ctx, func(c *sftp.Client) error {
-		return destinationError(guest.Upload(ctx, c, local, guestPath, v.log(), v.symlink))
+		return destinationError(guest.UploadWith(ctx, c, local, guestPath, v.log(), v.symlink, guest.CopyOptions{Archive: o.Archive}))
 	}))
 }
 
@@ -43,9 +60,14 @@ func (v *VM) Upload(ctx context.Context, local, guestPath string) error {
 // devices, FIFOs and sockets are skipped with a warning; a file larger
 // than the host's free space is refused.
 func (v *VM) Download(ctx context.Context, guestPath, local string) error {
+	return v.DownloadWith(ctx, guestPath, local, CopyOptions{})
+}
+
+// DownloadWith is Download with o.
+func (v *VM) DownloadWith(ctx context.Context, guestPath, local string, o CopyOptions) error {
 	lim := new(guest.RecvLimit)
 	return opError("download", v.id, v.withSFTPLimited(ctx, lim, func(c *sftp.Client) error {
-		return destinationError(guest.DownloadLimited(ctx, c, lim, guestPath, local, v.log()))
+		return destinationError(guest.DownloadWith(ctx, c, lim, guestPath, local, v.log(), guest.CopyOptions{Archive: o.Archive}))
 	}))
 }
 
@@ -54,6 +76,7 @@ func (v *VM) Download(ctx context.Context, guestPath, local string) error {
 // which is renamed over guestPath only once complete, so a failure or a
 // cancelled ctx leaves the old file (or none) in place. Missing parent
 // directories are made; perm 0 means 0644. It returns the bytes written.
+// A directory at guestPath matches ErrInvalid and syscall.EISDIR.
 func (v *VM) WriteFile(ctx context.Context, guestPath string, r io.Reader, perm fs.FileMode) (int64, error) {
 	if err := checkGuestPath(guestPath); err != nil {
 		return 0, opError("write file", v.id, err)
@@ -67,7 +90,8 @@ func (v *VM) WriteFile(ctx context.Context, guestPath string, r io.Reader, perm 
 	var n int64
 	err := v.withSFTP(ctx, func(c *sftp.Client) error {
 		if fi, err := c.Lstat(guestPath); err == nil && fi.IsDir() {
-			return &ValidationError{Field: "guest path", Value: guestPath, Reason: "is a directory: name the file to write inside it, such as " + path.Join(guestPath, "file")}
+			// Both: bad input (ErrInvalid), and what os would say.
+			return fmt.Errorf("%w (%w)", &ValidationError{Field: "guest path", Value: guestPath, Reason: "is a directory: name the file to write inside it, such as " + path.Join(guestPath, "file")}, syscall.EISDIR)
 		}
 		dir := path.Dir(guestPath)
 		if err := c.MkdirAll(dir); err != nil {

@@ -20,7 +20,7 @@ import (
 // Leftover is something of smolvm's that belongs to no VM in the state
 // database: debris of a crash or of a killed process.
 type Leftover struct {
-	Kind   string `json:"kind"` // "process", "tap", "rule" or "dir"
+	Kind   string `json:"kind"` // "process", "tap", "rule", "dir" or "keeper"
 	Name   string `json:"name"` // PID, device, rule tag or path
 	Detail string `json:"detail"`
 
@@ -118,6 +118,7 @@ func FindLeftovers(ctx context.Context, opts ...Option) ([]Leftover, error) {
 		out = append(out, Leftover{Kind: "dir", Name: dir, Detail: "VM directory without a VM"})
 	}
 	out = append(out, snapshotLeftovers(ctx, s)...)
+	out = append(out, keeperLeftovers(vmsDir, known)...)
 	return out, nil
 }
 
@@ -169,6 +170,8 @@ func RemoveLeftovers(ctx context.Context, leftovers []Leftover) error {
 			err = firewallRemoveVM(l.vm)
 		case "dir":
 			err = os.RemoveAll(l.Name)
+		case "keeper":
+			err = removeKeeperLeftover(l)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s %s: %w", l.Kind, l.Name, err))

@@ -61,6 +61,9 @@ func (v *VM) start(ctx context.Context) (err error) {
 	if err := v.Refresh(ctx); err != nil {
 		return err
 	}
+	if err := v.refuseExpired(ctx); err != nil {
+		return err
+	}
 	info := v.Info()
 	switch info.State {
 	case StateRunning:
@@ -224,6 +227,9 @@ func (v *VM) start(ctx context.Context) (err error) {
 	if err := console.bound(bootCtx); err != nil {
 		return err
 	}
+	if err := v.pushStartSecrets(bootCtx); err != nil {
+		return err
+	}
 	if spec.Restore != nil && !rt.RestoreSelf {
 		if err := v.applyEnv(bootCtx, rt.RestoreEnv, info.Config.Env); err != nil {
 			return err
@@ -231,6 +237,12 @@ func (v *VM) start(ctx context.Context) (err error) {
 	}
 	// (A clone keeps its copy of the snapshot's initramfs: it is the one
 	// its kernel runs with, which a hibernation needs again.)
+	if err := v.ensureKeeper(ctx); err != nil {
+		if !info.Config.ExpiresAt.IsZero() {
+			return fmt.Errorf("the VM has a lifetime and no keeper to enforce it: %w", err)
+		}
+		v.log().Warn("start: no keeper", "err", err)
+	}
 	v.log().Info("started", "path", bootPath, "pid", proc.PID, "ip", net.GuestIP, "boot", time.Since(began).Round(time.Millisecond))
 	return nil
 }
@@ -559,6 +571,7 @@ func (v *VM) releaseRunResources() {
 	v.dropClient()
 	tap, name := v.info.Network.TAP, v.info.Process
 	v.mu.Unlock()
+	v.stopKeeper()
 	if tap == "" {
 		return
 	}

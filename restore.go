@@ -52,6 +52,7 @@ func newFromSnapshot(ctx context.Context, name string, opts ...Option) (*VM, err
 	}
 	cfg := plan.rec.Config
 	cfg.ID, cfg.RetainDiskOnDelete, cfg.ReuseDisk = "", false, false
+	cfg.ExpiresAt = time.Time{} // the snapshot's TTL counts from this create
 	if s.config != nil {
 		s.config(&cfg)
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/pkg/sftp"
 
@@ -57,6 +58,12 @@ func (v *VM) Stat(ctx context.Context, guestPath string) (fs.FileInfo, error) {
 // complete, so a failure leaves nothing; into an existing directory it is
 // merged, and a failure may leave part of it.
 func (v *VM) WriteTree(ctx context.Context, guestDir string, r io.Reader) error {
+	return v.WriteTreeWith(ctx, guestDir, r, CopyOptions{})
+}
+
+// WriteTreeWith is WriteTree with o: with Archive, files and directories
+// get the modification times the archive gives them.
+func (v *VM) WriteTreeWith(ctx context.Context, guestDir string, r io.Reader, o CopyOptions) error {
 	if err := checkGuestPath(guestDir); err != nil {
 		return opError("write tree", v.id, err)
 	}
@@ -78,7 +85,7 @@ func (v *VM) WriteTree(ctx context.Context, guestDir string, r io.Reader) error 
 		} else if !fi.IsDir() {
 			return &ValidationError{Field: "path", Value: guestDir, Reason: "is a " + guest.Kind(fi.Mode()) + ", not a directory to unpack a tree into"}
 		}
-		err := unpackTree(ctx, c, dst, r, v.symlink)
+		err := unpackTree(ctx, c, dst, r, v.symlink, o.Archive)
 		if err == nil && fresh {
 			if err = c.PosixRename(dst, guestDir); err != nil {
 				err = fmt.Errorf("%s: %w", guestDir, err)
@@ -92,13 +99,25 @@ func (v *VM) WriteTree(ctx context.Context, guestDir string, r io.Reader) error 
 }
 
 // unpackTree unpacks r under dst; symlink makes a link with its target
-// verbatim (the guest's SFTP server would clean a relative target).
-func unpackTree(ctx context.Context, c *sftp.Client, dst string, r io.Reader, symlink func(ctx context.Context, target, link string) error) error {
+// verbatim (the guest's SFTP server would clean a relative target). With
+// times, entries get the archive's modification times.
+func unpackTree(ctx context.Context, c *sftp.Client, dst string, r io.Reader, symlink func(ctx context.Context, target, link string) error, times bool) error {
 	tr := tar.NewReader(r)
 	links := map[string]bool{} // symlinks this archive made
+	// A directory's time is set last: its entries change it.
+	type dirTime struct {
+		path string
+		t    time.Time
+	}
+	var dirs []dirTime
 	for n := 0; ; n++ {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
+			for i := len(dirs) - 1; i >= 0; i-- {
+				if err := c.Chtimes(dirs[i].path, dirs[i].t, dirs[i].t); err != nil {
+					return fmt.Errorf("set the time of %s: %w", dirs[i].path, err)
+				}
+			}
 			return nil
 		}
 		if errors.Is(err, tar.ErrHeader) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, tar.ErrFieldTooLong) {
@@ -139,6 +158,9 @@ func unpackTree(ctx context.Context, c *sftp.Client, dst string, r io.Reader, sy
 			if err := c.Chmod(target, mode|0o700); err != nil {
 				return fmt.Errorf("%s: %w", name, err)
 			}
+			if times {
+				dirs = append(dirs, dirTime{target, hdr.ModTime})
+			}
 		case tar.TypeReg:
 			if err := c.MkdirAll(path.Dir(target)); err != nil {
 				return fmt.Errorf("%s: %w", name, err)
@@ -154,6 +176,9 @@ func unpackTree(ctx context.Context, c *sftp.Client, dst string, r io.Reader, sy
 			}
 			if cerr := f.Close(); err == nil {
 				err = cerr
+			}
+			if err == nil && times {
+				err = c.Chtimes(tmp, hdr.ModTime, hdr.ModTime)
 			}
 			if err == nil {
 				// A rename replaces a symlink at target instead of
@@ -214,6 +239,12 @@ func treeName(name string) (string, error) {
 // present it as whole). Modes lose setuid, setgid and sticky bits; a file
 // that grows while it is read is cut at the size it had.
 func (v *VM) ReadTree(ctx context.Context, guestDir string, w io.Writer) error {
+	return v.ReadTreeWith(ctx, guestDir, w, CopyOptions{})
+}
+
+// ReadTreeWith is ReadTree with o: with Archive, modes keep group and
+// other write (setuid, setgid and sticky still go).
+func (v *VM) ReadTreeWith(ctx context.Context, guestDir string, w io.Writer, o CopyOptions) error {
 	if err := checkGuestPath(guestDir); err != nil {
 		return opError("read tree", v.id, err)
 	}
@@ -228,7 +259,10 @@ func (v *VM) ReadTree(ctx context.Context, guestDir string, w io.Writer) error {
 			return &ValidationError{Field: "path", Value: guestDir, Reason: "is a " + guest.Kind(fi.Mode()) + ", not a directory"}
 		}
 		tw := tar.NewWriter(w)
-		t := &treeWalk{ctx: ctx, c: c, tw: tw, lim: lim, listLeft: MaxTreeListing}
+		t := &treeWalk{ctx: ctx, c: c, tw: tw, lim: lim, listLeft: MaxTreeListing, mask: 0o022}
+		if o.Archive {
+			t.mask = 0
+		}
 		if err := t.dir(guestDir, "", 0); err != nil {
 			return err
 		}
@@ -242,7 +276,8 @@ type treeWalk struct {
 	tw       *tar.Writer
 	entries  int
 	lim      *guest.RecvLimit
-	listLeft int64 // of MaxTreeListing, not held by the listings being walked
+	listLeft int64       // of MaxTreeListing, not held by the listings being walked
+	mask     fs.FileMode // permission bits the modes lose
 }
 
 func (t *treeWalk) dir(guestPath, rel string, depth int) error {
@@ -273,10 +308,10 @@ func (t *treeWalk) dir(guestPath, rel string, depth int) error {
 			return fmt.Errorf("%s: the guest's tree has more than %d entries", guestPath, MaxTreeEntries)
 		}
 		src, relName := path.Join(guestPath, name), path.Join(rel, name)
-		hdr := &tar.Header{Name: relName, Mode: int64(fi.Mode().Perm() &^ 0o022), ModTime: fi.ModTime(), Format: tar.FormatPAX}
+		hdr := &tar.Header{Name: relName, Mode: int64(fi.Mode().Perm() &^ t.mask), ModTime: fi.ModTime(), Format: tar.FormatPAX}
 		switch m := fi.Mode(); {
 		case m.IsDir():
-			hdr.Typeflag, hdr.Name, hdr.Mode = tar.TypeDir, relName+"/", int64(m.Perm()&^0o022)
+			hdr.Typeflag, hdr.Name, hdr.Mode = tar.TypeDir, relName+"/", int64(m.Perm()&^t.mask)
 			if err := t.tw.WriteHeader(hdr); err != nil {
 				return err
 			}

@@ -111,7 +111,7 @@ func readTreeLimited(t *testing.T, srv *liar, listing int64) ([]byte, error) {
 	defer c.Close()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	w := &treeWalk{ctx: context.Background(), c: c, tw: tw, lim: lim, listLeft: listing}
+	w := &treeWalk{ctx: context.Background(), c: c, tw: tw, lim: lim, listLeft: listing, mask: 0o022}
 	if err := w.dir("/d", "", 0); err != nil {
 		return buf.Bytes(), err
 	}

@@ -10,7 +10,9 @@
 //   - warm: the round trip of `true` on a running VM, through smolvm's
 //     persistent SSH connection and through OpenSSH's ssh client;
 //   - with -api N: the round trip of `true` through the SDK, the HTTP API
-//     and the Python client, on one VM (see api.go).
+//     and the Python client, on one VM (see api.go);
+//   - with -fs N: a file watch event's latency and the in-memory file
+//     API's throughput for 1 MiB and 50 MiB, on one VM (see fs.go).
 //
 // Run it with scripts/bench.sh, which builds the agent first.
 package main
@@ -70,8 +72,15 @@ func main() {
 	asJSON := flag.Bool("json", false, "print JSON")
 	density := flag.Int("density", 0, "instead: hold N idle warm VMs, then run `true` in each in turn")
 	apiRuns := flag.Int("api", 0, "instead: N round trips of `true` through the Go SDK, the HTTP API (Go client, curl) and the Python client")
+	fsRuns := flag.Int("fs", 0, "instead: N rounds of the file API: watch event latency, WriteFile/ReadFile of 1 MiB and 50 MiB (see fs.go)")
 	flag.Parse()
 	ctx := context.Background()
+	if *fsRuns > 0 {
+		if err := fsBench(ctx, *fsRuns); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if *apiRuns > 0 {
 		if err := apiBench(ctx, *apiRuns); err != nil {
 			log.Fatal(err)

@@ -24,6 +24,9 @@ type vmHost interface {
 	// Open reconnects to the VM id.
 	Open(ctx context.Context, id string) (machine, error)
 	List(ctx context.Context) ([]smolvm.VMInfo, error)
+	// ListLabeled lists the VMs whose labels match every selector,
+	// KEY or KEY=VALUE.
+	ListLabeled(ctx context.Context, selectors []string) ([]smolvm.VMInfo, error)
 
 	ListSnapshots(ctx context.Context) ([]smolvm.SnapshotInfo, error)
 	GetSnapshot(ctx context.Context, name string) (*smolvm.SnapshotInfo, error)
@@ -59,6 +62,8 @@ type machine interface {
 	SetEgressPolicy(ctx context.Context, p smolvm.EgressPolicy) error
 	Upload(ctx context.Context, local, guestPath string) error
 	Download(ctx context.Context, guestPath, local string) error
+	// Files is the VM's file system, for the fs commands (fs.go).
+	Files() guestFiles
 	Expose(ctx context.Context, p portSpec) (smolvm.PortForward, error)
 	Unexpose(ctx context.Context, hostAddr string, hostPort int) error
 	Forwards(ctx context.Context) ([]smolvm.PortForward, error)
@@ -67,6 +72,8 @@ type machine interface {
 	Logs(ctx context.Context, follow bool, w io.Writer) error
 	Snapshot(ctx context.Context, name string, diskOnly bool) (*smolvm.SnapshotInfo, error)
 	Fork(ctx context.Context, n int) ([]smolvm.VMInfo, error)
+	// SetTTL gives the VM a lifetime from now (0 = none); onExpire "" keeps it.
+	SetTTL(ctx context.Context, ttl time.Duration, onExpire string) error
 	Close() error
 }
 

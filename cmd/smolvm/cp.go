@@ -1,25 +1,52 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/smolvm/smolvm"
 )
 
+// archiveCopier is a machine that can copy with cp -a's semantics:
+// localVM through the SDK's methods, remoteVM below.
+type archiveCopier interface {
+	UploadWith(ctx context.Context, local, guestPath string, o smolvm.CopyOptions) error
+	DownloadWith(ctx context.Context, guestPath, local string, o smolvm.CopyOptions) error
+}
+
+var (
+	_ archiveCopier = localVM{}
+	_ archiveCopier = (*remoteVM)(nil)
+)
+
+func (v *remoteVM) UploadWith(ctx context.Context, local, guestPath string, o smolvm.CopyOptions) error {
+	return v.c.UploadWith(ctx, v.info.ID, local, guestPath, nil, o)
+}
+
+func (v *remoteVM) DownloadWith(ctx context.Context, guestPath, local string, o smolvm.CopyOptions) error {
+	return v.c.DownloadWith(ctx, v.info.ID, guestPath, local, nil, o)
+}
+
 func newCpCmd(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	var archive, recursive bool
+	cmd := &cobra.Command{
 		Use:   "cp SRC DST",
 		Short: "Copy files and directories between the host and a VM",
 		Long: "Copy a file or directory tree into a VM (cp LOCAL ID:PATH) or out of it\n" +
 			"(cp ID:PATH LOCAL), over SFTP on the VM's SSH connection, as cp -r does: if DST\n" +
 			"is an existing directory, SRC lands inside it under its own name (SRC/. copies\n" +
 			"its contents); otherwise SRC becomes DST, and missing parent directories are\n" +
-			"made. Symlinks are copied as symlinks, never followed. Out of a VM, files lose\n" +
-			"setuid, setgid, sticky and group/other write bits, devices and FIFOs are\n" +
-			"skipped with a warning, and nothing the guest sends can write outside DST.",
-		Example:      "  smolvm cp ./app web:/opt/app\n  smolvm cp web:/var/log/app.log .",
+			"made. Directories are always copied whole (-r is accepted for habit's sake).\n" +
+			"Symlinks are copied as symlinks, never followed. Permission bits are kept;\n" +
+			"out of a VM, files lose setuid, setgid, sticky and (without -a) group/other\n" +
+			"write bits, as cp does under umask 022; copies get the time of the copy\n" +
+			"unless -a keeps the modification times. Devices and FIFOs are skipped with\n" +
+			"a warning, and nothing the guest sends can write outside DST.",
+		Example:      "  smolvm cp ./app web:/opt/app\n  smolvm cp web:/var/log/app.log .\n  smolvm cp -a web:/srv/site ./backup",
 		Args:         cobra.ExactArgs(2),
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -34,9 +61,17 @@ func newCpCmd(g *globalOptions) *cobra.Command {
 			}
 			return withVM(cmd.Context(), g, id, func(vm machine) error {
 				var err error
-				if upload {
+				ac, ok := vm.(archiveCopier)
+				switch {
+				case archive && !ok:
+					return errLocalOnly("cp -a", "copy without -a, or run it on the server's machine")
+				case archive && upload:
+					err = ac.UploadWith(cmd.Context(), srcPath, dstPath, smolvm.CopyOptions{Archive: true})
+				case archive:
+					err = ac.DownloadWith(cmd.Context(), srcPath, dstPath, smolvm.CopyOptions{Archive: true})
+				case upload:
 					err = vm.Upload(cmd.Context(), srcPath, dstPath)
-				} else {
+				default:
 					err = vm.Download(cmd.Context(), srcPath, dstPath)
 				}
 				if err != nil {
@@ -49,6 +84,9 @@ func newCpCmd(g *globalOptions) *cobra.Command {
 			})
 		},
 	}
+	cmd.Flags().BoolVarP(&archive, "archive", "a", false, "keep modification times, and out of a VM group/other write bits too")
+	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "accepted and ignored: directories are always copied whole")
+	return cmd
 }
 
 // splitRemote splits "ID:PATH". A local path with a ':' can be given as

@@ -23,6 +23,7 @@ type execOptions struct {
 	timeout time.Duration
 	stdin   bool
 	env     []string
+	secrets secretFlags
 }
 
 func newExecCmd(g *globalOptions) *cobra.Command {
@@ -44,6 +45,7 @@ func newExecCmd(g *globalOptions) *cobra.Command {
 	fs.Var(secondsFlag(&o.timeout), "timeout", timeoutHelp)
 	fs.BoolVarP(&o.stdin, "interactive", "i", false, "pass standard input to the command")
 	fs.StringArrayVarP(&o.env, "env", "e", nil, "set an environment variable for this command, NAME=VALUE (repeatable)")
+	o.secrets.register(cmd, "for this command")
 	return cmd
 }
 
@@ -53,7 +55,11 @@ func runExec(ctx context.Context, g *globalOptions, o execOptions, id, command s
 		return err
 	}
 	var stdout, stderr bytes.Buffer
-	eo := smolvm.ExecOptions{Stdout: s.out, Stderr: s.err, Env: env, Timeout: o.timeout}
+	secrets, err := o.secrets.parse()
+	if err != nil {
+		return err
+	}
+	eo := smolvm.ExecOptions{Stdout: s.out, Stderr: s.err, Env: env, Timeout: o.timeout, Secrets: secrets}
 	if g.json {
 		eo.Stdout, eo.Stderr = &stdout, &stderr
 	}

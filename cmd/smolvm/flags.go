@@ -30,6 +30,7 @@ type vmFlags struct {
 	cold        bool
 	egress      egressFlags
 	dnsUpstream string
+	life        lifeFlags
 }
 
 func (f *vmFlags) register(cmd *cobra.Command) {
@@ -47,6 +48,7 @@ func (f *vmFlags) register(cmd *cobra.Command) {
 	f.egress.register(cmd)
 	fs.StringVar(&f.dnsUpstream, "dns-upstream", "", "the DNS server the VM's allowed names are forwarded to, ADDR[:PORT] (default $SMOLVM_DNS_UPSTREAM, else the host's /etc/resolv.conf)")
 	fs.BoolVar(&f.cold, "cold", false, "boot the VM even when the default image's warm template would resume it (info shows boot_path)")
+	f.life.register(cmd)
 }
 
 // seconds is a duration flag that also takes a plain number as seconds,
@@ -113,7 +115,7 @@ func (f *vmFlags) config() (smolvm.VMConfig, error) {
 		}
 		mounts = append(mounts, m)
 	}
-	return smolvm.VMConfig{
+	cfg := smolvm.VMConfig{
 		Mounts:             mounts,
 		NoEgress:           f.noEgress,
 		ID:                 f.name,
@@ -126,7 +128,8 @@ func (f *vmFlags) config() (smolvm.VMConfig, error) {
 		RetainDiskOnDelete: f.retainDisk,
 		Egress:             f.egress.policy(false),
 		DNSUpstream:        f.dnsUpstream,
-	}, nil
+	}
+	return cfg, f.life.apply(&cfg)
 }
 
 // parseEnv parses NAME=VALUE pairs; the value may hold '=' and be empty.

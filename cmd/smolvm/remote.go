@@ -72,7 +72,7 @@ func (h remoteHost) Create(ctx context.Context, cfg smolvm.VMConfig, cold bool) 
 	req := api.CreateVM{
 		ID: cfg.ID, VCPUs: cfg.VCPUs, MemoryMiB: cfg.MemoryMiB, DiskMiB: cfg.DiskMiB, Image: cfg.Image,
 		Env: cfg.Env, NoEgress: cfg.NoEgress, Egress: cfg.Egress, DNSUpstream: cfg.DNSUpstream, RetainDiskOnDelete: cfg.RetainDiskOnDelete, ReuseDisk: cfg.ReuseDisk,
-		Cold: cold,
+		Cold: cold, TTLSeconds: cfg.TTL.Seconds(), OnExpire: cfg.OnExpire, Labels: cfg.Labels,
 	}
 	if h.g.network != smolvm.NetworkAuto {
 		req.Network = h.g.network
@@ -95,12 +95,12 @@ func (h remoteHost) Create(ctx context.Context, cfg smolvm.VMConfig, cold bool) 
 	if err != nil {
 		return nil, err
 	}
-	return &remoteVM{c: h.c(), info: info, bootTimeout: cfg.BootTimeout}, nil
+	return &remoteVM{c: h.c(), info: info, bootTimeout: cfg.BootTimeout, secrets: h.g.startSecrets}, nil
 }
 
 func (h remoteHost) FromSnapshot(ctx context.Context, name string, o snapshotVM) (machine, error) {
 	info, err := h.c().CreateVM(ctx, api.CreateVM{
-		FromSnapshot: name, ID: o.id, Env: o.env, BootTimeoutSeconds: o.bootTimeout.Seconds(),
+		FromSnapshot: name, ID: o.id, Env: o.env, BootTimeoutSeconds: o.bootTimeout.Seconds(), Secrets: h.g.startSecrets,
 	})
 	if err != nil {
 		return nil, err
@@ -113,7 +113,7 @@ func (h remoteHost) Open(ctx context.Context, id string) (machine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &remoteVM{c: h.c(), info: info}, nil
+	return &remoteVM{c: h.c(), info: info, secrets: h.g.startSecrets}, nil
 }
 
 func (h remoteHost) List(ctx context.Context) ([]smolvm.VMInfo, error) {
@@ -175,7 +175,8 @@ func (h remoteHost) Doctor(ctx context.Context) ([]smolvm.Check, error) { return
 type remoteVM struct {
 	c           *apiclient.Client
 	info        smolvm.VMInfo
-	bootTimeout time.Duration // the config's, for the first start
+	bootTimeout time.Duration     // the config's, for the first start
+	secrets     map[string]string // start secrets (--secret), for Start
 }
 
 var _ machine = (*remoteVM)(nil)
@@ -193,6 +194,9 @@ func (v *remoteVM) update(info smolvm.VMInfo, err error) error {
 }
 
 func (v *remoteVM) Start(ctx context.Context) error {
+	if v.secrets != nil {
+		return v.update(v.c.StartVMWithSecrets(ctx, v.info.ID, v.bootTimeout, v.secrets))
+	}
 	return v.update(v.c.StartVM(ctx, v.info.ID, v.bootTimeout))
 }
 
@@ -221,7 +225,7 @@ func (v *remoteVM) Exec(ctx context.Context, cmd string, o smolvm.ExecOptions) (
 		defer cancel()
 	}
 	code, err := v.c.ExecStream(ctx, v.info.ID, api.Exec{
-		Cmd: cmd, Env: o.Env, TimeoutSeconds: o.Timeout.Seconds(), TTY: o.TTY,
+		Cmd: cmd, Env: o.Env, TimeoutSeconds: o.Timeout.Seconds(), TTY: o.TTY, Secrets: o.Secrets,
 	}, apiclient.Stdio{Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr})
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
 		return -1, &smolvm.TimeoutError{Op: "run", VM: v.info.ID, Timeout: o.Timeout,

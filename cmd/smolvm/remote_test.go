@@ -187,6 +187,17 @@ func TestRemoteMatchesLocal(t *testing.T) {
 		{"no such kept disk", []string{"delete", "--disk", "nope"}, "", 1, "", true},
 		{"run", []string{"run", "--", "sh", "-c", "echo out; echo err >&2; exit 3"}, "", 3, "out\n", true},
 		{"run stdin", []string{"run", "-i", "--", "tr", "a-z", "A-Z"}, "piped\n", 0, "PIPED\n", true},
+		{"fs write", []string{"fs", "write", vm, "/root/fsw/a.txt", "--mode", "0600"}, "hello\n", 0, "", true},
+		{"fs cat", []string{"fs", "cat", vm, "/root/fsw/a.txt"}, "", 0, "hello\n", true},
+		{"json fs cat", []string{"--json", "fs", "cat", vm, "/root/fsw/a.txt"}, "", 0, "", true},
+		{"fs mkdir -p", []string{"fs", "mkdir", "-p", vm, "/root/fsw/d/e"}, "", 0, "", true},
+		{"fs mkdir exists", []string{"--json", "fs", "mkdir", vm, "/root/fsw/d"}, "", 1, "", true},
+		{"json fs ls", []string{"--json", "fs", "ls", vm, "/root/fsw"}, "", 0, "", true},
+		{"fs ls", []string{"fs", "ls", vm, "/root/fsw/a.txt"}, "", 0, "", true},
+		{"json fs stat", []string{"--json", "fs", "stat", vm, "/root/fsw/a.txt"}, "", 0, "", true},
+		{"fs rm not empty", []string{"--json", "fs", "rm", vm, "/root/fsw/d"}, "", 1, "", true},
+		{"fs rm missing", []string{"--json", "fs", "rm", vm, "/root/fsw/nope"}, "", 1, "", true},
+		{"fs cat a directory", []string{"--json", "fs", "cat", vm, "/root/fsw"}, "", 1, "", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -215,6 +226,8 @@ func TestRemoteMatchesLocal(t *testing.T) {
 	if t.Failed() {
 		return
 	}
+	t.Run("fs watch", func(t *testing.T) { testFSWatch(t, vm, local, overUnix) })
+	t.Run("cp -a", func(t *testing.T) { testCpArchive(t, vm, local, overUnix) })
 
 	t.Run("doctor", func(t *testing.T) {
 		var l, r doctorReport

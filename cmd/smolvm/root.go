@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -40,6 +42,9 @@ type globalOptions struct {
 	// ran is set once flags and arguments were accepted: an error before
 	// it is a usage error.
 	ran bool
+	// startSecrets are create's or start's --secret: handed to the VM at
+	// its start, never stored.
+	startSecrets map[string]string
 }
 
 // sdk returns the options every SDK call gets: state dir, agent, network
@@ -58,6 +63,12 @@ func (g *globalOptions) sdk(extra ...smolvm.Option) []smolvm.Option {
 	}
 	if g.progress != nil {
 		opts = append(opts, smolvm.WithProgress(g.progress))
+	}
+	if k := keeperPath(agentPath()); k != "" {
+		opts = append(opts, smolvm.WithKeeper(k))
+	}
+	if g.startSecrets != nil {
+		opts = append(opts, smolvm.WithStartSecrets(g.startSecrets))
 	}
 	return append(opts, extra...)
 }
@@ -125,12 +136,15 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		newPolicyCmd(g),
 		newDoctorCmd(g),
 		newCpCmd(g),
+		newFSCmd(g),
 		newPortCmd(g),
 		newImageCmd(g),
 		newSnapshotCmd(g),
 		newForkCmd(g),
 		newServeCmd(g),
 		newMCPCmd(g),
+		newKeeperCmd(g),
+		newTTLCmd(g),
 	)
 	return root
 }
@@ -292,6 +306,15 @@ func errorKind(err error) string {
 		return "unauthorized"
 	case errors.Is(err, apiclient.ErrUnreachable):
 		return "unreachable"
+	// A guest file operation's errno, as the API's codes have it.
+	case errors.Is(err, fs.ErrNotExist):
+		return "not_found"
+	case errors.Is(err, fs.ErrExist):
+		return "already_exists"
+	case errors.Is(err, fs.ErrPermission):
+		return "permission_denied"
+	case errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.ENOTDIR), errors.Is(err, smolvm.ErrTooLarge):
+		return "invalid"
 	}
 	return "error"
 }

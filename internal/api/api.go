@@ -10,6 +10,7 @@ package api
 
 import (
 	"errors"
+	"io/fs"
 	"net/http"
 
 	"github.com/smolvm/smolvm"
@@ -54,6 +55,7 @@ const (
 	CodeTimeout       = "timeout"                // 504: the operation ran past its timeout
 	CodeCanceled      = "canceled"               // 499: the client went away
 	CodeInternal      = "internal"               // 500: anything else
+	CodePermission    = "permission_denied"      // 403: the guest refused a file operation
 )
 
 // Status is the HTTP status of an error code.
@@ -63,6 +65,8 @@ func Status(code string) int {
 		return http.StatusBadRequest
 	case CodeUnauthorized:
 		return http.StatusUnauthorized
+	case CodePermission:
+		return http.StatusForbidden
 	case CodeNotFound:
 		return http.StatusNotFound
 	case CodeNotAllowed:
@@ -98,6 +102,14 @@ func CodeOf(err error) string {
 		return CodeNotRunning
 	case errors.Is(err, smolvm.ErrInUse):
 		return CodeInUse
+	case errors.Is(err, smolvm.ErrTooLarge):
+		return CodeTooLarge
+	case errors.Is(err, fs.ErrNotExist):
+		return CodeNotFound
+	case errors.Is(err, fs.ErrExist):
+		return CodeAlreadyExists
+	case errors.Is(err, fs.ErrPermission):
+		return CodePermission
 	}
 	return CodeInternal
 }
@@ -113,6 +125,9 @@ type ErrorDetail struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
 	Field   string `json:"field,omitempty"`
+	// Errno names the guest's errno when a file operation failed
+	// ("ENOENT", "EISDIR", "ENOTEMPTY"...).
+	Errno string `json:"errno,omitempty"`
 }
 
 // Serving is what `smolvm serve --json` prints once it listens: the
@@ -166,6 +181,22 @@ type CreateVM struct {
 	// resolver allowed names are forwarded to, ADDR[:PORT].
 	Egress      smolvm.EgressPolicy `json:"egress,omitzero"`
 	DNSUpstream string              `json:"dns_upstream,omitempty"`
+	// TTLSeconds is the VM's lifetime from now (VMConfig.TTL; 0 = none),
+	// OnExpire what ends it: "stop" (default), "hibernate" or "delete".
+	TTLSeconds float64 `json:"ttl_seconds,omitempty"`
+	OnExpire   string  `json:"on_expire,omitempty"`
+	// Labels tag the VM (VMConfig.Labels); GET /v1/vms?label=K=V finds it.
+	Labels map[string]string `json:"labels,omitempty"`
+	// Secrets are start secrets (smolvm.WithStartSecrets), with Start or
+	// FromSnapshot: environment variables never written down.
+	Secrets map[string]string `json:"secrets,omitempty"`
+}
+
+// SetTTL is POST /v1/vms/{id}/ttl: a new lifetime from now (0 = none);
+// OnExpire "" keeps the VM's.
+type SetTTL struct {
+	TTLSeconds float64 `json:"ttl_seconds"`
+	OnExpire   string  `json:"on_expire,omitempty"`
 }
 
 // VMList is GET /v1/vms.
@@ -176,6 +207,9 @@ type VMList struct {
 // Start is POST /v1/vms/{id}/start (body optional).
 type Start struct {
 	BootTimeoutSeconds float64 `json:"boot_timeout_seconds,omitempty"`
+	// Secrets reach every command of this run of the VM as environment
+	// variables and are never written down (smolvm.WithStartSecrets).
+	Secrets map[string]string `json:"secrets,omitempty"`
 }
 
 // Stop is POST /v1/vms/{id}/stop (body optional).
@@ -196,6 +230,9 @@ type Exec struct {
 	Cmd            string            `json:"cmd"`
 	Env            map[string]string `json:"env,omitempty"`
 	TimeoutSeconds float64           `json:"timeout_seconds,omitempty"`
+	// Secrets are variables for this command only that smolvm never
+	// writes down (smolvm.WithSecrets).
+	Secrets map[string]string `json:"secrets,omitempty"`
 	// Stdin is given whole for buffered exec: as text, or as base64 in
 	// StdinB64 (not both). The WebSocket streams stdin instead.
 	Stdin    string `json:"stdin,omitempty"`

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/smolvm/smolvm"
 	"github.com/smolvm/smolvm/internal/api"
+	"github.com/smolvm/smolvm/internal/guest"
 )
 
 // ErrUnauthorized matches a request the server refused for its token.
@@ -109,6 +111,7 @@ type Error struct {
 	Code    string
 	Message string
 	Field   string
+	Errno   string // a failed file operation's errno in the guest
 }
 
 func (e *Error) Error() string {
@@ -118,10 +121,18 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("server: %s (HTTP %d)", e.Code, e.Status)
 }
 
-// Is maps the code back to the SDK's error set.
+// Is maps the code back to the SDK's error set, and a guest errno to
+// itself (so fs.ErrNotExist, syscall.EISDIR... match as from the SDK).
 func (e *Error) Is(target error) bool {
+	if errno, ok := guest.Errno(e.Errno); ok && (target == errno || errno.Is(target)) {
+		return true
+	}
 	switch e.Code {
-	case api.CodeInvalid, api.CodeTooLarge, api.CodeUnsupported, api.CodeNotAllowed:
+	case api.CodePermission:
+		return target == fs.ErrPermission
+	case api.CodeTooLarge:
+		return target == smolvm.ErrInvalid || target == smolvm.ErrTooLarge
+	case api.CodeInvalid, api.CodeUnsupported, api.CodeNotAllowed:
 		return target == smolvm.ErrInvalid
 	case api.CodeNotFound:
 		return target == smolvm.ErrNotFound
@@ -143,7 +154,7 @@ func (e *Error) Is(target error) bool {
 
 // fromDetail makes an *Error of a reported error.
 func fromDetail(status int, d api.ErrorDetail) *Error {
-	e := &Error{Status: status, Code: d.Code, Message: d.Message, Field: d.Field}
+	e := &Error{Status: status, Code: d.Code, Message: d.Message, Field: d.Field, Errno: d.Errno}
 	if e.Code == api.CodeUnauthorized {
 		e.Message = "the server refused the token (401 unauthorized): give the right one with --token or SMOLVM_TOKEN (the server keeps it in $SMOLVM_HOME/" + api.TokenFile + ")"
 	}

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/smolvm/smolvm"
 	"github.com/smolvm/smolvm/internal/api"
@@ -43,8 +44,17 @@ func (c *Client) WriteFile(ctx context.Context, id, guestPath string, r io.Reade
 
 // WriteTar unpacks the tar stream r in the guest directory guestDir.
 func (c *Client) WriteTar(ctx context.Context, id, guestDir string, r io.Reader) error {
+	return c.writeTar(ctx, id, guestDir, r, false)
+}
+
+// writeTar is WriteTar; with archive the entries get their times.
+func (c *Client) writeTar(ctx context.Context, id, guestDir string, r io.Reader, archive bool) error {
+	q := url.Values{"path": {guestDir}}
+	if archive {
+		q.Set("archive", "true")
+	}
 	resp, err := c.send(ctx, request{method: http.MethodPut, path: "/vms/" + esc(id) + "/files",
-		query: url.Values{"path": {guestDir}}, body: r, ctype: api.Tar})
+		query: q, body: r, ctype: api.Tar})
 	if err != nil {
 		return err
 	}
@@ -56,19 +66,32 @@ func (c *Client) WriteTar(ctx context.Context, id, guestDir string, r io.Reader)
 // false, with its Mode) or a tar of a directory.
 type Remote struct {
 	io.ReadCloser
-	IsTar bool
-	Mode  fs.FileMode
+	IsTar   bool
+	Mode    fs.FileMode
+	ModTime time.Time // a file's, if the server said
 }
 
 // ReadFile opens the guest path for reading: a file's bytes, or a tar of
 // a directory. The caller closes it.
 func (c *Client) ReadFile(ctx context.Context, id, guestPath string) (*Remote, error) {
-	resp, err := c.send(ctx, request{method: http.MethodGet, path: "/vms/" + esc(id) + "/files",
-		query: url.Values{"path": {guestPath}}})
+	return c.readFile(ctx, id, guestPath, false)
+}
+
+// readFile is ReadFile; with archive a tree's modes keep group and other
+// write.
+func (c *Client) readFile(ctx context.Context, id, guestPath string, archive bool) (*Remote, error) {
+	q := url.Values{"path": {guestPath}}
+	if archive {
+		q.Set("archive", "true")
+	}
+	resp, err := c.send(ctx, request{method: http.MethodGet, path: "/vms/" + esc(id) + "/files", query: q})
 	if err != nil {
 		return nil, err
 	}
 	r := &Remote{ReadCloser: resp.Body, Mode: 0o644}
+	if t, err := time.Parse(time.RFC3339Nano, resp.Header.Get(api.FileMtimeHeader)); err == nil {
+		r.ModTime = t
+	}
 	if mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type")); err == nil && mt == api.Tar {
 		r.IsTar = true
 	}
@@ -107,6 +130,12 @@ func destinationError(p, reason string) error {
 // streamed; symlinks are copied as symlinks, never followed, and nothing
 // outside local is read. log (nil: none) hears about skipped entries.
 func (c *Client) Upload(ctx context.Context, id, local, guestPath string, log *slog.Logger) error {
+	return c.UploadWith(ctx, id, local, guestPath, log, smolvm.CopyOptions{})
+}
+
+// UploadWith is Upload with o (smolvm.CopyOptions: Archive keeps
+// modification times, as the SDK's UploadWith).
+func (c *Client) UploadWith(ctx context.Context, id, local, guestPath string, log *slog.Logger, o smolvm.CopyOptions) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -136,7 +165,7 @@ func (c *Client) Upload(ctx context.Context, id, local, guestPath string, log *s
 	case kind == "none" && strings.HasSuffix(guestPath, "/") && !fi.IsDir():
 		return destinationError(guestPath, "no such directory in the guest; create it first or drop the trailing slash")
 	}
-	if !fi.IsDir() {
+	if !fi.IsDir() && !o.Archive {
 		f, err := os.Open(local)
 		if err != nil {
 			return err
@@ -144,14 +173,25 @@ func (c *Client) Upload(ctx context.Context, id, local, guestPath string, log *s
 		defer f.Close()
 		return c.WriteFile(ctx, id, target, f, fi.Mode().Perm())
 	}
+	// A tree; with Archive one file too, as a tar of one entry into its
+	// directory, which carries its time.
+	dir, only := target, ""
+	if !fi.IsDir() {
+		dir, only = path.Dir(target), path.Base(target)
+	}
 	pr, pw := io.Pipe()
 	treeErr := make(chan error, 1)
 	go func() {
-		err := writeTree(ctx, pw, local, log)
+		var err error
+		if only != "" {
+			err = writeOne(pw, local, only, fi)
+		} else {
+			err = writeTree(ctx, pw, local, log)
+		}
 		pw.CloseWithError(err)
 		treeErr <- err
 	}()
-	err = c.WriteTar(ctx, id, target, pr)
+	err = c.writeTar(ctx, id, dir, pr, o.Archive)
 	pr.CloseWithError(errUploadEnded)
 	// A local failure (a file that changed, a read error) explains a
 	// failed upload better than the broken request it caused.
@@ -163,6 +203,28 @@ func (c *Client) Upload(ctx context.Context, id, local, guestPath string, log *s
 
 // errUploadEnded stops a tree's tar once its request is over.
 var errUploadEnded = errors.New("upload ended")
+
+// writeOne writes the file local (described by fi) to w as a tar of one
+// entry named name.
+func writeOne(w io.Writer, local, name string, fi fs.FileInfo) error {
+	f, err := os.Open(local)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if got, err := f.Stat(); err != nil || !os.SameFile(fi, got) {
+		return fmt.Errorf("%s changed while it was being copied", local)
+	}
+	tw := tar.NewWriter(w)
+	hdr := &tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: int64(fi.Mode().Perm()), Size: fi.Size(), ModTime: fi.ModTime(), Format: tar.FormatPAX}
+	if err := tw.WriteHeader(hdr); err != nil {
+		return err
+	}
+	if _, err := io.CopyN(tw, f, fi.Size()); err != nil {
+		return err
+	}
+	return tw.Close()
+}
 
 // writeTree writes the tree at dir to w as a tar, reading only inside dir.
 func writeTree(ctx context.Context, w io.Writer, dir string, log *slog.Logger) error {
@@ -236,10 +298,17 @@ func writeTree(ctx context.Context, w io.Writer, dir string, log *slog.Logger) e
 // group/other write, devices, FIFOs and sockets, and only then moved into
 // place; a file is written to a temporary file and renamed.
 func (c *Client) Download(ctx context.Context, id, guestPath, local string, log *slog.Logger) error {
+	return c.DownloadWith(ctx, id, guestPath, local, log, smolvm.CopyOptions{})
+}
+
+// DownloadWith is Download with o: with Archive the modes keep group and
+// other write and a file keeps its modification time (a tree's entries
+// keep theirs either way: they come in a tar).
+func (c *Client) DownloadWith(ctx context.Context, id, guestPath, local string, log *slog.Logger, o smolvm.CopyOptions) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r, err := c.ReadFile(ctx, id, guestPath)
+	r, err := c.readFile(ctx, id, guestPath, o.Archive)
 	if err != nil {
 		return err
 	}
@@ -261,10 +330,13 @@ func (c *Client) Download(ctx context.Context, id, guestPath, local string, log 
 		}
 		_, err = io.Copy(f, r)
 		if err == nil {
-			err = f.Chmod(guest.HostMode(r.Mode))
+			err = f.Chmod(hostMode(r.Mode, o))
 		}
 		if cerr := f.Close(); err == nil {
 			err = cerr
+		}
+		if err == nil && o.Archive && !r.ModTime.IsZero() {
+			err = root.Chtimes(tmp, r.ModTime, r.ModTime)
 		}
 		if err == nil {
 			err = root.Rename(tmp, name)
@@ -282,7 +354,7 @@ func (c *Client) Download(ctx context.Context, id, guestPath, local string, log 
 	if _, err := untar.Apply(filepath.Join(dir, tmp), r, untar.Options{}); err != nil {
 		return c.streamError(ctx, fmt.Errorf("%s from the guest: %w", guestPath, err))
 	}
-	if err := sanitize(root, tmp, log); err != nil {
+	if err := sanitize(root, tmp, log, o); err != nil {
 		return err
 	}
 	if name != "." {
@@ -295,7 +367,7 @@ func (c *Client) Download(ctx context.Context, id, guestPath, local string, log 
 
 // sanitize strips what the guest may not bring to the host from the tree
 // at dir (inside root): special files go, modes are masked.
-func sanitize(root *os.Root, dir string, log *slog.Logger) error {
+func sanitize(root *os.Root, dir string, log *slog.Logger, o smolvm.CopyOptions) error {
 	return fs.WalkDir(root.FS(), dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -308,7 +380,7 @@ func sanitize(root *os.Root, dir string, log *slog.Logger) error {
 			if err != nil {
 				return err
 			}
-			mode := guest.HostMode(info.Mode())
+			mode := hostMode(info.Mode(), o)
 			if t.IsDir() {
 				mode |= 0o700 // the copy must be able to fill it
 			}
@@ -318,6 +390,14 @@ func sanitize(root *os.Root, dir string, log *slog.Logger) error {
 			return root.Remove(p)
 		}
 	})
+}
+
+// hostMode is the mode a download gets on the host.
+func hostMode(m fs.FileMode, o smolvm.CopyOptions) fs.FileMode {
+	if o.Archive {
+		return m.Perm()
+	}
+	return guest.HostMode(m)
 }
 
 // merge moves the tree at src into the existing directory dst (both

@@ -72,10 +72,15 @@ func Download(ctx context.Context, c *sftp.Client, src, dst string, log *slog.Lo
 // DownloadLimited is Download with c's listings received through lim (c
 // made by SFTPLimited(lim)), at most MaxListing held at once.
 func DownloadLimited(ctx context.Context, c *sftp.Client, lim *RecvLimit, src, dst string, log *slog.Logger) error {
-	return download(ctx, c, lim, src, dst, log, MaxEntries)
+	return download(ctx, c, lim, src, dst, log, MaxEntries, CopyOptions{})
 }
 
-func download(ctx context.Context, c *sftp.Client, lim *RecvLimit, src, dst string, log *slog.Logger, maxEntries int) error {
+// DownloadWith is DownloadLimited with o.
+func DownloadWith(ctx context.Context, c *sftp.Client, lim *RecvLimit, src, dst string, log *slog.Logger, o CopyOptions) error {
+	return download(ctx, c, lim, src, dst, log, MaxEntries, o)
+}
+
+func download(ctx context.Context, c *sftp.Client, lim *RecvLimit, src, dst string, log *slog.Logger, maxEntries int, o CopyOptions) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -95,7 +100,7 @@ func download(ctx context.Context, c *sftp.Client, lim *RecvLimit, src, dst stri
 		return err
 	}
 	defer root.Close()
-	d := &downloader{c: c, log: log, lim: lim, listLeft: MaxListing, entriesLeft: maxEntries}
+	d := &downloader{c: c, log: log, lim: lim, listLeft: MaxListing, entriesLeft: maxEntries, o: o}
 	if !fi.IsDir() {
 		return d.file(ctx, root, dir, name, src, fi)
 	}
@@ -146,6 +151,23 @@ type downloader struct {
 	listLeft int64 // of MaxListing, not held by the listings being copied
 	// entriesLeft counts down from MaxEntries, over the whole tree.
 	entriesLeft int
+	o           CopyOptions
+}
+
+// mode is the host mode of a copy of what the guest describes as m.
+func (d *downloader) mode(m fs.FileMode) fs.FileMode {
+	if d.o.Archive {
+		return m.Perm()
+	}
+	return HostMode(m)
+}
+
+// keepTime gives name in dir the guest's modification time, with Archive.
+func (d *downloader) keepTime(dir *os.Root, name string, e fs.FileInfo) error {
+	if !d.o.Archive {
+		return nil
+	}
+	return dir.Chtimes(name, e.ModTime(), e.ModTime())
 }
 
 // top copies the guest directory src to name in parent (hostDir on the
@@ -275,7 +297,10 @@ func (d *downloader) newDir(ctx context.Context, parent *os.Root, hp, name, gp s
 	if err := d.fill(ctx, sub, hp, gp, depth); err != nil {
 		return err
 	}
-	return sub.Chmod(".", HostMode(e.Mode()))
+	if err := sub.Chmod(".", d.mode(e.Mode())); err != nil {
+		return err
+	}
+	return d.keepTime(sub, ".", e)
 }
 
 // openDir opens name in parent as a root of its own, provided it is still
@@ -327,10 +352,13 @@ func (d *downloader) file(ctx context.Context, dir *os.Root, hostDir, name, gp s
 		if err != nil && !errors.Is(err, errCapped) {
 			return fmt.Errorf("download %s: %w", gp, err)
 		}
-		return out.Chmod(HostMode(e.Mode()))
+		return out.Chmod(d.mode(e.Mode()))
 	}()
 	if cerr := out.Close(); err == nil {
 		err = cerr
+	}
+	if err == nil {
+		err = d.keepTime(dir, tmp, e)
 	}
 	if err == nil {
 		err = dir.Rename(tmp, name)

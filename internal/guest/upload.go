@@ -31,6 +31,19 @@ type SymlinkFunc func(ctx context.Context, target, link string) error
 // with their targets verbatim by symlink; devices, FIFOs and sockets are
 // skipped with a warning on log.
 func Upload(ctx context.Context, c *sftp.Client, src, dst string, log *slog.Logger, symlink SymlinkFunc) error {
+	return UploadWith(ctx, c, src, dst, log, symlink, CopyOptions{})
+}
+
+// CopyOptions adjusts Upload and Download.
+type CopyOptions struct {
+	// Archive (cp -a) keeps modification times of files and
+	// directories, and a download keeps the permission bits whole
+	// (group and other write too; setuid, setgid and sticky never).
+	Archive bool
+}
+
+// UploadWith is Upload with o.
+func UploadWith(ctx context.Context, c *sftp.Client, src, dst string, log *slog.Logger, symlink SymlinkFunc, o CopyOptions) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -54,14 +67,23 @@ func Upload(ctx context.Context, c *sftp.Client, src, dst string, log *slog.Logg
 			return err
 		}
 		defer f.Close()
-		return uploadFile(ctx, c, f, src, target, fi)
+		if err := uploadFile(ctx, c, f, src, target, fi); err != nil {
+			return err
+		}
+		return keepTime(c, o, target, fi)
 	}
 	root, err := os.OpenRoot(src)
 	if err != nil {
 		return err
 	}
 	defer root.Close()
-	return fs.WalkDir(root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+	// A directory's time is set once its entries are in: they change it.
+	type dirTime struct {
+		gp string
+		fi fs.FileInfo
+	}
+	var dirs []dirTime
+	err = fs.WalkDir(root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -80,6 +102,9 @@ func Upload(ctx context.Context, c *sftp.Client, src, dst string, log *slog.Logg
 			}
 			if p == "." && merge {
 				return nil // an existing guest directory keeps its mode
+			}
+			if o.Archive {
+				dirs = append(dirs, dirTime{gp, info})
 			}
 			return c.Chmod(gp, m.Perm())
 		case m&fs.ModeSymlink != 0:
@@ -101,12 +126,30 @@ func Upload(ctx context.Context, c *sftp.Client, src, dst string, log *slog.Logg
 			if got, err := f.Stat(); err != nil || !os.SameFile(info, got) {
 				return fmt.Errorf("%s changed while it was being copied", hp)
 			}
-			return uploadFile(ctx, c, f, hp, gp, info)
+			if err := uploadFile(ctx, c, f, hp, gp, info); err != nil {
+				return err
+			}
+			return keepTime(c, o, gp, info)
 		default:
 			log.Warn("upload: skipped, not a file, directory or symlink", "path", hp, "type", Kind(m))
 			return nil
 		}
 	})
+	for i := len(dirs) - 1; i >= 0 && err == nil; i-- {
+		err = keepTime(c, o, dirs[i].gp, dirs[i].fi)
+	}
+	return err
+}
+
+// keepTime gives the guest path gp fi's modification time, with Archive.
+func keepTime(c *sftp.Client, o CopyOptions, gp string, fi fs.FileInfo) error {
+	if !o.Archive {
+		return nil
+	}
+	if err := c.Chtimes(gp, fi.ModTime(), fi.ModTime()); err != nil {
+		return fmt.Errorf("set the time of %s in the guest: %w", gp, err)
+	}
+	return nil
 }
 
 // guestLanding says where in the guest the copy of a host entry named

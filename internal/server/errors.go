@@ -54,6 +54,7 @@ func detail(err error) api.ErrorDetail {
 	case errors.Is(err, image.ErrInvalid), errors.Is(err, image.ErrChecksum):
 		d.Code = api.CodeInvalid
 	}
+	fileErrno(err, &d)
 	if d.Code == api.CodeInvalid && d.Field == "" && errors.As(err, &ve) {
 		d.Field = ve.Field
 		if f, ok := wireFields[ve.Field]; ok {

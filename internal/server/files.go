@@ -6,6 +6,7 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/smolvm/smolvm"
 	"github.com/smolvm/smolvm/internal/api"
@@ -52,6 +53,15 @@ func (s *Server) putFiles(w http.ResponseWriter, r *http.Request) {
 		}
 		mode = fs.FileMode(m)
 	}
+	archive, err := boolParam(r, "archive")
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	if archive && mt != api.Tar {
+		writeError(w, r, invalid("archive", "archive=true is for a tar (its entries carry their times); send one file as a tar of one entry into its directory"))
+		return
+	}
 	if r.ContentLength > s.maxUpload() {
 		writeError(w, r, &apiError{code: api.CodeTooLarge, msg: fmt.Sprintf("upload of %d bytes is over the server's limit of %d", r.ContentLength, s.maxUpload())})
 		return
@@ -60,7 +70,7 @@ func (s *Server) putFiles(w http.ResponseWriter, r *http.Request) {
 	s.withVM(w, r, func(vm *smolvm.VM) error {
 		var err error
 		if mt == api.Tar {
-			err = vm.WriteTree(r.Context(), p, body)
+			err = vm.WriteTreeWith(r.Context(), p, body, smolvm.CopyOptions{Archive: archive})
 		} else {
 			if mode == 0 {
 				mode = 0o644
@@ -83,6 +93,11 @@ func (s *Server) getFiles(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, invalid("path", "path is missing: give the guest path, ?path=/etc/os-release"))
 		return
 	}
+	archive, err := boolParam(r, "archive")
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
 	s.withVM(w, r, func(vm *smolvm.VM) error {
 		fi, err := vm.Stat(r.Context(), p)
 		if err != nil {
@@ -92,10 +107,11 @@ func (s *Server) getFiles(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case fi.IsDir():
 			lw.contentType = api.Tar
-			err = vm.ReadTree(r.Context(), p, lw)
+			err = vm.ReadTreeWith(r.Context(), p, lw, smolvm.CopyOptions{Archive: archive})
 		case fi.Mode().IsRegular():
 			lw.contentType = api.Binary
 			w.Header().Set(api.FileModeHeader, fmt.Sprintf("%04o", fi.Mode().Perm()))
+			w.Header().Set(api.FileMtimeHeader, fi.ModTime().UTC().Format(time.RFC3339Nano))
 			_, err = vm.ReadFile(r.Context(), p, lw)
 		default:
 			return invalid("path", "%s is a %v, neither a file nor a directory", p, fi.Mode().Type())
