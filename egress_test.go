@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -380,6 +381,33 @@ func TestEgressPolicy(t *testing.T) {
 		// And the resolver still answers.
 		if out := resolves(t, "ok.test", egOKIP); !strings.Contains(out, egOKIP) {
 			t.Errorf("after the flood: %q", out)
+		}
+	})
+	t.Run("keeper killed", func(t *testing.T) {
+		// The resolver lives in the VM's keeper: killed by -9, the next
+		// look at the VM starts another, and names resolve again.
+		b, err := os.ReadFile(filepath.Join(vm.DataDir(), "keeper.pid"))
+		if err != nil {
+			t.Fatalf("keeper pid file: %v", err)
+		}
+		var pid int
+		if _, err := fmt.Sscan(string(b), &pid); err != nil || pid <= 1 {
+			t.Fatalf("keeper pid file %q: %v", b, err)
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); syscall.Kill(pid, 0) == nil && time.Now().Before(deadline); {
+			time.Sleep(50 * time.Millisecond) // until the kernel has reaped it
+		}
+		again, err := smolvm.FromID(ctx, vm.ID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		again.Close()
+		set(t, smolvm.EgressPolicy{AllowDomains: []string{"ok.test"}})
+		if out := resolves(t, "ok.test", egOKIP); !strings.Contains(out, egOKIP) {
+			t.Errorf("after the keeper's restart: %q", out)
 		}
 	})
 	t.Run("fork keeps the policy", func(t *testing.T) {
