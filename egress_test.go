@@ -172,6 +172,12 @@ func TestEgressPolicy(t *testing.T) {
 		DNSUpstream: w.upstream,
 	}, smolvm.WithNetwork(smolvm.NetworkTAP))
 	startVM(t, ctx, vm) // its keeper runs its resolver (cmd/smolvm/dnsduty.go)
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("SMOLVM_TEST_DNS_DEBUG") != "" {
+			b, _ := os.ReadFile(filepath.Join(vm.DataDir(), "keeper.log"))
+			t.Logf("keeper log:\n%s", b)
+		}
+	})
 	tag := vm.Info().Process
 	gw := vm.Info().Network.Gateway
 
