@@ -240,3 +240,27 @@ func (f *Firewall) ResolvedSets() ([]string, error) {
 	}
 	return out, nil
 }
+
+// DNSReachable reports whether the shared input rules lead to the per-VM
+// DNS rules. A smolvm build from before egress policies rewrites the
+// shared rules without that jump when it starts a VM (the table is
+// host-wide); EnsureBase puts it back. A missing table is false.
+func (f *Firewall) DNSReachable() (bool, error) {
+	c, err := f.conn()
+	if err != nil {
+		return false, fmt.Errorf("firewall: %w", err)
+	}
+	l := newLayout()
+	rules, err := c.GetRules(l.table, l.chains[chainInput])
+	if err != nil {
+		return false, nil // no table or chain
+	}
+	for _, r := range rules {
+		for _, e := range r.Exprs {
+			if v, ok := e.(*expr.Verdict); ok && v.Kind == expr.VerdictJump && v.Chain == chainVMInput {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}

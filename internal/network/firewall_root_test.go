@@ -174,6 +174,25 @@ func TestFirewall(t *testing.T) {
 			}
 		}
 		defer addVM(idA, tapA, guestA, true)
+		// Another build's smolvm rewrites the shared rules without the
+		// jump to the DNS rules; DNSReachable sees it, EnsureBase mends it.
+		for _, step := range []struct {
+			do   func()
+			want bool
+		}{
+			{func() {}, true},
+			{func() { nft(t, tp, "flush", "chain", "inet", tableName, chainInput) }, false},
+			{func() {
+				if err := fw.EnsureBase(); err != nil {
+					t.Fatal(err)
+				}
+			}, true},
+		} {
+			step.do()
+			if ok, err := fw.DNSReachable(); err != nil || ok != step.want {
+				t.Errorf("DNSReachable = %v, %v; want %v", ok, err, step.want)
+			}
+		}
 		lan := netip.MustParsePrefix("198.19.0.0/24")
 		serve(t, tp.host, hostPort(hostA, 53), "dns")
 		banners := map[string]string{hostPort(hostA, 53): "dns", lanSrv: "lan", outSrv: "out"}
