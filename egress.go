@@ -19,8 +19,9 @@ import (
 // EgressPolicy says where a VM may open connections to. The zero value is
 // the default perimeter: any public address, but nothing in private,
 // shared, link-local (cloud metadata), loopback, multicast or reserved
-// ranges (RFC 1918, 100.64.0.0/10, 198.18.0.0/15, 169.254.0.0/16, ...),
-// and never the host's own services or other VMs. Allowances only add to
+// ranges (RFC 1918, 100.64.0.0/10, 198.18.0.0/15, 169.254.0.0/16, ...)
+// nor the networks the host is directly on (its LAN), and never the
+// host's own services or other VMs. Allowances only add to
 // that perimeter: once any AllowDomains or AllowCIDRs entry is given,
 // everything they do not name is dropped. DenyCIDRs win over every
 // allowance.
@@ -248,6 +249,9 @@ func vmRules(tag string, n NetworkInfo, cfg VMConfig) (network.VMRules, error) {
 		return r, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	r.Policy = network.EgressPolicy{Allow: rules.Allow, Deny: rules.Deny, Restricted: p.Restricted()}
+	if !r.Policy.Restricted {
+		r.Policy.Local = network.HostNetworks() // the host's LANs: only when allowed
+	}
 	return r, nil
 }
 

@@ -24,17 +24,23 @@ import (
 )
 
 // The egress test's world, in a network namespace of its own behind a
-// veth: a DNS server the test runs (the VM's upstream) and TCP servers on
-// documentation addresses (public for the default perimeter) and on a
-// private one. Nothing else is ever a target.
+// veth, as the internet is behind a router: a link network (private),
+// and routed through it a DNS server the test runs (the VM's upstream)
+// and TCP servers on documentation addresses (public for the default
+// perimeter) and on a private one. The veth also carries a network the
+// host is directly on, its stand-in LAN. Nothing else is ever a target.
 const (
-	egHostIP    = "198.51.100.1" // host end of the veth
-	egDNSIP     = "198.51.100.2" // the namespace: DNS server
-	egOKIP      = "198.51.100.3" // what ok.test resolves to
-	egOtherIP   = "198.51.100.4" // another host: never resolved for an allowed name
-	egPrivateIP = "10.213.77.2"  // a host on a private range
-	egPrivNet   = "10.213.77.0/24"
-	egTestNet   = "198.51.100.0/24"
+	egHostIP    = "10.213.78.1"     // host end of the veth (link network)
+	egPeerIP    = "10.213.78.2"     // the namespace's end
+	egDNSIP     = "198.51.100.2"    // DNS server
+	egOKIP      = "198.51.100.3"    // what ok.test resolves to
+	egOtherIP   = "198.51.100.4"    // another host: never resolved for an allowed name
+	egPrivateIP = "10.213.77.2"     // a host on a private range
+	egPrivNet   = "10.213.77.0/24"  //
+	egTestNet   = "198.51.100.0/25" // the routed servers
+	egLANHostIP = "198.51.100.129"  // the host on its LAN
+	egLANIP     = "198.51.100.130"  // a neighbour on that LAN
+	egLANNet    = "198.51.100.128/25"
 )
 
 type egressWorld struct {
@@ -49,7 +55,8 @@ func newEgressWorld(t *testing.T) *egressWorld {
 		t.Skip("egress test skipped: needs root for network namespaces and TAP devices")
 	}
 	name, veth, sh := vethNamespace(t, "egr")
-	sh("addr", "add", egHostIP+"/24", "dev", veth)
+	sh("addr", "add", egHostIP+"/30", "dev", veth)
+	sh("addr", "add", egLANHostIP+"/25", "dev", veth)
 	sh("link", "set", veth, "up")
 	// Replies to the VM arrive on the veth, which is no default route's
 	// interface: smolvm turns forwarding on only there (see
@@ -57,14 +64,16 @@ func newEgressWorld(t *testing.T) *egressWorld {
 	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+veth+"/forwarding", []byte("1"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, a := range []string{egDNSIP + "/24", egOKIP + "/32", egOtherIP + "/32", egPrivateIP + "/24"} {
+	for _, a := range []string{egPeerIP + "/30", egLANIP + "/25", egDNSIP + "/32", egOKIP + "/32", egOtherIP + "/32", egPrivateIP + "/32"} {
 		sh("-n", name, "addr", "add", a, "dev", "eth0")
 	}
 	sh("-n", name, "link", "set", "eth0", "up")
 	sh("-n", name, "link", "set", "lo", "up")
 	sh("-n", name, "route", "add", "default", "via", egHostIP)
-	sh("route", "add", egPrivNet, "via", egDNSIP, "dev", veth) // goes with the veth
-	for ip, banner := range map[string]string{egOKIP: "ok-host", egOtherIP: "other-host", egPrivateIP: "private-host"} {
+	// Routed, not on a network of the host's: both go with the veth.
+	sh("route", "add", egTestNet, "via", egPeerIP, "dev", veth)
+	sh("route", "add", egPrivNet, "via", egPeerIP, "dev", veth)
+	for ip, banner := range map[string]string{egOKIP: "ok-host", egOtherIP: "other-host", egPrivateIP: "private-host", egLANIP: "lan-host"} {
 		ln := listenInNetns(t, name, ip+":8080")
 		t.Cleanup(func() { ln.Close() })
 		go func() {
@@ -319,8 +328,10 @@ func TestEgressPolicy(t *testing.T) {
 		if out := resolve(t, "priv.test"); strings.Contains(out, egPrivateIP) {
 			t.Errorf("the resolver handed out a private address: %q", out)
 		}
-		set(t, smolvm.EgressPolicy{AllowCIDRs: []string{egPrivNet}})
+		dropped(t, egLANIP+":8080") // the host's LAN, though on public-looking addresses
+		set(t, smolvm.EgressPolicy{AllowCIDRs: []string{egPrivNet, egLANNet}})
 		reaches(t, egPrivateIP+":8080", "private-host")
+		reaches(t, egLANIP+":8080", "lan-host")
 	})
 	t.Run("invalid policy", func(t *testing.T) {
 		for _, p := range []smolvm.EgressPolicy{

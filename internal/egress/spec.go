@@ -168,6 +168,11 @@ func ServeFile(ctx context.Context, path string, allow func(tag string) AllowFun
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	// Stat before reading: a change in between is seen at the first query.
+	w := &watcher{path: path, log: log}
+	w.mu.Lock()
+	w.seen(path)
+	w.mu.Unlock()
 	spec, err := ReadSpec(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		<-ctx.Done()
@@ -191,8 +196,6 @@ func ServeFile(ctx context.Context, path string, allow func(tag string) AllowFun
 		log.Warn("dns: no upstream resolver; allowed names will fail", "err", err)
 		up = netip.AddrPort{}
 	}
-	w := &watcher{path: path, log: log}
-	w.seen(path)
 	r, err := NewResolver(Config{Listen: listen, Device: spec.Device, Upstream: up, Allow: allow(spec.Tag), Logger: log}, rules)
 	if err != nil {
 		return err
@@ -209,12 +212,14 @@ type watcher struct {
 	log  *slog.Logger
 	r    *Resolver
 
-	mu    sync.Mutex
-	mtime time.Time // guarded by mu
-	size  int64     // guarded by mu
-	ino   uint64    // guarded by mu
+	mu    sync.Mutex // held through a reload
+	mtime time.Time  // guarded by mu
+	size  int64      // guarded by mu
+	ino   uint64     // guarded by mu
 }
 
+// seen stats path and reports whether it is another file than the one
+// last seen; w.mu must be held.
 func (w *watcher) seen(path string) bool {
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -224,8 +229,6 @@ func (w *watcher) seen(path string) bool {
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		ino = st.Ino
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	changed := !fi.ModTime().Equal(w.mtime) || fi.Size() != w.size || ino != w.ino
 	w.mtime, w.size, w.ino = fi.ModTime(), fi.Size(), ino
 	return changed
@@ -233,7 +236,12 @@ func (w *watcher) seen(path string) bool {
 
 // check runs before each query: one stat, and a reload if the file is
 // another than the one last read (WriteSpec renames a new file in).
+//
+// The lock is held through the reload: a query that comes meanwhile waits
+// for the new rules instead of passing under the old ones.
 func (w *watcher) check() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if !w.seen(w.path) {
 		return
 	}

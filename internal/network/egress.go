@@ -4,11 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/smolvm/smolvm/internal/egress"
@@ -34,6 +36,10 @@ type EgressPolicy struct {
 	Allow, Deny []netip.Prefix
 	// Restricted drops whatever Allow and the resolved set do not accept.
 	Restricted bool
+	// Local are the host's own networks (HostNetworks): without
+	// Restricted they are dropped like the perimeter, so a VM reaches the
+	// host's LAN only when Allow names it.
+	Local []netip.Prefix
 }
 
 // MaxResolved bounds the resolved set of one VM.
@@ -69,7 +75,7 @@ func (l *layout) egressRules(r VMRules) []*nftables.Rule {
 			l.rule(chainVMForward, c, in, ipv4(), lookupDaddr(resolvedPrefix+r.ID), accept),
 			l.rule(chainVMForward, c, in, drop))
 	}
-	for _, p := range egress.Perimeter {
+	for _, p := range append(slices.Clone(egress.Perimeter), r.Policy.Local...) {
 		rules = append(rules, l.rule(chainVMForward, c, in, ipv4(), ip4Prefix(ipv4DaddrOffset, p, expr.CmpOpEq), drop))
 	}
 	return append(rules,
@@ -263,4 +269,46 @@ func (f *Firewall) DNSReachable() (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// HostNetworks lists the IPv4 networks the host is directly on: the
+// destinations of its link-scope routes without a gateway, on interfaces
+// other than loopback and smolvm's TAPs. These are its LANs, which the
+// default perimeter keeps VMs out of even when they are numbered from
+// public addresses. Those already in the perimeter are left out. It is
+// read at each start and policy change: a network the host joins later is
+// not in a running VM's rules until then.
+func HostNetworks() []netip.Prefix {
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return nil
+	}
+	names := map[int]string{}
+	var out []netip.Prefix
+	for _, r := range routes {
+		if r.Dst == nil || r.Gw != nil || r.Scope != netlink.SCOPE_LINK {
+			continue
+		}
+		name, ok := names[r.LinkIndex]
+		if !ok {
+			if link, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+				name = link.Attrs().Name
+			}
+			names[r.LinkIndex] = name
+		}
+		if name == "" || name == "lo" || strings.HasPrefix(name, tapPrefix) {
+			continue
+		}
+		a, ok := netip.AddrFromSlice(r.Dst.IP)
+		if !ok {
+			continue
+		}
+		ones, _ := r.Dst.Mask.Size()
+		p := netip.PrefixFrom(a.Unmap(), ones).Masked()
+		if !p.Addr().Is4() || slices.ContainsFunc(egress.Perimeter, func(q netip.Prefix) bool { return q.Bits() <= p.Bits() && q.Contains(p.Addr()) }) || slices.Contains(out, p) {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
 }
