@@ -77,6 +77,14 @@ type VMConfig struct {
 	// NoEgress cuts the VM off from the host's networks; exposed ports
 	// still reach it.
 	NoEgress bool `json:"no_egress,omitempty"`
+	// Egress limits where the VM may connect (allowed domains and CIDRs,
+	// denied CIDRs); the zero value is the default perimeter: public
+	// addresses only. See EgressPolicy; VM.SetEgressPolicy changes it.
+	Egress EgressPolicy `json:"egress,omitzero"`
+	// DNSUpstream is the resolver smolvm's DNS server forwards allowed
+	// names to, "ADDR" or "ADDR:PORT"; empty = $SMOLVM_DNS_UPSTREAM, else
+	// the host's /etc/resolv.conf, read at each start.
+	DNSUpstream string `json:"dns_upstream,omitempty"`
 	// RetainDiskOnDelete keeps the VM's disk file when it is deleted, at
 	// DataDir/disk.ext4, until a create with ReuseDisk and the same ID
 	// boots it again or RemoveKeptDisk removes it. Until then a create
@@ -93,6 +101,20 @@ type VMConfig struct {
 	// Limits bound the VM's CPU, memory, disk and network use (see
 	// Limits); zero = unlimited. VM.SetLimits changes them later.
 	Limits Limits `json:"limits,omitzero"`
+	// TTL is the VM's lifetime, counted from its create: when it is over
+	// the VM is ended as OnExpire says, whether or not the process that
+	// made it still runs (see docs/lifetimes.md). 0 = no end. VM.SetTTL
+	// changes it later. Negative is invalid.
+	TTL time.Duration `json:"ttl,omitempty"`
+	// ExpiresAt is when the lifetime ends: set from TTL at create (or
+	// given instead of it) and by VM.SetTTL; zero = never.
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	// OnExpire is what ends the VM at ExpiresAt: ExpireStop (the default),
+	// ExpireHibernate or ExpireDelete.
+	OnExpire string `json:"on_expire,omitempty"`
+	// Labels tag the VM for List's filter (WithLabelFilter): at most 64,
+	// keys as ValidateLabels allows.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Mount shares the host folder HostPath at GuestPath in the guest,
@@ -230,10 +252,15 @@ func (c VMConfig) validate(host hostLimits) error {
 	if err := ValidateEnv(c.Env); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, c.validateLifetime()...)
+	if err := ValidateLabels(c.Labels); err != nil {
+		errs = append(errs, err)
+	}
 	for _, m := range c.Mounts {
 		errs = append(errs, m.validate()...)
 	}
 	errs = append(errs, c.Limits.validate(c)...)
+	errs = append(errs, c.validateEgress()...)
 	if strings.ContainsAny(c.BootArgs, "\n\x00") {
 		bad("boot args", fmt.Sprintf("%q", c.BootArgs), "must be one line")
 	}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/smolvm/smolvm/image"
 	"github.com/smolvm/smolvm/internal/disk"
@@ -60,6 +61,7 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	if err := cfg.validate(host); err != nil {
 		return nil, opError("create", cfg.ID, err)
 	}
+	cfg = cfg.withLifetime(time.Now())
 	mode, err := resolveNetwork(s.network)
 	if err != nil {
 		return nil, opError("create", cfg.ID, err)

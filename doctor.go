@@ -48,6 +48,7 @@ func Doctor(ctx context.Context, opts ...Option) []Check {
 		checkCgroups(),
 		checkStateDir(s.home),
 		checkAgent(s),
+		checkKeeper(s),
 		checkAlpine(s),
 	}
 }

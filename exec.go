@@ -90,6 +90,9 @@ type ExecOptions struct {
 	// the command's process group while it runs; how it ends is its exit
 	// code, as usual (128+N if the signal killed it).
 	Signals <-chan string
+	// Secrets are variables for this command only, as Env, that smolvm
+	// never writes down (see WithSecrets); they win over Env.
+	Secrets map[string]string `json:"-"`
 }
 
 // Run runs cmd with the guest's shell and returns its output and exit code.
@@ -141,6 +144,14 @@ func (v *VM) exec(ctx context.Context, req guest.ExecRequest, o ExecOptions, sta
 	if err := ValidateEnv(o.Env); err != nil {
 		return -1, opError("run", v.id, err)
 	}
+	if len(o.Secrets) > 0 {
+		if err := ValidateEnv(o.Secrets); err != nil {
+			return -1, opError("run", v.id, err)
+		}
+		if err := v.markSecrets(ctx, false); err != nil {
+			return -1, opError("run", v.id, err)
+		}
+	}
 	if o.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, o.Timeout)
@@ -150,7 +161,7 @@ func (v *VM) exec(ctx context.Context, req guest.ExecRequest, o ExecOptions, sta
 	if err != nil {
 		return -1, opError("run", v.id, err)
 	}
-	req.Env, req.Stdin, req.Stdout, req.Stderr, req.PTY = o.Env, o.Stdin, o.Stdout, o.Stderr, o.TTY
+	req.Env, req.Stdin, req.Stdout, req.Stderr, req.PTY = withSecrets(o.Env, o.Secrets), o.Stdin, o.Stdout, o.Stderr, o.TTY
 	req.Dir, req.User, req.Signals = o.Dir, o.User, o.Signals
 	code, err := start(ctx, c, req)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,7 +21,7 @@ import (
 // Leftover is something of smolvm's that belongs to no VM in the state
 // database: debris of a crash or of a killed process.
 type Leftover struct {
-	Kind   string `json:"kind"` // "process", "tap", "rule", "dir", "cgroup" or "shape"
+	Kind   string `json:"kind"` // "process", "tap", "rule", "dir", "cgroup", "shape" or "keeper"
 	Name   string `json:"name"` // PID, device, rule tag or path
 	Detail string `json:"detail"`
 
@@ -97,6 +98,15 @@ func FindLeftovers(ctx context.Context, opts ...Option) ([]Leftover, error) {
 				Detail: "nftables rules of a VM that does not exist"})
 		}
 	}
+	if tags, err := network.NewFirewall(0).ResolvedSets(); err == nil {
+		for _, tag := range tags {
+			if _, ok := byName[tag]; ok || procRunning(procs, tag) || slices.ContainsFunc(out, func(l Leftover) bool { return l.vm == tag }) {
+				continue
+			}
+			out = append(out, Leftover{Kind: "rule", Name: "dns-" + tag, vm: tag,
+				Detail: "nftables set of resolved addresses of a VM that does not exist"})
+		}
+	}
 
 	ents, _ := os.ReadDir(vmsDir)
 	for _, e := range ents {
@@ -111,6 +121,7 @@ func FindLeftovers(ctx context.Context, opts ...Option) ([]Leftover, error) {
 	}
 	out = append(out, snapshotLeftovers(ctx, s)...)
 	out = append(out, limitLeftovers(vms, procs)...)
+	out = append(out, keeperLeftovers(vmsDir, known)...)
 	return out, nil
 }
 
@@ -162,6 +173,8 @@ func RemoveLeftovers(ctx context.Context, leftovers []Leftover) error {
 			err = firewallRemoveVM(l.vm)
 		case "dir":
 			err = os.RemoveAll(l.Name)
+		case "keeper":
+			err = removeKeeperLeftover(l)
 		default:
 			_, err = removeLimitLeftover(l)
 		}

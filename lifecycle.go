@@ -61,6 +61,9 @@ func (v *VM) start(ctx context.Context) (err error) {
 	if err := v.Refresh(ctx); err != nil {
 		return err
 	}
+	if err := v.refuseExpired(ctx); err != nil {
+		return err
+	}
 	info := v.Info()
 	switch info.State {
 	case StateRunning:
@@ -145,10 +148,13 @@ func (v *VM) start(ctx context.Context) (err error) {
 			return err
 		}
 		undo.push("tap", func() error { return network.DeleteTAP(net.TAP) })
-		if err := firewallAddVM(name, net, info.Config.NoEgress, forwards); err != nil {
+		if err := firewallAddVM(name, net, info.Config, forwards); err != nil {
 			return err
 		}
 		undo.push("firewall", func() error { return firewallRemoveVM(name) })
+		if err := writeResolverSpec(v.paths.dir, name, net, info.Config); err != nil {
+			return err
+		}
 	} else {
 		port, err := network.FreePort("127.0.0.1")
 		if err != nil {
@@ -229,6 +235,9 @@ func (v *VM) start(ctx context.Context) (err error) {
 	if err := console.bound(bootCtx); err != nil {
 		return err
 	}
+	if err := v.pushStartSecrets(bootCtx); err != nil {
+		return err
+	}
 	if spec.Restore != nil && !rt.RestoreSelf {
 		if err := v.applyEnv(bootCtx, rt.RestoreEnv, info.Config.Env); err != nil {
 			return err
@@ -236,6 +245,12 @@ func (v *VM) start(ctx context.Context) (err error) {
 	}
 	// (A clone keeps its copy of the snapshot's initramfs: it is the one
 	// its kernel runs with, which a hibernation needs again.)
+	if err := v.ensureKeeper(ctx); err != nil {
+		if !info.Config.ExpiresAt.IsZero() {
+			return fmt.Errorf("the VM has a lifetime and no keeper to enforce it: %w", err)
+		}
+		v.log().Warn("start: no keeper", "err", err)
+	}
 	v.log().Info("started", "path", bootPath, "pid", proc.PID, "ip", net.GuestIP, "boot", time.Since(began).Round(time.Millisecond))
 	return nil
 }
@@ -565,9 +580,11 @@ func (v *VM) releaseRunResources() {
 	tap, name := v.info.Network.TAP, v.info.Process
 	v.mu.Unlock()
 	v.releaseLimits(tap)
+	v.stopKeeper()
 	if tap == "" {
 		return
 	}
+	removeResolverSpec(v.paths.dir)
 	if err := firewallRemoveVM(name); err != nil {
 		v.log().Warn("remove firewall rules", "err", err)
 	}
@@ -656,6 +673,8 @@ func guestCmdline(id string, n NetworkInfo, mounts []Mount) string {
 	}
 	if n.Mode == NetworkUser {
 		parts = append(parts, "smolvm.dns="+network.UserDNS.String())
+	} else if n.Gateway != "" {
+		parts = append(parts, "smolvm.dns="+n.Gateway) // smolvm's resolver (egress.go)
 	}
 	return strings.Join(parts, " ")
 }

@@ -6,9 +6,15 @@ import (
 )
 
 // List returns every VM in the state directory, each reconciled with its
-// process.
+// process, or those WithLabelFilter selects. Like every look at a VM, it
+// ends VMs whose lifetime is over (a deleted one is not listed) and
+// restarts a running VM's missing keeper (docs/lifetimes.md).
 func List(ctx context.Context, opts ...Option) ([]VMInfo, error) {
 	s := newSettings(opts)
+	filter, err := parseLabelFilter(s.labelFilter)
+	if err != nil {
+		return nil, opError("list", "", err)
+	}
 	st, err := openStore(ctx, s)
 	if err != nil {
 		return nil, opError("list", "", err)
@@ -28,6 +34,15 @@ func List(ctx context.Context, opts ...Option) ([]VMInfo, error) {
 			continue // its create was interrupted; reconcile removed it
 		} else if err != nil {
 			return nil, opError("list", row.ID, err)
+		}
+		if err := v.expireOnLook(ctx); errors.Is(err, ErrNotFound) {
+			continue // expired and deleted
+		} else if err != nil {
+			return nil, opError("list", row.ID, err)
+		}
+		v.lookedAt(ctx)
+		if !matchLabels(v.Info().Config.Labels, filter) {
+			continue
 		}
 		out = append(out, v.Info())
 	}

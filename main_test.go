@@ -68,6 +68,7 @@ func runTests(m *testing.M) int {
 		}
 		os.Setenv("SMOLVM_HOME", testEnv.home)
 		os.Setenv("SMOLVM_AGENT", agent)
+		os.Setenv("SMOLVM_KEEPER", testEnv.bin) // every running VM's keeper
 	}
 	code := m.Run()
 	if testEnv.skip == "" {
@@ -125,6 +126,9 @@ func findLeaks() string {
 		data, err := os.ReadFile(p)
 		if err == nil && bytes.Contains(data, []byte("qemu")) && usesDir(filepath.Base(filepath.Dir(p)), testEnv.home) {
 			fmt.Fprintf(&b, "QEMU process %s\n", filepath.Base(filepath.Dir(p)))
+		}
+		if err == nil && bytes.Contains(data, []byte("\x00keeper\x00--dir="+testEnv.home)) {
+			fmt.Fprintf(&b, "keeper process %s\n", filepath.Base(filepath.Dir(p)))
 		}
 	}
 	for name, alias := range network.TAPAliases() {

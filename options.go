@@ -33,6 +33,10 @@ type settings struct {
 	config       func(*VMConfig)
 	snapshot     *snapshotPlan // set by FromSnapshot
 	cold         bool          // WithColdBoot
+
+	keeper      string            // WithKeeper
+	labelFilter []string          // WithLabelFilter (List)
+	secrets     map[string]string // WithStartSecrets: never stored
 }
 
 // WithHome sets the state directory (default $SMOLVM_HOME, else

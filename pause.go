@@ -71,6 +71,9 @@ func (v *VM) hibernate(ctx context.Context) error {
 	case len(info.Config.Mounts) > 0:
 		return &ValidationError{Field: "hibernate", Value: v.id, Reason: "a VM with host folder mounts cannot hibernate (QEMU cannot migrate a mounted 9p share)"}
 	}
+	if err := v.refuseSecrets("hibernation"); err != nil {
+		return err
+	}
 	backend, err := newBackend()
 	if err != nil {
 		return err

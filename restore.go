@@ -52,6 +52,7 @@ func newFromSnapshot(ctx context.Context, name string, opts ...Option) (*VM, err
 	}
 	cfg := plan.rec.Config
 	cfg.ID, cfg.RetainDiskOnDelete, cfg.ReuseDisk = "", false, false
+	cfg.ExpiresAt = time.Time{} // the snapshot's TTL counts from this create
 	if s.config != nil {
 		s.config(&cfg)
 	}
@@ -151,6 +152,8 @@ func (v *VM) reidentify(ctx context.Context) error {
 	}
 	if info.Network.Mode == NetworkUser {
 		id.DNS = []netip.Addr{network.UserDNS}
+	} else {
+		id.DNS = []netip.Addr{gw} // smolvm's resolver (egress.go)
 	}
 	c, err := guest.DialControl(ctx, v.paths.agentSocket())
 	if err != nil {

@@ -169,6 +169,11 @@ func (v *VM) snapshot(ctx context.Context, name string, o snapshotOptions) (*Sna
 	if len(info.Config.Mounts) > 0 {
 		return nil, &ValidationError{Field: "snapshot", Value: v.id, Reason: "a VM with host folder mounts cannot be snapshotted (QEMU cannot migrate a mounted 9p share)"}
 	}
+	if !o.diskOnly {
+		if err := v.refuseSecrets("a memory snapshot (and a fork, which takes one)"); err != nil {
+			return nil, err
+		}
+	}
 	if rt.BaseInitrd == "" || rt.Cmdline == "" || rt.BootInitrd == "" {
 		return nil, &ValidationError{Field: "snapshot", Value: v.id, Reason: "this VM was made by an older smolvm; restart it (smolvm stop, smolvm start) first"}
 	}

@@ -122,6 +122,10 @@ type runtimeRecord struct {
 	EnvAt int64 `json:"env_at,omitempty"`
 	// Cgroup is the VM's cgroup while it has one (see limits.go).
 	Cgroup *cgroup.Group `json:"cgroup,omitempty"`
+	// SecretsProc is the ProcStart of the VM process whose guest was
+	// given secrets (see secrets.go): while it runs, its memory is not
+	// to be captured. Never the secrets themselves.
+	SecretsProc uint64 `json:"secrets_proc,omitempty"`
 }
 
 // VM is a handle on one VM. Its methods are safe for concurrent use. A
@@ -220,6 +224,11 @@ func FromID(ctx context.Context, id string, opts ...Option) (*VM, error) {
 		st.Close()
 		return nil, opError("open", id, err)
 	}
+	if err := v.expireOnLook(ctx); err != nil {
+		st.Close()
+		return nil, opError("open", id, err)
+	}
+	v.lookedAt(ctx)
 	return v, nil
 }
 

@@ -79,7 +79,7 @@ func warmTemplate(ctx context.Context, s settings, mode string) (*snapshotPlan, 
 
 	s.logger.Info("making the warm template of the default image", "name", name)
 	ts := s
-	ts.cold, ts.config = true, nil
+	ts.cold, ts.config, ts.secrets = true, nil, nil // the template is nobody's: no secrets in its memory
 	vm, err := NewFromConfig(ctx, VMConfig{ID: "smolvm-template-" + fp}, func(o *settings) { *o = ts })
 	if err != nil {
 		return nil, fmt.Errorf("warm template: %w", err)

@@ -24,6 +24,9 @@ type vmHost interface {
 	// Open reconnects to the VM id.
 	Open(ctx context.Context, id string) (machine, error)
 	List(ctx context.Context) ([]smolvm.VMInfo, error)
+	// ListLabeled lists the VMs whose labels match every selector,
+	// KEY or KEY=VALUE.
+	ListLabeled(ctx context.Context, selectors []string) ([]smolvm.VMInfo, error)
 
 	ListSnapshots(ctx context.Context) ([]smolvm.SnapshotInfo, error)
 	GetSnapshot(ctx context.Context, name string) (*smolvm.SnapshotInfo, error)
@@ -55,6 +58,8 @@ type machine interface {
 	Env(ctx context.Context) (map[string]string, error)
 	SetEnv(ctx context.Context, vars map[string]string) (map[string]string, error)
 	UnsetEnv(ctx context.Context, keys ...string) (map[string]string, error)
+	// SetEgressPolicy replaces the VM's egress policy (Info shows it after).
+	SetEgressPolicy(ctx context.Context, p smolvm.EgressPolicy) error
 	Upload(ctx context.Context, local, guestPath string) error
 	Download(ctx context.Context, guestPath, local string) error
 	// Files is the VM's file system, for the fs commands (fs.go).
@@ -69,6 +74,8 @@ type machine interface {
 	Fork(ctx context.Context, n int) ([]smolvm.VMInfo, error)
 	SetLimits(ctx context.Context, l smolvm.Limits) error
 	Metrics(ctx context.Context) (*smolvm.Metrics, error)
+	// SetTTL gives the VM a lifetime from now (0 = none); onExpire "" keeps it.
+	SetTTL(ctx context.Context, ttl time.Duration, onExpire string) error
 	Close() error
 	processes // argv commands and background processes (proc.go)
 }

@@ -24,6 +24,7 @@ type execOptions struct {
 	stdin   bool
 	env     []string
 	procFlags
+	secrets secretFlags
 }
 
 func newExecCmd(g *globalOptions) *cobra.Command {
@@ -54,6 +55,7 @@ func newExecCmd(g *globalOptions) *cobra.Command {
 	fs.Var(secondsFlag(&o.timeout), "timeout", timeoutHelp)
 	fs.BoolVarP(&o.stdin, "interactive", "i", false, "pass standard input to the command")
 	fs.StringArrayVarP(&o.env, "env", "e", nil, "set an environment variable for this command, NAME=VALUE (repeatable)")
+	o.secrets.register(cmd, "for this command")
 	return cmd
 }
 
@@ -63,7 +65,11 @@ func runExec(ctx context.Context, g *globalOptions, o execOptions, id, command s
 		return err
 	}
 	var stdout, stderr bytes.Buffer
-	eo := smolvm.ExecOptions{Stdout: s.out, Stderr: s.err, Env: env, Timeout: o.timeout, Dir: o.cwd, User: o.user}
+	secrets, err := o.secrets.parse()
+	if err != nil {
+		return err
+	}
+	eo := smolvm.ExecOptions{Stdout: s.out, Stderr: s.err, Env: env, Timeout: o.timeout, Dir: o.cwd, User: o.user, Secrets: secrets}
 	if g.json {
 		eo.Stdout, eo.Stderr = &stdout, &stderr
 	}

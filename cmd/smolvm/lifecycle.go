@@ -14,6 +14,7 @@ import (
 
 type createOptions struct {
 	vm           vmFlags
+	secrets      secretFlags
 	noStart      bool
 	reuseDisk    bool
 	ports        []string
@@ -32,6 +33,9 @@ func newCreateCmd(g *globalOptions) *cobra.Command {
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.takeStartSecrets(o.secrets, o.noStart); err != nil {
+				return err
+			}
 			if o.fromSnapshot != "" {
 				if err := checkFromSnapshot(cmd); err != nil {
 					return err
@@ -55,6 +59,7 @@ func newCreateCmd(g *globalOptions) *cobra.Command {
 	fs.StringArrayVarP(&o.ports, "publish", "p", nil, "expose a guest port, [ADDR:][HOSTPORT:]GUESTPORT (repeatable)")
 	fs.StringVar(&o.fromSnapshot, "from-snapshot", "", "make the VM from a snapshot (smolvm snapshot list): it resumes as the snapshot was taken, with its CPUs, memory and disk")
 	cmd.RegisterFlagCompletionFunc("from-snapshot", completeSnapshots(g, 0))
+	o.secrets.register(cmd, "of the VM's commands until it stops (kept in guest memory only; give it again at the next start)")
 	return cmd
 }
 
@@ -100,13 +105,17 @@ func printInfo(g *globalOptions, w io.Writer, info smolvm.VMInfo) error {
 }
 
 func newStartCmd(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	var secrets secretFlags
+	cmd := &cobra.Command{
 		Use:               "start ID",
 		Short:             "Start a created or stopped VM",
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: completeIDs(g, 1),
 		SilenceUsage:      true,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.takeStartSecrets(secrets, false); err != nil {
+				return err
+			}
 			return withVM(cmd.Context(), g, args[0], func(vm machine) error {
 				if err := vm.Start(cmd.Context()); err != nil {
 					return err
@@ -115,6 +124,8 @@ func newStartCmd(g *globalOptions) *cobra.Command {
 			})
 		},
 	}
+	secrets.register(cmd, "of the VM's commands until it stops (kept in guest memory only; give it again at the next start)")
+	return cmd
 }
 
 type stopOptions struct {

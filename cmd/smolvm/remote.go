@@ -71,8 +71,8 @@ func (h remoteHost) c() *apiclient.Client { return h.g.remote }
 func (h remoteHost) Create(ctx context.Context, cfg smolvm.VMConfig, cold bool) (machine, error) {
 	req := api.CreateVM{
 		ID: cfg.ID, VCPUs: cfg.VCPUs, MemoryMiB: cfg.MemoryMiB, DiskMiB: cfg.DiskMiB, Image: cfg.Image,
-		Env: cfg.Env, NoEgress: cfg.NoEgress, RetainDiskOnDelete: cfg.RetainDiskOnDelete, ReuseDisk: cfg.ReuseDisk,
-		Cold: cold, Limits: cfg.Limits,
+		Env: cfg.Env, NoEgress: cfg.NoEgress, Egress: cfg.Egress, DNSUpstream: cfg.DNSUpstream, RetainDiskOnDelete: cfg.RetainDiskOnDelete, ReuseDisk: cfg.ReuseDisk,
+		Cold: cold, Limits: cfg.Limits, TTLSeconds: cfg.TTL.Seconds(), OnExpire: cfg.OnExpire, Labels: cfg.Labels,
 	}
 	if h.g.network != smolvm.NetworkAuto {
 		req.Network = h.g.network
@@ -95,12 +95,12 @@ func (h remoteHost) Create(ctx context.Context, cfg smolvm.VMConfig, cold bool) 
 	if err != nil {
 		return nil, err
 	}
-	return &remoteVM{c: h.c(), info: info, bootTimeout: cfg.BootTimeout}, nil
+	return &remoteVM{c: h.c(), info: info, bootTimeout: cfg.BootTimeout, secrets: h.g.startSecrets}, nil
 }
 
 func (h remoteHost) FromSnapshot(ctx context.Context, name string, o snapshotVM) (machine, error) {
 	info, err := h.c().CreateVM(ctx, api.CreateVM{
-		FromSnapshot: name, ID: o.id, Env: o.env, BootTimeoutSeconds: o.bootTimeout.Seconds(),
+		FromSnapshot: name, ID: o.id, Env: o.env, BootTimeoutSeconds: o.bootTimeout.Seconds(), Secrets: h.g.startSecrets,
 	})
 	if err != nil {
 		return nil, err
@@ -113,7 +113,7 @@ func (h remoteHost) Open(ctx context.Context, id string) (machine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &remoteVM{c: h.c(), info: info}, nil
+	return &remoteVM{c: h.c(), info: info, secrets: h.g.startSecrets}, nil
 }
 
 func (h remoteHost) List(ctx context.Context) ([]smolvm.VMInfo, error) {
@@ -175,7 +175,8 @@ func (h remoteHost) Doctor(ctx context.Context) ([]smolvm.Check, error) { return
 type remoteVM struct {
 	c           *apiclient.Client
 	info        smolvm.VMInfo
-	bootTimeout time.Duration // the config's, for the first start
+	bootTimeout time.Duration     // the config's, for the first start
+	secrets     map[string]string // start secrets (--secret), for Start
 }
 
 var _ machine = (*remoteVM)(nil)
@@ -193,6 +194,9 @@ func (v *remoteVM) update(info smolvm.VMInfo, err error) error {
 }
 
 func (v *remoteVM) Start(ctx context.Context) error {
+	if v.secrets != nil {
+		return v.update(v.c.StartVMWithSecrets(ctx, v.info.ID, v.bootTimeout, v.secrets))
+	}
 	return v.update(v.c.StartVM(ctx, v.info.ID, v.bootTimeout))
 }
 
@@ -226,7 +230,7 @@ func (v *remoteVM) exec(ctx context.Context, req api.Exec, o smolvm.ExecOptions,
 		ctx, cancel = context.WithTimeout(ctx, o.Timeout+serverGrace)
 		defer cancel()
 	}
-	req.Env, req.TimeoutSeconds, req.TTY, req.Dir, req.User = o.Env, o.Timeout.Seconds(), o.TTY, o.Dir, o.User
+	req.Env, req.TimeoutSeconds, req.TTY, req.Dir, req.User, req.Secrets = o.Env, o.Timeout.Seconds(), o.TTY, o.Dir, o.User, o.Secrets
 	code, err := v.c.ExecStream(ctx, v.info.ID, req, apiclient.Stdio{Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr})
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
 		return -1, &smolvm.TimeoutError{Op: "run", VM: v.info.ID, Timeout: o.Timeout,
@@ -245,6 +249,10 @@ func (v *remoteVM) Env(ctx context.Context) (map[string]string, error) {
 
 func (v *remoteVM) SetEnv(ctx context.Context, vars map[string]string) (map[string]string, error) {
 	return v.c.PatchEnv(ctx, v.info.ID, api.EnvPatch{Set: vars})
+}
+
+func (v *remoteVM) SetEgressPolicy(ctx context.Context, p smolvm.EgressPolicy) error {
+	return v.update(v.c.PutPolicy(ctx, v.info.ID, p))
 }
 
 func (v *remoteVM) UnsetEnv(ctx context.Context, keys ...string) (map[string]string, error) {

@@ -42,6 +42,9 @@ type globalOptions struct {
 	// ran is set once flags and arguments were accepted: an error before
 	// it is a usage error.
 	ran bool
+	// startSecrets are create's or start's --secret: handed to the VM at
+	// its start, never stored.
+	startSecrets map[string]string
 }
 
 // sdk returns the options every SDK call gets: state dir, agent, network
@@ -60,6 +63,12 @@ func (g *globalOptions) sdk(extra ...smolvm.Option) []smolvm.Option {
 	}
 	if g.progress != nil {
 		opts = append(opts, smolvm.WithProgress(g.progress))
+	}
+	if k := keeperPath(agentPath()); k != "" {
+		opts = append(opts, smolvm.WithKeeper(k))
+	}
+	if g.startSecrets != nil {
+		opts = append(opts, smolvm.WithStartSecrets(g.startSecrets))
 	}
 	return append(opts, extra...)
 }
@@ -128,6 +137,7 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		newSSHCmd(g),
 		newLogsCmd(g),
 		newEnvCmd(g),
+		newPolicyCmd(g),
 		newDoctorCmd(g),
 		newCpCmd(g),
 		newFSCmd(g),
@@ -140,6 +150,8 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		newUpdateCmd(g),
 		newLimitsCmd(g),
 		newStatsCmd(g),
+		newKeeperCmd(g),
+		newTTLCmd(g),
 	)
 	return root
 }

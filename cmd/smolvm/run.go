@@ -63,6 +63,7 @@ type runOptions struct {
 	timeout      time.Duration
 	stdin        bool
 	fromSnapshot string
+	secrets      secretFlags
 }
 
 func newRunCmd(g *globalOptions) *cobra.Command {
@@ -99,13 +100,18 @@ func newRunCmd(g *globalOptions) *cobra.Command {
 	cmd.Flags().BoolVarP(&o.stdin, "interactive", "i", false, "pass standard input to the command")
 	cmd.Flags().StringVar(&o.fromSnapshot, "from-snapshot", "", "make the VM from a snapshot (smolvm snapshot list) instead of booting one")
 	cmd.RegisterFlagCompletionFunc("from-snapshot", completeSnapshots(g, 0))
+	o.secrets.register(cmd, "for the command")
 	return cmd
 }
 
 // runEphemeral runs command in a VM of its own, deleted before it returns.
 func runEphemeral(ctx context.Context, g *globalOptions, o runOptions, command string, s streams) error {
 	var stdout, stderr bytes.Buffer
-	eo := smolvm.ExecOptions{Stdout: s.out, Stderr: s.err, Timeout: o.timeout}
+	secrets, err := o.secrets.parse()
+	if err != nil {
+		return err
+	}
+	eo := smolvm.ExecOptions{Stdout: s.out, Stderr: s.err, Timeout: o.timeout, Secrets: secrets}
 	if g.json {
 		eo.Stdout, eo.Stderr = &stdout, &stderr
 	}
@@ -115,7 +121,6 @@ func runEphemeral(ctx context.Context, g *globalOptions, o runOptions, command s
 	var (
 		vm   machine
 		code int
-		err  error
 	)
 	if o.fromSnapshot != "" {
 		// FromSnapshot deletes a VM it could not start itself.

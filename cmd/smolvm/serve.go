@@ -114,8 +114,10 @@ func runServe(cmd *cobra.Command, g *globalOptions, o serveOptions) error {
 	srv := server.New(server.Config{
 		Home: g.home, Agent: g.agent, AlpineSource: g.alpineSource, Network: g.network,
 		Version: buildVersion(), Logger: g.logger, MCP: mcpSrv.Handler(),
+		Keeper: keeperPath(agentPath()),
 	})
 	defer srv.Close()
+	go srv.KeepLifetimes(ctx, server.LifetimeTick)
 	if err := g.output(cmd.OutOrStdout(), out, func(w io.Writer) error {
 		for _, u := range out.URLs {
 			fmt.Fprintf(w, "smolvm serve: listening on %s\n", u)

@@ -15,14 +15,20 @@ import (
 )
 
 func newListCmd(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	var filters []string
+	cmd := &cobra.Command{
 		Use:          "list",
 		Aliases:      []string{"ls"}, // ps: proc.go
 		Short:        "List VMs",
+		Example:      "  smolvm list --filter label=team=ml --filter label=gpu",
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			vms, err := g.vms().List(cmd.Context())
+			sels, err := parseListFilter(filters)
+			if err != nil {
+				return err
+			}
+			vms, err := g.vms().ListLabeled(cmd.Context(), sels)
 			if err != nil {
 				return err
 			}
@@ -31,15 +37,28 @@ func newListCmd(g *globalOptions) *cobra.Command {
 			})
 		},
 	}
+	cmd.Flags().StringArrayVar(&filters, "filter", nil, "only VMs with label=KEY or label=KEY=VALUE (repeatable: all must match)")
+	return cmd
 }
 
 // writeTable prints VMs as a table, ages relative to now.
 func writeTable(w io.Writer, vms []smolvm.VMInfo, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 3, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATE\tIP\tCPUS\tMEM\tDISK\tCREATED")
+	// The lifetime column only when some VM has one.
+	lives := slices.ContainsFunc(vms, func(vm smolvm.VMInfo) bool { return !vm.Config.ExpiresAt.IsZero() })
+	head, tail := "", "\n"
+	if lives {
+		head, tail = "\tEXPIRES", "\t%s\n"
+	}
+	fmt.Fprintln(tw, "ID\tSTATE\tIP\tCPUS\tMEM\tDISK\tCREATED"+head)
 	for _, vm := range vms {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%dM\t%dM\t%s\n", vm.ID, vm.State, hostIP(vm),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%dM\t%dM\t%s", vm.ID, vm.State, hostIP(vm),
 			vm.Config.VCPUs, vm.Config.MemoryMiB, vm.Config.DiskMiB, age(now.Sub(vm.CreatedAt)))
+		if lives {
+			fmt.Fprintf(tw, tail, expiry(vm.Config, now))
+		} else {
+			fmt.Fprint(tw, tail)
+		}
 	}
 	return tw.Flush()
 }
@@ -130,6 +149,7 @@ func writeInfo(w io.Writer, vm smolvm.VMInfo) error {
 	line("Gateway", n.Gateway)
 	line("SSH", n.SSHAddr)
 	line("Note", n.Note)
+	line("Egress", vm.EgressStatus().Summary)
 	if len(vm.Config.Env) > 0 {
 		var env []string
 		for _, k := range slices.Sorted(maps.Keys(vm.Config.Env)) {
@@ -139,6 +159,10 @@ func writeInfo(w io.Writer, vm smolvm.VMInfo) error {
 	}
 	if vm.Config.RetainDiskOnDelete {
 		line("Retain disk", "yes")
+	}
+	line("Labels", labelsText(vm.Config.Labels))
+	if !vm.Config.ExpiresAt.IsZero() {
+		line("Expires", vm.Config.ExpiresAt.Local().Format(time.RFC3339)+", "+expiry(vm.Config, time.Now()))
 	}
 	line("Data dir", vm.DataDir)
 	line("Console log", vm.ConsoleLog)

@@ -93,6 +93,7 @@ type Server struct {
 	shell    string
 	homeDir  string
 	env      *envStore
+	secrets  secretStore // start secrets, in memory only
 	poweroff func()
 	reaper   *Reaper
 	procs    *procTable // background processes (smolvm-proc)

@@ -140,6 +140,8 @@ func (s *session) handle(req *ssh.Request) {
 			s.start(req, s.startFS)
 		case "smolvm-watch":
 			s.start(req, s.startWatch)
+		case "smolvm-secrets":
+			s.start(req, s.startSecrets)
 		default:
 			reply(false)
 		}
@@ -242,7 +244,7 @@ func (s *session) startCommand(argv ...string) (func(), error) {
 		Path:        argv[0],
 		Args:        argv,
 		Dir:         s.srv.homeDir,
-		Env:         buildEnv(s.srv.homeDir, s.srv.shell, term, stored, s.env),
+		Env:         buildEnv(s.srv.homeDir, s.srv.shell, term, s.srv.secrets.overlay(stored), s.env),
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
 	}
 	if s.pty != nil {

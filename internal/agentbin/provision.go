@@ -64,14 +64,41 @@ type Source struct {
 // once build it once (the others wait on a lock). Every failure wraps
 // ErrNoAgent and says how to name an agent instead.
 func Provision(ctx context.Context, o Options) (string, error) {
-	path, err := provision(ctx, o)
+	path, err := provision(ctx, o, agentTarget)
 	if err != nil {
 		return "", fmt.Errorf("%w: %w; %s", ErrNoAgent, err, howToFix)
 	}
 	return path, nil
 }
 
-func provision(ctx context.Context, o Options) (string, error) {
+// ErrNoKeeper is wrapped by every failure of ProvisionKeeper.
+var ErrNoKeeper = errors.New("no smolvm keeper")
+
+// ProvisionKeeper returns the smolvm CLI built for this host from the
+// same module source as Provision's agent, cached beside it the same way:
+// the VM keeper (smolvm keeper) for programs that are not the CLI
+// themselves.
+func ProvisionKeeper(ctx context.Context, o Options) (string, error) {
+	path, err := provision(ctx, o, keeperTarget)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w; set SMOLVM_KEEPER to a smolvm CLI binary (go build -o smolvm %s/cmd/smolvm) or pass smolvm.WithKeeper", ErrNoKeeper, err, ModulePath)
+	}
+	return path, nil
+}
+
+// target is a binary Provision builds: its main package, the name prefix
+// of its cached files, and whether it is for the guest (static, amd64).
+type target struct {
+	what, pkg, prefix string
+	guest             bool
+}
+
+var (
+	agentTarget  = target{what: "the smolvm guest agent", pkg: "cmd/smolvm-agent", prefix: "smolvm-agent-", guest: true}
+	keeperTarget = target{what: "the smolvm keeper", pkg: "cmd/smolvm", prefix: "smolvm-keeper-"}
+)
+
+func provision(ctx context.Context, o Options, tg target) (string, error) {
 	if o.CacheDir == "" {
 		return "", errors.New("agentbin: no cache directory")
 	}
@@ -86,7 +113,7 @@ func provision(ctx context.Context, o Options) (string, error) {
 	key, ok := releaseKey()
 	if !ok {
 		var err error
-		if src, err = findTrustedSource(ctx, o.Go); err != nil {
+		if src, err = findTrustedSource(ctx, o.Go, tg); err != nil {
 			return "", err
 		}
 		if key, err = sourceKey(src); err != nil {
@@ -96,7 +123,7 @@ func provision(ctx context.Context, o Options) (string, error) {
 	if err := privateDir(o.CacheDir); err != nil {
 		return "", err
 	}
-	path := filepath.Join(o.CacheDir, "smolvm-agent-"+key)
+	path := filepath.Join(o.CacheDir, tg.prefix+key)
 	if ok, err := cached(path); ok || err != nil {
 		if ok {
 			// Its mtime says when it was last used, for prune.
@@ -118,23 +145,23 @@ func provision(ctx context.Context, o Options) (string, error) {
 		return "", err
 	}
 	if src.Dir == "" {
-		if src, err = findTrustedSource(ctx, o.Go); err != nil {
+		if src, err = findTrustedSource(ctx, o.Go, tg); err != nil {
 			return "", err
 		}
 	}
 	if o.Progress != nil {
-		fmt.Fprintf(o.Progress, "building the smolvm guest agent from %s (once per smolvm version)\n", src.Dir)
+		fmt.Fprintf(o.Progress, "building %s from %s (once per smolvm version)\n", tg.what, src.Dir)
 	}
-	log.Info("building the guest agent", "source", src.Dir, "version", src.Version, "go", goCmd)
+	log.Info("building "+tg.what, "package", tg.pkg, "source", src.Dir, "version", src.Version, "go", goCmd)
 	start := time.Now()
-	if err := build(ctx, goCmd, src.Dir, path); err != nil {
+	if err := build(ctx, goCmd, src.Dir, path, tg); err != nil {
 		return "", err
 	}
 	took := time.Since(start).Round(100 * time.Millisecond)
 	if o.Progress != nil {
 		fmt.Fprintf(o.Progress, "  done in %s: %s\n", took, path)
 	}
-	log.Info("built the guest agent", "path", path, "took", took)
+	log.Info("built "+tg.what, "path", path, "took", took)
 	prune(o.CacheDir, path, time.Now().Add(-unusedFor), log)
 	return path, nil
 }
@@ -159,7 +186,8 @@ func prune(dir, keep string, cutoff time.Time, log *slog.Logger) {
 			continue
 		}
 		debris := strings.HasPrefix(e.Name(), ".build-") // no build runs: we hold the lock
-		unused := strings.HasPrefix(e.Name(), "smolvm-agent-") && fi.ModTime().Before(cutoff)
+		built := strings.HasPrefix(e.Name(), agentTarget.prefix) || strings.HasPrefix(e.Name(), keeperTarget.prefix)
+		unused := built && fi.ModTime().Before(cutoff)
 		if debris || unused {
 			if err := os.RemoveAll(p); err == nil {
 				log.Debug("removed from the agent cache", "path", p)
@@ -168,12 +196,18 @@ func prune(dir, keep string, cutoff time.Time, log *slog.Logger) {
 	}
 }
 
-func findTrustedSource(ctx context.Context, goCmd string) (Source, error) {
+func findTrustedSource(ctx context.Context, goCmd string, tg target) (Source, error) {
 	src, err := FindSource(ctx, goCmd)
 	if err != nil {
 		return src, err
 	}
-	return src, trustedSource(src.Dir)
+	if err := trustedSource(src.Dir); err != nil {
+		return src, err
+	}
+	if tg.pkg != agentTarget.pkg {
+		return src, trustedPath(filepath.Join(src.Dir, tg.pkg))
+	}
+	return src, nil
 }
 
 // releaseKey names the agent of a released smolvm module: its version and
@@ -207,21 +241,25 @@ func releaseKey() (string, bool) {
 // build compiles cmd/smolvm-agent in dir into path, through a temporary
 // file in path's directory, so a killed build never leaves a file under
 // the final name.
-func build(ctx context.Context, goCmd, dir, path string) error {
+func build(ctx context.Context, goCmd, dir, path string, tg target) error {
 	tmp, err := os.MkdirTemp(filepath.Dir(path), ".build-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	out := filepath.Join(tmp, "smolvm-agent")
-	cmd := exec.CommandContext(ctx, goCmd, "build", "-trimpath", "-ldflags=-s -w", "-o", out, "./cmd/smolvm-agent")
+	out := filepath.Join(tmp, filepath.Base(tg.pkg))
+	cmd := exec.CommandContext(ctx, goCmd, "build", "-trimpath", "-ldflags=-s -w", "-o", out, "./"+tg.pkg)
 	cmd.Dir = dir
 	// The guest's init: static, for the guest's platform, from the
 	// module's own go.mod (no workspace, no vendor directory, no VCS
-	// stamping, which fails in copies of a repository).
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOWORK=off", "GOFLAGS=-mod=readonly -buildvcs=false")
+	// stamping, which fails in copies of a repository). The keeper is
+	// for this host, static all the same.
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOWORK=off", "GOFLAGS=-mod=readonly -buildvcs=false")
+	if tg.guest {
+		cmd.Env = append(cmd.Env, "GOOS=linux", "GOARCH=amd64")
+	}
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./cmd/smolvm-agent in %s: %w\n%s", dir, err, strings.TrimSpace(string(b)))
+		return fmt.Errorf("go build ./%s in %s: %w\n%s", tg.pkg, dir, err, strings.TrimSpace(string(b)))
 	}
 	if err := os.Chmod(out, 0o700); err != nil {
 		return err
@@ -290,14 +328,23 @@ func privateDir(dir string) error {
 // build whatever someone put there since.)
 func trustedSource(dir string) error {
 	for _, p := range []string{dir, filepath.Join(dir, "go.mod"), filepath.Join(dir, "cmd", "smolvm-agent")} {
-		fi, err := os.Stat(p)
-		if err != nil {
-			return err
+		if err := trustedPath(p); err != nil {
+			return fmt.Errorf("not building the agent from %s: %w", dir, err)
 		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok || (int(st.Uid) != os.Geteuid() && st.Uid != 0) || fi.Mode().Perm()&0o022 != 0 {
-			return fmt.Errorf("not building the agent from %s: %s belongs to another user or others can write it (%v)", dir, p, fi.Mode())
-		}
+	}
+	return nil
+}
+
+// trustedPath checks that p belongs to this user or root and that others
+// cannot write it.
+func trustedPath(p string) error {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || (int(st.Uid) != os.Geteuid() && st.Uid != 0) || fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("%s belongs to another user or others can write it (%v)", p, fi.Mode())
 	}
 	return nil
 }

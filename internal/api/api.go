@@ -182,6 +182,26 @@ type CreateVM struct {
 	// Start boots the VM before answering (smolvm.Start): the response is
 	// the running VM. Otherwise the VM is created and stays "created".
 	Start bool `json:"start,omitempty"`
+	// Egress is the egress policy (smolvm.EgressPolicy); DNSUpstream the
+	// resolver allowed names are forwarded to, ADDR[:PORT].
+	Egress      smolvm.EgressPolicy `json:"egress,omitzero"`
+	DNSUpstream string              `json:"dns_upstream,omitempty"`
+	// TTLSeconds is the VM's lifetime from now (VMConfig.TTL; 0 = none),
+	// OnExpire what ends it: "stop" (default), "hibernate" or "delete".
+	TTLSeconds float64 `json:"ttl_seconds,omitempty"`
+	OnExpire   string  `json:"on_expire,omitempty"`
+	// Labels tag the VM (VMConfig.Labels); GET /v1/vms?label=K=V finds it.
+	Labels map[string]string `json:"labels,omitempty"`
+	// Secrets are start secrets (smolvm.WithStartSecrets), with Start or
+	// FromSnapshot: environment variables never written down.
+	Secrets map[string]string `json:"secrets,omitempty"`
+}
+
+// SetTTL is POST /v1/vms/{id}/ttl: a new lifetime from now (0 = none);
+// OnExpire "" keeps the VM's.
+type SetTTL struct {
+	TTLSeconds float64 `json:"ttl_seconds"`
+	OnExpire   string  `json:"on_expire,omitempty"`
 }
 
 // VMList is GET /v1/vms.
@@ -192,6 +212,9 @@ type VMList struct {
 // Start is POST /v1/vms/{id}/start (body optional).
 type Start struct {
 	BootTimeoutSeconds float64 `json:"boot_timeout_seconds,omitempty"`
+	// Secrets reach every command of this run of the VM as environment
+	// variables and are never written down (smolvm.WithStartSecrets).
+	Secrets map[string]string `json:"secrets,omitempty"`
 }
 
 // Stop is POST /v1/vms/{id}/stop (body optional).
@@ -217,6 +240,9 @@ type Exec struct {
 	User           string            `json:"user,omitempty"`
 	Env            map[string]string `json:"env,omitempty"`
 	TimeoutSeconds float64           `json:"timeout_seconds,omitempty"`
+	// Secrets are variables for this command only that smolvm never
+	// writes down (smolvm.WithSecrets).
+	Secrets map[string]string `json:"secrets,omitempty"`
 	// Stdin is given whole for buffered exec: as text, or as base64 in
 	// StdinB64 (not both). The WebSocket streams stdin instead.
 	Stdin    string `json:"stdin,omitempty"`

@@ -27,13 +27,16 @@ func (c *Client) CreateVM(ctx context.Context, req api.CreateVM) (smolvm.VMInfo,
 
 // ListVMs lists VMs, optionally only those in state and made from image
 // ("" = any).
-func (c *Client) ListVMs(ctx context.Context, state smolvm.VMState, img string) ([]smolvm.VMInfo, error) {
+func (c *Client) ListVMs(ctx context.Context, state smolvm.VMState, img string, labels ...string) ([]smolvm.VMInfo, error) {
 	q := url.Values{}
 	if state != "" {
 		q.Set("state", string(state))
 	}
 	if img != "" {
 		q.Set("image", img)
+	}
+	for _, l := range labels { // KEY or KEY=VALUE, all must match
+		q.Add("label", l)
 	}
 	var l api.VMList
 	err := c.call(ctx, http.MethodGet, "/vms", q, nil, &l)
@@ -57,9 +60,21 @@ func (c *Client) StartVM(ctx context.Context, id string, bootTimeout time.Durati
 	return c.vmAction(ctx, id, "start", api.Start{BootTimeoutSeconds: seconds(bootTimeout)})
 }
 
+// StartVMWithSecrets is StartVM handing the guest start secrets
+// (smolvm.WithStartSecrets).
+func (c *Client) StartVMWithSecrets(ctx context.Context, id string, bootTimeout time.Duration, secrets map[string]string) (smolvm.VMInfo, error) {
+	return c.vmAction(ctx, id, "start", api.Start{BootTimeoutSeconds: seconds(bootTimeout), Secrets: secrets})
+}
+
 // StopVM shuts a VM down, killing it after timeout (0 = the default).
 func (c *Client) StopVM(ctx context.Context, id string, timeout time.Duration) (smolvm.VMInfo, error) {
 	return c.vmAction(ctx, id, "stop", api.Stop{TimeoutSeconds: seconds(timeout)})
+}
+
+// SetTTL gives a VM a new lifetime from now (0 = none); onExpire ""
+// keeps its own.
+func (c *Client) SetTTL(ctx context.Context, id string, ttl time.Duration, onExpire string) (smolvm.VMInfo, error) {
+	return c.vmAction(ctx, id, "ttl", api.SetTTL{TTLSeconds: ttl.Seconds(), OnExpire: onExpire})
 }
 
 // PauseVM freezes a VM, or hibernates it with toDisk.
@@ -284,4 +299,18 @@ func (c *Client) streamError(ctx context.Context, err error) error {
 		return ctx.Err()
 	}
 	return fmt.Errorf("smolvm server at %s: the stream broke off: %w", c.host, err)
+}
+
+// Policy is the VM's egress policy and what it means for its network.
+func (c *Client) Policy(ctx context.Context, id string) (smolvm.EgressStatus, error) {
+	var st smolvm.EgressStatus
+	err := c.call(ctx, http.MethodGet, "/vms/"+esc(id)+"/policy", nil, nil, &st)
+	return st, err
+}
+
+// PutPolicy replaces the VM's egress policy and returns the VM.
+func (c *Client) PutPolicy(ctx context.Context, id string, p smolvm.EgressPolicy) (smolvm.VMInfo, error) {
+	var info smolvm.VMInfo
+	err := c.call(ctx, http.MethodPut, "/vms/"+esc(id)+"/policy", nil, p, &info)
+	return info, err
 }

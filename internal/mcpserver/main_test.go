@@ -65,6 +65,7 @@ func runTests(m *testing.M) int {
 		}
 		os.Setenv("SMOLVM_HOME", testEnv.home)
 		os.Setenv("SMOLVM_AGENT", testEnv.agent)
+		os.Setenv("SMOLVM_KEEPER", testEnv.bin) // every running VM's keeper
 	}
 	code := m.Run()
 	if testEnv.skip == "" {

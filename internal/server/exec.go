@@ -52,6 +52,12 @@ func execOptions(req api.Exec, withStdin bool) ([]smolvm.RunOption, error) {
 	if len(req.Env) > 0 {
 		opts = append(opts, smolvm.WithRunEnv(req.Env))
 	}
+	if err := smolvm.ValidateEnv(req.Secrets); err != nil {
+		return nil, err
+	}
+	if len(req.Secrets) > 0 {
+		opts = append(opts, smolvm.WithSecrets(req.Secrets))
+	}
 	if req.Stdin != "" && req.StdinB64 != "" {
 		return nil, invalid("stdin_b64", "give stdin or stdin_b64, not both")
 	}

@@ -60,6 +60,15 @@ func runTests(m *testing.M) int {
 			fmt.Fprintf(os.Stderr, "building the agent: %v\n%s", err, b)
 			return 1
 		}
+		// The CLI, as every running VM's keeper.
+		keeperBin := filepath.Join(tmp, "smolvm")
+		build = exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", keeperBin, "github.com/smolvm/smolvm/cmd/smolvm")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := build.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "building the CLI: %v\n%s", err, b)
+			return 1
+		}
+		os.Setenv("SMOLVM_KEEPER", keeperBin)
 	}
 	code := m.Run()
 	if testEnv.skip == "" {

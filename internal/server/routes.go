@@ -37,6 +37,7 @@ func (s *Server) routes() []Route {
 		h("POST", "/v1/vms/{id}/stop", s.stopVM),
 		h("POST", "/v1/vms/{id}/pause", s.pauseVM),
 		h("POST", "/v1/vms/{id}/resume", s.resumeVM),
+		h("POST", "/v1/vms/{id}/ttl", s.setTTL),
 
 		h("POST", "/v1/vms/{id}/exec", s.exec),
 		h("GET", "/v1/vms/{id}/exec/ws", s.execWS),
@@ -51,6 +52,8 @@ func (s *Server) routes() []Route {
 
 		h("GET", "/v1/vms/{id}/env", s.getEnv),
 		h("PATCH", "/v1/vms/{id}/env", s.patchEnv),
+		h("GET", "/v1/vms/{id}/policy", s.getPolicy),
+		h("PUT", "/v1/vms/{id}/policy", s.putPolicy),
 		h("PUT", "/v1/vms/{id}/files", s.putFiles),
 		h("GET", "/v1/vms/{id}/files", s.getFiles),
 		h("DELETE", "/v1/vms/{id}/files", s.deleteFiles),

@@ -48,6 +48,9 @@ type Config struct {
 	// MCP, when set, is mounted at /mcp behind the same auth: the MCP
 	// streamable HTTP transport.
 	MCP http.Handler
+	// Keeper is the smolvm CLI that runs as each VM's keeper
+	// (smolvm.WithKeeper); empty = the SDK's default.
+	Keeper string
 }
 
 // Server serves the API. Its handlers are safe for concurrent use; it
@@ -165,6 +168,9 @@ func (s *Server) sdk(extra ...smolvm.Option) []smolvm.Option {
 	}
 	if s.cfg.AlpineSource != "" {
 		opts = append(opts, smolvm.WithAlpineSource(s.cfg.AlpineSource))
+	}
+	if s.cfg.Keeper != "" {
+		opts = append(opts, smolvm.WithKeeper(s.cfg.Keeper))
 	}
 	return append(opts, extra...)
 }

@@ -69,6 +69,7 @@ func TestVM(t *testing.T) {
 		}
 	})
 	t.Run("Exec", func(t *testing.T) { testExec(t, ctx, ts, id) })
+	t.Run("ExecSecrets", func(t *testing.T) { testExecSecrets(t, ctx, ts, id) })
 	t.Run("Concurrent", func(t *testing.T) {
 		// A fresh server: the requests race for the first handle, too.
 		fresh := startServer(t, server.Config{})
@@ -95,6 +96,7 @@ func TestVM(t *testing.T) {
 	t.Run("Files", func(t *testing.T) { testFiles(t, ctx, ts, id) })
 	t.Run("FS", func(t *testing.T) { testGuestFS(t, ctx, ts, id) })
 	t.Run("Env", func(t *testing.T) { testEnvVars(t, ctx, ts, id) })
+	t.Run("Policy", func(t *testing.T) { testPolicy(t, ctx, ts, id) })
 	t.Run("Ports", func(t *testing.T) { testPorts(t, ctx, ts, id) })
 	t.Run("Logs", func(t *testing.T) { testLogs(t, ctx, ts, id) })
 	t.Run("Lifecycle", func(t *testing.T) { testLifecycle(t, ctx, ts, id) })

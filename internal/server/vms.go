@@ -84,14 +84,27 @@ func (s *Server) create(ctx context.Context, req api.CreateVM) (*smolvm.VM, erro
 		if !req.Limits.IsZero() {
 			opts = append(opts, smolvm.WithLimits(req.Limits))
 		}
+		opts = append(opts, snapshotLifetime(req)...)
+		if len(req.Secrets) > 0 {
+			opts = append(opts, smolvm.WithStartSecrets(req.Secrets))
+		}
 		return smolvm.FromSnapshot(ctx, req.FromSnapshot, s.sdk(opts...)...)
 	}
 	cfg := smolvm.VMConfig{
 		ID: req.ID, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB,
 		Image: req.Image, KernelPath: req.KernelPath, RootfsPath: req.RootfsPath, InitrdPath: req.InitrdPath,
-		BootArgs: req.BootArgs, Env: req.Env, Mounts: req.Mounts, NoEgress: req.NoEgress,
+		BootArgs: req.BootArgs, Env: req.Env, Mounts: req.Mounts, NoEgress: req.NoEgress, Egress: req.Egress, DNSUpstream: req.DNSUpstream,
 		RetainDiskOnDelete: req.RetainDiskOnDelete, ReuseDisk: req.ReuseDisk, BootTimeout: boot,
 		Limits: req.Limits,
+	}
+	if err := lifetime(&cfg, req); err != nil {
+		return nil, err
+	}
+	if len(req.Secrets) > 0 {
+		if !req.Start {
+			return nil, invalid("secrets", "secrets are handed over at start: give start: true, or give them to POST /v1/vms/{id}/start")
+		}
+		opts = append(opts, smolvm.WithStartSecrets(req.Secrets))
 	}
 	vm, err := smolvm.NewFromConfig(ctx, cfg, s.sdk(opts...)...)
 	if err != nil {
@@ -117,7 +130,7 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, invalid("state", "state %q: use created, running, paused, stopped, error or hibernated", state))
 		return
 	}
-	infos, err := smolvm.List(r.Context(), s.sdk()...)
+	infos, err := smolvm.List(r.Context(), s.sdk(smolvm.WithLabelFilter(q["label"]...))...)
 	if err != nil {
 		writeError(w, r, err)
 		return
@@ -187,7 +200,7 @@ func (s *Server) startVM(w http.ResponseWriter, r *http.Request) {
 			ctx, cancel = context.WithTimeout(ctx, boot)
 			defer cancel()
 		}
-		if err := vm.Start(ctx); err != nil {
+		if err := s.start(ctx, vm, req.Secrets); err != nil {
 			if boot > 0 && errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, smolvm.ErrTimeout) {
 				err = &smolvm.TimeoutError{Op: "start", VM: vm.ID(), Timeout: boot}
 			}
