@@ -77,6 +77,14 @@ type VMConfig struct {
 	// NoEgress cuts the VM off from the host's networks; exposed ports
 	// still reach it.
 	NoEgress bool `json:"no_egress,omitempty"`
+	// Egress limits where the VM may connect (allowed domains and CIDRs,
+	// denied CIDRs); the zero value is the default perimeter: public
+	// addresses only. See EgressPolicy; VM.SetEgressPolicy changes it.
+	Egress EgressPolicy `json:"egress,omitzero"`
+	// DNSUpstream is the resolver smolvm's DNS server forwards allowed
+	// names to, "ADDR" or "ADDR:PORT"; empty = $SMOLVM_DNS_UPSTREAM, else
+	// the host's /etc/resolv.conf, read at each start.
+	DNSUpstream string `json:"dns_upstream,omitempty"`
 	// RetainDiskOnDelete keeps the VM's disk file when it is deleted, at
 	// DataDir/disk.ext4, until a create with ReuseDisk and the same ID
 	// boots it again or RemoveKeptDisk removes it. Until then a create
@@ -90,6 +98,9 @@ type VMConfig struct {
 	// BootTimeout bounds Start: 0 = the default, 60s; ctx can bound it
 	// further. Negative is invalid.
 	BootTimeout time.Duration `json:"boot_timeout,omitempty"`
+	// Limits bound the VM's CPU, memory, disk and network use (see
+	// Limits); zero = unlimited. VM.SetLimits changes them later.
+	Limits Limits `json:"limits,omitzero"`
 	// TTL is the VM's lifetime, counted from its create: when it is over
 	// the VM is ended as OnExpire says, whether or not the process that
 	// made it still runs (see docs/lifetimes.md). 0 = no end. VM.SetTTL
@@ -104,9 +115,6 @@ type VMConfig struct {
 	// Labels tag the VM for List's filter (WithLabelFilter): at most 64,
 	// keys as ValidateLabels allows.
 	Labels map[string]string `json:"labels,omitempty"`
-	// Limits bound the VM's CPU, memory, disk and network use (see
-	// Limits); zero = unlimited. VM.SetLimits changes them later.
-	Limits Limits `json:"limits,omitzero"`
 }
 
 // Mount shares the host folder HostPath at GuestPath in the guest,
@@ -252,6 +260,7 @@ func (c VMConfig) validate(host hostLimits) error {
 		errs = append(errs, m.validate()...)
 	}
 	errs = append(errs, c.Limits.validate(c)...)
+	errs = append(errs, c.validateEgress()...)
 	if strings.ContainsAny(c.BootArgs, "\n\x00") {
 		bad("boot args", fmt.Sprintf("%q", c.BootArgs), "must be one line")
 	}

@@ -81,9 +81,6 @@ type ExecOptions struct {
 	// OutputLimit is Run's cap per stream (WithOutputLimit); Exec, which
 	// streams, ignores it.
 	OutputLimit int64
-	// Secrets are variables for this command only, as Env, that smolvm
-	// never writes down (see WithSecrets); they win over Env.
-	Secrets map[string]string `json:"-"`
 	// Dir is the working directory and User the guest user (a name from
 	// its /etc/passwd or a numeric uid) the command runs as; empty = root
 	// in its home. A directory or user the guest lacks is an error
@@ -93,6 +90,9 @@ type ExecOptions struct {
 	// the command's process group while it runs; how it ends is its exit
 	// code, as usual (128+N if the signal killed it).
 	Signals <-chan string
+	// Secrets are variables for this command only, as Env, that smolvm
+	// never writes down (see WithSecrets); they win over Env.
+	Secrets map[string]string `json:"-"`
 }
 
 // Run runs cmd with the guest's shell and returns its output and exit code.

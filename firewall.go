@@ -12,10 +12,10 @@ import (
 // host's own services, and DNAT for exposed ports. Every rule is tagged
 // with the VM's id, so delete and doctor find them.
 
-func firewallAddVM(id string, n NetworkInfo, noEgress bool, forwards []PortForward) error {
-	guest, err := netip.ParseAddr(n.GuestIP)
+func firewallAddVM(id string, n NetworkInfo, cfg VMConfig, forwards []PortForward) error {
+	r, err := vmRules(id, n, cfg)
 	if err != nil {
-		return fmt.Errorf("firewall: guest address: %w", err)
+		return err
 	}
 	// A forward must not take over a port a host program serves (DNAT
 	// runs before the local socket): check again at each start, since
@@ -26,7 +26,7 @@ func firewallAddVM(id string, n NetworkInfo, noEgress bool, forwards []PortForwa
 		}
 	}
 	fw := network.NewFirewall(0) // AddVM ensures the base table and chains
-	if err := fw.AddVM(network.VMRules{ID: id, TAP: n.TAP, GuestIP: guest, Egress: !noEgress}); err != nil {
+	if err := fw.AddVM(r); err != nil {
 		return err
 	}
 	for _, f := range forwards {

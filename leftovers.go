@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -97,6 +98,15 @@ func FindLeftovers(ctx context.Context, opts ...Option) ([]Leftover, error) {
 				Detail: "nftables rules of a VM that does not exist"})
 		}
 	}
+	if tags, err := network.NewFirewall(0).ResolvedSets(); err == nil {
+		for _, tag := range tags {
+			if _, ok := byName[tag]; ok || procRunning(procs, tag) || slices.ContainsFunc(out, func(l Leftover) bool { return l.vm == tag }) {
+				continue
+			}
+			out = append(out, Leftover{Kind: "rule", Name: "dns-" + tag, vm: tag,
+				Detail: "nftables set of resolved addresses of a VM that does not exist"})
+		}
+	}
 
 	ents, _ := os.ReadDir(vmsDir)
 	for _, e := range ents {
@@ -110,8 +120,8 @@ func FindLeftovers(ctx context.Context, opts ...Option) ([]Leftover, error) {
 		out = append(out, Leftover{Kind: "dir", Name: dir, Detail: "VM directory without a VM"})
 	}
 	out = append(out, snapshotLeftovers(ctx, s)...)
-	out = append(out, keeperLeftovers(vmsDir, known)...)
 	out = append(out, limitLeftovers(vms, procs)...)
+	out = append(out, keeperLeftovers(vmsDir, known)...)
 	return out, nil
 }
 

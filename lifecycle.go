@@ -148,10 +148,13 @@ func (v *VM) start(ctx context.Context) (err error) {
 			return err
 		}
 		undo.push("tap", func() error { return network.DeleteTAP(net.TAP) })
-		if err := firewallAddVM(name, net, info.Config.NoEgress, forwards); err != nil {
+		if err := firewallAddVM(name, net, info.Config, forwards); err != nil {
 			return err
 		}
 		undo.push("firewall", func() error { return firewallRemoveVM(name) })
+		if err := writeResolverSpec(v.paths.dir, name, net, info.Config); err != nil {
+			return err
+		}
 	} else {
 		port, err := network.FreePort("127.0.0.1")
 		if err != nil {
@@ -576,11 +579,12 @@ func (v *VM) releaseRunResources() {
 	v.dropClient()
 	tap, name := v.info.Network.TAP, v.info.Process
 	v.mu.Unlock()
-	v.stopKeeper()
 	v.releaseLimits(tap)
+	v.stopKeeper()
 	if tap == "" {
 		return
 	}
+	removeResolverSpec(v.paths.dir)
 	if err := firewallRemoveVM(name); err != nil {
 		v.log().Warn("remove firewall rules", "err", err)
 	}
@@ -669,6 +673,8 @@ func guestCmdline(id string, n NetworkInfo, mounts []Mount) string {
 	}
 	if n.Mode == NetworkUser {
 		parts = append(parts, "smolvm.dns="+network.UserDNS.String())
+	} else if n.Gateway != "" {
+		parts = append(parts, "smolvm.dns="+n.Gateway) // smolvm's resolver (egress.go)
 	}
 	return strings.Join(parts, " ")
 }

@@ -152,6 +152,8 @@ func (v *VM) reidentify(ctx context.Context) error {
 	}
 	if info.Network.Mode == NetworkUser {
 		id.DNS = []netip.Addr{network.UserDNS}
+	} else {
+		id.DNS = []netip.Addr{gw} // smolvm's resolver (egress.go)
 	}
 	c, err := guest.DialControl(ctx, v.paths.agentSocket())
 	if err != nil {

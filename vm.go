@@ -120,12 +120,12 @@ type runtimeRecord struct {
 	// EnvAt is where the initramfs's last archive, the copy of
 	// VMConfig.Env, begins (see env.go); 0 for VMs made before it had one.
 	EnvAt int64 `json:"env_at,omitempty"`
+	// Cgroup is the VM's cgroup while it has one (see limits.go).
+	Cgroup *cgroup.Group `json:"cgroup,omitempty"`
 	// SecretsProc is the ProcStart of the VM process whose guest was
 	// given secrets (see secrets.go): while it runs, its memory is not
 	// to be captured. Never the secrets themselves.
 	SecretsProc uint64 `json:"secrets_proc,omitempty"`
-	// Cgroup is the VM's cgroup while it has one (see limits.go).
-	Cgroup *cgroup.Group `json:"cgroup,omitempty"`
 }
 
 // VM is a handle on one VM. Its methods are safe for concurrent use. A

@@ -58,6 +58,8 @@ type machine interface {
 	Env(ctx context.Context) (map[string]string, error)
 	SetEnv(ctx context.Context, vars map[string]string) (map[string]string, error)
 	UnsetEnv(ctx context.Context, keys ...string) (map[string]string, error)
+	// SetEgressPolicy replaces the VM's egress policy (Info shows it after).
+	SetEgressPolicy(ctx context.Context, p smolvm.EgressPolicy) error
 	Upload(ctx context.Context, local, guestPath string) error
 	Download(ctx context.Context, guestPath, local string) error
 	// Files is the VM's file system, for the fs commands (fs.go).
@@ -70,10 +72,10 @@ type machine interface {
 	Logs(ctx context.Context, follow bool, w io.Writer) error
 	Snapshot(ctx context.Context, name string, diskOnly bool) (*smolvm.SnapshotInfo, error)
 	Fork(ctx context.Context, n int) ([]smolvm.VMInfo, error)
-	// SetTTL gives the VM a lifetime from now (0 = none); onExpire "" keeps it.
-	SetTTL(ctx context.Context, ttl time.Duration, onExpire string) error
 	SetLimits(ctx context.Context, l smolvm.Limits) error
 	Metrics(ctx context.Context) (*smolvm.Metrics, error)
+	// SetTTL gives the VM a lifetime from now (0 = none); onExpire "" keeps it.
+	SetTTL(ctx context.Context, ttl time.Duration, onExpire string) error
 	Close() error
 	processes // argv commands and background processes (proc.go)
 }

@@ -179,6 +179,7 @@ func TestEndToEnd(t *testing.T) {
 		if c.json(&info, "info", id); lim.DiskBPS != 10_000_000 || info.Config.Limits != lim {
 			t.Errorf("update --disk-bps 10M: %+v, info %+v", lim, info.Config.Limits)
 		}
+		checkPolicyCLI(t, c, id)
 		if out := c.ok("ssh", id, "--print"); !strings.Contains(out, filepath.Join(c.home, "vms", id, "id_ed25519")) || !strings.Contains(out, "root@") {
 			t.Errorf("ssh --print: %q", out)
 		}

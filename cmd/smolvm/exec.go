@@ -23,8 +23,8 @@ type execOptions struct {
 	timeout time.Duration
 	stdin   bool
 	env     []string
-	secrets secretFlags
 	procFlags
+	secrets secretFlags
 }
 
 func newExecCmd(g *globalOptions) *cobra.Command {

@@ -28,8 +28,10 @@ type vmFlags struct {
 	mounts      []string
 	noEgress    bool
 	cold        bool
-	life        lifeFlags
 	limits      limitFlags
+	egress      egressFlags
+	dnsUpstream string
+	life        lifeFlags
 }
 
 func (f *vmFlags) register(cmd *cobra.Command) {
@@ -44,9 +46,11 @@ func (f *vmFlags) register(cmd *cobra.Command) {
 	fs.Var(secondsFlag(&f.bootTimeout), "boot-timeout", fmt.Sprintf("give up booting after this long: seconds, or a duration such as 1.5s or 2m (0 = default, %s)", smolvm.DefaultBootTimeout))
 	fs.StringArrayVar(&f.mounts, "mount", nil, "share a host folder, HOST[:GUEST][:rw] (read-only unless :rw; GUEST defaults to /mnt/NAME; repeatable)")
 	fs.BoolVar(&f.noEgress, "no-egress", false, "cut the VM off from the host's networks (exposed ports still work)")
+	f.egress.register(cmd)
+	fs.StringVar(&f.dnsUpstream, "dns-upstream", "", "the DNS server the VM's allowed names are forwarded to, ADDR[:PORT] (default $SMOLVM_DNS_UPSTREAM, else the host's /etc/resolv.conf)")
 	fs.BoolVar(&f.cold, "cold", false, "boot the VM even when the default image's warm template would resume it (info shows boot_path)")
-	f.life.register(cmd)
 	f.limits.register(fs)
+	f.life.register(cmd)
 }
 
 // seconds is a duration flag that also takes a plain number as seconds,
@@ -125,6 +129,8 @@ func (f *vmFlags) config() (smolvm.VMConfig, error) {
 		BootTimeout:        f.bootTimeout,
 		RetainDiskOnDelete: f.retainDisk,
 		Limits:             f.limits.limits(),
+		Egress:             f.egress.policy(false),
+		DNSUpstream:        f.dnsUpstream,
 	}
 	return cfg, f.life.apply(&cfg)
 }

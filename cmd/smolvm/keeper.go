@@ -21,6 +21,7 @@ import (
 func keeperDuties() map[string]keeper.Duty {
 	return map[string]keeper.Duty{
 		"ttl": ttlDuty,
+		"dns": dnsDuty, // the TAP VM's resolver (dnsduty.go, internal/egress)
 	}
 }
 

@@ -71,7 +71,7 @@ func (h remoteHost) c() *apiclient.Client { return h.g.remote }
 func (h remoteHost) Create(ctx context.Context, cfg smolvm.VMConfig, cold bool) (machine, error) {
 	req := api.CreateVM{
 		ID: cfg.ID, VCPUs: cfg.VCPUs, MemoryMiB: cfg.MemoryMiB, DiskMiB: cfg.DiskMiB, Image: cfg.Image,
-		Env: cfg.Env, NoEgress: cfg.NoEgress, RetainDiskOnDelete: cfg.RetainDiskOnDelete, ReuseDisk: cfg.ReuseDisk,
+		Env: cfg.Env, NoEgress: cfg.NoEgress, Egress: cfg.Egress, DNSUpstream: cfg.DNSUpstream, RetainDiskOnDelete: cfg.RetainDiskOnDelete, ReuseDisk: cfg.ReuseDisk,
 		Cold: cold, Limits: cfg.Limits, TTLSeconds: cfg.TTL.Seconds(), OnExpire: cfg.OnExpire, Labels: cfg.Labels,
 	}
 	if h.g.network != smolvm.NetworkAuto {
@@ -230,8 +230,7 @@ func (v *remoteVM) exec(ctx context.Context, req api.Exec, o smolvm.ExecOptions,
 		ctx, cancel = context.WithTimeout(ctx, o.Timeout+serverGrace)
 		defer cancel()
 	}
-	req.Env, req.TimeoutSeconds, req.TTY, req.Dir, req.User = o.Env, o.Timeout.Seconds(), o.TTY, o.Dir, o.User
-	req.Secrets = o.Secrets
+	req.Env, req.TimeoutSeconds, req.TTY, req.Dir, req.User, req.Secrets = o.Env, o.Timeout.Seconds(), o.TTY, o.Dir, o.User, o.Secrets
 	code, err := v.c.ExecStream(ctx, v.info.ID, req, apiclient.Stdio{Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr})
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
 		return -1, &smolvm.TimeoutError{Op: "run", VM: v.info.ID, Timeout: o.Timeout,
@@ -250,6 +249,10 @@ func (v *remoteVM) Env(ctx context.Context) (map[string]string, error) {
 
 func (v *remoteVM) SetEnv(ctx context.Context, vars map[string]string) (map[string]string, error) {
 	return v.c.PatchEnv(ctx, v.info.ID, api.EnvPatch{Set: vars})
+}
+
+func (v *remoteVM) SetEgressPolicy(ctx context.Context, p smolvm.EgressPolicy) error {
+	return v.update(v.c.PutPolicy(ctx, v.info.ID, p))
 }
 
 func (v *remoteVM) UnsetEnv(ctx context.Context, keys ...string) (map[string]string, error) {

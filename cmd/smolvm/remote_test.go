@@ -304,6 +304,12 @@ func TestRemoteMatchesLocal(t *testing.T) {
 		}
 	})
 
+	t.Run("policy", func(t *testing.T) {
+		c := overUnix
+		c.t = t
+		checkPolicyCLI(t, c, vm)
+	})
+
 	t.Run("lifecycle", func(t *testing.T) {
 		c, lc := overUnix, local
 		c.t, lc.t = t, t

@@ -137,6 +137,7 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		newSSHCmd(g),
 		newLogsCmd(g),
 		newEnvCmd(g),
+		newPolicyCmd(g),
 		newDoctorCmd(g),
 		newCpCmd(g),
 		newFSCmd(g),
@@ -146,11 +147,11 @@ func newRootCmd(g *globalOptions) *cobra.Command {
 		newForkCmd(g),
 		newServeCmd(g),
 		newMCPCmd(g),
-		newKeeperCmd(g),
-		newTTLCmd(g),
 		newUpdateCmd(g),
 		newLimitsCmd(g),
 		newStatsCmd(g),
+		newKeeperCmd(g),
+		newTTLCmd(g),
 	)
 	return root
 }

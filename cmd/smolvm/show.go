@@ -149,6 +149,7 @@ func writeInfo(w io.Writer, vm smolvm.VMInfo) error {
 	line("Gateway", n.Gateway)
 	line("SSH", n.SSHAddr)
 	line("Note", n.Note)
+	line("Egress", vm.EgressStatus().Summary)
 	if len(vm.Config.Env) > 0 {
 		var env []string
 		for _, k := range slices.Sorted(maps.Keys(vm.Config.Env)) {

@@ -182,6 +182,10 @@ type CreateVM struct {
 	// Start boots the VM before answering (smolvm.Start): the response is
 	// the running VM. Otherwise the VM is created and stays "created".
 	Start bool `json:"start,omitempty"`
+	// Egress is the egress policy (smolvm.EgressPolicy); DNSUpstream the
+	// resolver allowed names are forwarded to, ADDR[:PORT].
+	Egress      smolvm.EgressPolicy `json:"egress,omitzero"`
+	DNSUpstream string              `json:"dns_upstream,omitempty"`
 	// TTLSeconds is the VM's lifetime from now (VMConfig.TTL; 0 = none),
 	// OnExpire what ends it: "stop" (default), "hibernate" or "delete".
 	TTLSeconds float64 `json:"ttl_seconds,omitempty"`

@@ -300,3 +300,17 @@ func (c *Client) streamError(ctx context.Context, err error) error {
 	}
 	return fmt.Errorf("smolvm server at %s: the stream broke off: %w", c.host, err)
 }
+
+// Policy is the VM's egress policy and what it means for its network.
+func (c *Client) Policy(ctx context.Context, id string) (smolvm.EgressStatus, error) {
+	var st smolvm.EgressStatus
+	err := c.call(ctx, http.MethodGet, "/vms/"+esc(id)+"/policy", nil, nil, &st)
+	return st, err
+}
+
+// PutPolicy replaces the VM's egress policy and returns the VM.
+func (c *Client) PutPolicy(ctx context.Context, id string, p smolvm.EgressPolicy) (smolvm.VMInfo, error) {
+	var info smolvm.VMInfo
+	err := c.call(ctx, http.MethodPut, "/vms/"+esc(id)+"/policy", nil, p, &info)
+	return info, err
+}

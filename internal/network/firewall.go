@@ -58,6 +58,12 @@ type VMRules struct {
 	// (masqueraded behind the host's address). Without it the VM can only
 	// answer connections made to it.
 	Egress bool
+	// Policy limits Egress (see EgressPolicy); the zero value keeps the VM
+	// out of private and other non-public ranges.
+	Policy EgressPolicy
+	// DNS, if valid, is the host address (the TAP's) whose port 53 the
+	// guest may reach: its resolver.
+	DNS netip.Addr
 }
 
 // Validate checks that the rules can be expressed.
@@ -70,6 +76,14 @@ func (r VMRules) Validate() error {
 	}
 	if !r.GuestIP.Is4() {
 		return fmt.Errorf("%w: vm %q: guest address %v: want IPv4", ErrInvalidRule, r.ID, r.GuestIP)
+	}
+	if r.DNS.IsValid() && !r.DNS.Is4() {
+		return fmt.Errorf("%w: vm %q: resolver address %v: want IPv4", ErrInvalidRule, r.ID, r.DNS)
+	}
+	for _, p := range append(slices.Clone(r.Policy.Allow), r.Policy.Deny...) {
+		if !p.Addr().Is4() || p.Masked() != p {
+			return fmt.Errorf("%w: vm %q: network %v: want an IPv4 prefix without host bits", ErrInvalidRule, r.ID, p)
+		}
 	}
 	return nil
 }
@@ -232,6 +246,9 @@ func (f *Firewall) AddVM(r VMRules) error {
 		}
 	}
 	l := newLayout()
+	if err := f.ensureResolvedSet(l, r.ID); err != nil {
+		return fmt.Errorf("firewall: vm %q: %w", r.ID, err)
+	}
 	err = f.replace(l, func(tr TaggedRule) bool { return tr.VMID == r.ID && tr.Kind == RuleVM }, l.vmRules(r))
 	if err != nil {
 		return fmt.Errorf("firewall: vm %q: %w", r.ID, err)
@@ -243,6 +260,9 @@ func (f *Firewall) AddVM(r VMRules) error {
 // table or VM is not an error.
 func (f *Firewall) RemoveVM(id string) error {
 	if err := f.replace(newLayout(), func(tr TaggedRule) bool { return tr.VMID == id }, nil); err != nil {
+		return fmt.Errorf("firewall: remove vm %q: %w", id, err)
+	}
+	if err := f.deleteResolvedSet(id); err != nil {
 		return fmt.Errorf("firewall: remove vm %q: %w", id, err)
 	}
 	return nil

@@ -46,8 +46,11 @@ var (
 	hostB, guestB = netip.MustParsePrefix("172.29.0.5/30"), netip.MustParsePrefix("172.29.0.6/30")
 	hostA6        = netip.MustParsePrefix("fd00:a::1/64")
 	guestA6       = netip.MustParsePrefix("fd00:a::2/64")
-	hostWAN       = netip.MustParsePrefix("198.18.0.1/24")
-	outside       = netip.MustParsePrefix("198.18.0.2/24")
+	// The outside is on a documentation range (TEST-NET-3), which the
+	// default egress perimeter lets VMs reach; the LAN is on one it keeps
+	// them from (the benchmark range, like a private network).
+	hostWAN = netip.MustParsePrefix("203.0.113.1/24")
+	outside = netip.MustParsePrefix("203.0.113.2/24")
 	// metadata stands for a cloud's metadata service, in the outside
 	// namespace, reached through the host's default route.
 	metadata  = netip.MustParsePrefix("169.254.169.254/32")

@@ -112,7 +112,8 @@ func TestFirewall(t *testing.T) {
 		expectDropped(t, tp.a, outSrv)
 		addVM(idA, tapA, guestA, true)
 		expectReach(t, tp.a, outSrv, "out")
-		if got := ruleSet(t, fw); got[ruleKey{VMID: idA, Kind: RuleVM}] != 4 || got[ruleKey{VMID: idB, Kind: RuleVM}] != 2 {
+		nA := len(newLayout().vmRules(VMRules{ID: idA, TAP: tapA, GuestIP: guestA.Addr(), Egress: true}))
+		if got := ruleSet(t, fw); got[ruleKey{VMID: idA, Kind: RuleVM}] != nA || got[ruleKey{VMID: idB, Kind: RuleVM}] != 2 {
 			t.Errorf("rules after re-adding: %v", got)
 		}
 	})
@@ -165,6 +166,92 @@ func TestFirewall(t *testing.T) {
 		expectReach(t, tp.host, hostPort(metadata, 80), "metadata") // ...and the host reaches it
 	})
 
+	t.Run("egress policy", func(t *testing.T) {
+		policy := func(p EgressPolicy, dns netip.Addr) {
+			t.Helper()
+			if err := fw.AddVM(VMRules{ID: idA, TAP: tapA, GuestIP: guestA.Addr(), Egress: true, Policy: p, DNS: dns}); err != nil {
+				t.Fatalf("AddVM with %+v: %v", p, err)
+			}
+		}
+		defer addVM(idA, tapA, guestA, true)
+		// Another build's smolvm rewrites the shared rules without the
+		// jump to the DNS rules; DNSReachable sees it, EnsureBase mends it.
+		for _, step := range []struct {
+			do   func()
+			want bool
+		}{
+			{func() {}, true},
+			{func() { nft(t, tp, "flush", "chain", "inet", tableName, chainInput) }, false},
+			{func() {
+				if err := fw.EnsureBase(); err != nil {
+					t.Fatal(err)
+				}
+			}, true},
+		} {
+			step.do()
+			if ok, err := fw.DNSReachable(); err != nil || ok != step.want {
+				t.Errorf("DNSReachable = %v, %v; want %v", ok, err, step.want)
+			}
+		}
+		lan := netip.MustParsePrefix("198.19.0.0/24")
+		serve(t, tp.host, hostPort(hostA, 53), "dns")
+		banners := map[string]string{hostPort(hostA, 53): "dns", lanSrv: "lan", outSrv: "out"}
+		for _, tc := range []struct {
+			name       string
+			policy     EgressPolicy
+			dns        bool
+			reach, not []string
+		}{
+			{name: "default perimeter", reach: []string{outSrv}, not: []string{lanSrv, hostPort(hostA, 53), hostSvcTAP}},
+			{name: "allow cidr", policy: EgressPolicy{Allow: []netip.Prefix{lan}, Restricted: true}, reach: []string{lanSrv}, not: []string{outSrv}},
+			{name: "deny inside allow", policy: EgressPolicy{Allow: []netip.Prefix{lan}, Deny: []netip.Prefix{netip.PrefixFrom(lanServer.Addr(), 32)}, Restricted: true}, not: []string{lanSrv, outSrv}},
+			{name: "deny by default", policy: EgressPolicy{Deny: []netip.Prefix{outside.Masked()}}, not: []string{outSrv, lanSrv}},
+			{name: "dns only to the gateway", dns: true, reach: []string{hostPort(hostA, 53), outSrv}, not: []string{hostSvcTAP}},
+			{name: "restricted, nothing resolved", policy: EgressPolicy{Restricted: true}, dns: true, reach: []string{hostPort(hostA, 53)}, not: []string{outSrv, lanSrv}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				var dns netip.Addr
+				if tc.dns {
+					dns = hostA.Addr()
+				}
+				policy(tc.policy, dns)
+				for _, a := range tc.reach {
+					expectReach(t, tp.a, a, banners[a])
+				}
+				for _, a := range tc.not {
+					expectDropped(t, tp.a, a)
+				}
+				// Another VM never reaches A's resolver.
+				expectDropped(t, tp.b, hostPort(hostA, 53))
+			})
+		}
+		t.Run("resolved", func(t *testing.T) {
+			policy(EgressPolicy{Restricted: true}, hostA.Addr())
+			if err := fw.AllowResolved(idA, []netip.Addr{outside.Addr()}, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			// Renewing an element already there works too.
+			if err := fw.AllowResolved(idA, []netip.Addr{outside.Addr()}, 2*time.Minute); err != nil {
+				t.Fatalf("renew: %v", err)
+			}
+			expectReach(t, tp.a, outSrv, "out")
+			expectDropped(t, tp.a, lanSrv)
+			if got, err := fw.Resolved(idA); err != nil || len(got) != 1 || got[0] != outside.Addr() {
+				t.Errorf("Resolved = %v, %v", got, err)
+			}
+			if err := fw.FlushResolved(idA); err != nil {
+				t.Fatal(err)
+			}
+			expectDropped(t, tp.a, outSrv)
+			// A resolved address never beats a deny.
+			policy(EgressPolicy{Restricted: true, Deny: []netip.Prefix{outside.Masked()}}, hostA.Addr())
+			if err := fw.AllowResolved(idA, []netip.Addr{outside.Addr()}, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			expectDropped(t, tp.a, outSrv)
+		})
+	})
+
 	t.Run("neighbour to guest", func(t *testing.T) {
 		// The outside routes the VM subnet through the host, but only
 		// forwards open a way in.
@@ -193,8 +280,8 @@ func TestFirewall(t *testing.T) {
 		// established flow, which the forward chain accepts first.
 		addAddr(t, tp.a, netip.PrefixFrom(guestB.Addr(), 32))
 		udpSend(t, tp.a, bFlow, hostPort(outside, 9999), "spoofed-by-a")
-		addAddr(t, tp.a, netip.MustParsePrefix("198.18.0.77/32"))
-		udpSend(t, tp.a, "198.18.0.77:5556", hostPort(outside, 9999), "spoofed-by-a")
+		addAddr(t, tp.a, netip.MustParsePrefix("203.0.113.77/32"))
+		udpSend(t, tp.a, "203.0.113.77:5556", hostPort(outside, 9999), "spoofed-by-a")
 		select {
 		case got := <-outUDP:
 			t.Fatalf("the outside got %q from a spoofed source", got)

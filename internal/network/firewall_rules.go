@@ -25,7 +25,7 @@ import (
 //	             priority raw)         0/8 drop; jump vm-guard (the guest's own source address
 //	                                   accept); else drop: a guest spoofing another source
 //	input       (filter, input)        smol* in: 169.254/16 drop, established/related accept,
-//	                                   else drop
+//	                                   jump vm-input (a VM's DNS to its gateway), else drop
 //	forward     (filter, forward)      in from an interface whose forwarding smolvm turned on,
 //	                                   to anything but smol*: drop; 169.254/16 from smol*
 //	                                   drop; established/related accept; smol* -> smol* drop;
@@ -45,6 +45,7 @@ const (
 	chainOutput         = "output"
 	chainPostrouting    = "postrouting"
 	chainVMGuard        = "vm-guard"
+	chainVMInput        = "vm-input"
 	chainVMForward      = "vm-forward"
 	chainVMPrerouting   = "vm-prerouting"
 	chainVMOutput       = "vm-output"
@@ -86,7 +87,7 @@ func newLayout() *layout {
 		return &nftables.Chain{Name: name, Table: t, Type: typ, Hooknum: h, Priority: p, Policy: &accept}
 	}
 	l := &layout{table: t, chains: map[string]*nftables.Chain{}}
-	for _, name := range []string{chainVMGuard, chainVMForward, chainVMPrerouting, chainVMOutput, chainVMPostrouting} {
+	for _, name := range []string{chainVMGuard, chainVMInput, chainVMForward, chainVMPrerouting, chainVMOutput, chainVMPostrouting} {
 		c := &nftables.Chain{Name: name, Table: t}
 		l.tagged = append(l.tagged, c)
 		l.chains[name] = c
@@ -142,6 +143,7 @@ func (l *layout) baseRules(enabled []string) []*nftables.Rule {
 
 		l.rule(chainInput, c, tap, ipv4(), ip4Prefix(ipv4DaddrOffset, linkLocalNet, expr.CmpOpEq), drop),
 		l.rule(chainInput, c, tap, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept)),
+		l.rule(chainInput, c, tap, jump(chainVMInput)),
 		l.rule(chainInput, c, tap, drop),
 	}
 	// Before the replies: before smolvm, an interface with forwarding off
@@ -185,15 +187,12 @@ func (l *layout) vmRules(r VMRules) []*nftables.Rule {
 	// Only the VM's own address gets in at all (the guard chain drops the
 	// rest): no spoofing another VM, the host or the outside.
 	guard := l.rule(chainVMGuard, c, iifname(r.TAP), ipv4(), ip4Addr(ipv4SaddrOffset, r.GuestIP, expr.CmpOpEq), verdict(expr.VerdictAccept))
+	rules := append([]*nftables.Rule{guard}, l.dnsRules(r)...)
 	if !r.Egress {
-		return []*nftables.Rule{guard, l.rule(chainVMForward, c, iifname(r.TAP), verdict(expr.VerdictDrop))}
+		return append(rules, l.rule(chainVMForward, c, iifname(r.TAP), verdict(expr.VerdictDrop)))
 	}
-	return []*nftables.Rule{
-		guard,
-		l.rule(chainVMForward, c, iifname(r.TAP), ipv4(), ip4Addr(ipv4SaddrOffset, r.GuestIP, expr.CmpOpEq), verdict(expr.VerdictAccept)),
-		l.rule(chainVMForward, c, iifname(r.TAP), verdict(expr.VerdictDrop)),
-		l.rule(chainVMPostrouting, c, ipv4(), iifname(r.TAP), oifname(tapPrefix+"*", expr.CmpOpNeq), masq()),
-	}
+	rules = append(rules, l.egressRules(r)...)
+	return append(rules, l.rule(chainVMPostrouting, c, ipv4(), iifname(r.TAP), oifname(tapPrefix+"*", expr.CmpOpNeq), masq()))
 }
 
 // forwardRules are the rules of one port forward, tagged vm:<id> and

@@ -8,6 +8,8 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+
+	"github.com/smolvm/smolvm/internal/egress"
 )
 
 func TestVMRulesValidate(t *testing.T) {
@@ -98,7 +100,7 @@ func TestRulesTagged(t *testing.T) {
 			}
 		}
 	}
-	check("egress", TaggedRule{VMID: "a", Kind: RuleVM}, 4, chained(l.vmRules(VMRules{ID: "a", TAP: "smol1", GuestIP: guest, Egress: true})))
+	check("egress", TaggedRule{VMID: "a", Kind: RuleVM}, 4+len(egress.Perimeter), chained(l.vmRules(VMRules{ID: "a", TAP: "smol1", GuestIP: guest, Egress: true})))
 	check("no egress", TaggedRule{VMID: "a", Kind: RuleVM}, 2, chained(l.vmRules(VMRules{ID: "a", TAP: "smol1", GuestIP: guest})))
 	for _, host := range []string{"0.0.0.0", "127.0.0.1", "10.1.2.3"} {
 		addr := netip.MustParseAddr(host)

@@ -72,6 +72,8 @@ var wireFields = map[string]string{
 	"kernel/rootfs": "kernel_path", "mount": "mounts", "mount host path": "mounts", "guest port": "guest_port",
 	"host port": "host_port", "host address": "host_addr", "snapshot name": "name", "stop timeout": "timeout_seconds",
 	"timeout": "timeout_seconds", "guest path": "path", "destination": "path", "tar entry": "tar", "terminal size": "width",
+	"allow-domain": "allow_domains", "allow-cidr": "allow_cidrs", "deny-cidr": "deny_cidrs", "egress policy": "no_egress",
+	"dns upstream": "dns_upstream",
 }
 
 // writeError answers err as {"error": {...}} with its code's status.

@@ -52,6 +52,8 @@ func (s *Server) routes() []Route {
 
 		h("GET", "/v1/vms/{id}/env", s.getEnv),
 		h("PATCH", "/v1/vms/{id}/env", s.patchEnv),
+		h("GET", "/v1/vms/{id}/policy", s.getPolicy),
+		h("PUT", "/v1/vms/{id}/policy", s.putPolicy),
 		h("PUT", "/v1/vms/{id}/files", s.putFiles),
 		h("GET", "/v1/vms/{id}/files", s.getFiles),
 		h("DELETE", "/v1/vms/{id}/files", s.deleteFiles),

@@ -96,6 +96,7 @@ func TestVM(t *testing.T) {
 	t.Run("Files", func(t *testing.T) { testFiles(t, ctx, ts, id) })
 	t.Run("FS", func(t *testing.T) { testGuestFS(t, ctx, ts, id) })
 	t.Run("Env", func(t *testing.T) { testEnvVars(t, ctx, ts, id) })
+	t.Run("Policy", func(t *testing.T) { testPolicy(t, ctx, ts, id) })
 	t.Run("Ports", func(t *testing.T) { testPorts(t, ctx, ts, id) })
 	t.Run("Logs", func(t *testing.T) { testLogs(t, ctx, ts, id) })
 	t.Run("Lifecycle", func(t *testing.T) { testLifecycle(t, ctx, ts, id) })

@@ -81,19 +81,19 @@ func (s *Server) create(ctx context.Context, req api.CreateVM) (*smolvm.VM, erro
 		if boot != 0 {
 			opts = append(opts, smolvm.WithBootTimeout(boot))
 		}
+		if !req.Limits.IsZero() {
+			opts = append(opts, smolvm.WithLimits(req.Limits))
+		}
 		opts = append(opts, snapshotLifetime(req)...)
 		if len(req.Secrets) > 0 {
 			opts = append(opts, smolvm.WithStartSecrets(req.Secrets))
-		}
-		if !req.Limits.IsZero() {
-			opts = append(opts, smolvm.WithLimits(req.Limits))
 		}
 		return smolvm.FromSnapshot(ctx, req.FromSnapshot, s.sdk(opts...)...)
 	}
 	cfg := smolvm.VMConfig{
 		ID: req.ID, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB,
 		Image: req.Image, KernelPath: req.KernelPath, RootfsPath: req.RootfsPath, InitrdPath: req.InitrdPath,
-		BootArgs: req.BootArgs, Env: req.Env, Mounts: req.Mounts, NoEgress: req.NoEgress,
+		BootArgs: req.BootArgs, Env: req.Env, Mounts: req.Mounts, NoEgress: req.NoEgress, Egress: req.Egress, DNSUpstream: req.DNSUpstream,
 		RetainDiskOnDelete: req.RetainDiskOnDelete, ReuseDisk: req.ReuseDisk, BootTimeout: boot,
 		Limits: req.Limits,
 	}
