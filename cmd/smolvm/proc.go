@@ -121,12 +121,24 @@ func runExecProc(ctx context.Context, g *globalOptions, o execOptions, id string
 	if err != nil {
 		return err
 	}
+	secrets, err := o.secrets.parse()
+	if err != nil {
+		return err
+	}
 	if o.detach {
 		if o.stdin {
 			return usagef("--detach with -i: a background process's stdin is not this terminal; leave -i out")
 		}
 		if o.timeout != 0 {
 			return usagef("--detach with --timeout: a background process runs until it exits or is killed (smolvm kill)")
+		}
+		// A background process's env lives only in the agent's memory
+		// (ProcessInfo never shows it), so secrets join it there.
+		for k, v := range secrets {
+			if env == nil {
+				env = map[string]string{}
+			}
+			env[k] = v
 		}
 		spec := smolvm.ProcessSpec{Dir: o.cwd, User: o.user, Env: env}
 		if o.argv {
@@ -146,7 +158,7 @@ func runExecProc(ctx context.Context, g *globalOptions, o execOptions, id string
 		})
 	}
 	var stdout, stderr bytes.Buffer
-	eo := smolvm.ExecOptions{Stdout: s.out, Stderr: s.err, Env: env, Timeout: o.timeout, Dir: o.cwd, User: o.user}
+	eo := smolvm.ExecOptions{Stdout: s.out, Stderr: s.err, Env: env, Timeout: o.timeout, Dir: o.cwd, User: o.user, Secrets: secrets}
 	if g.json {
 		eo.Stdout, eo.Stderr = &stdout, &stderr
 	}
