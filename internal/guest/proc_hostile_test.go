@@ -177,3 +177,31 @@ func TestProcHostileList(t *testing.T) {
 		})
 	}
 }
+
+// TestFSHostileList: the same for a smolvm-fs listing, whose replies may
+// be 32 MiB.
+func TestFSHostileList(t *testing.T) {
+	const line = 30 << 20
+	g := hostileAgent(t, func(ch ssh.Channel) {
+		io.WriteString(ch, `{"entries":[{}`+strings.Repeat(`,{}`, line/3)+"]}")
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := guest.Dial(ctx, g.addr, g.hostKey.PublicKey(), g.clientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err = c.FSList(ctx, "/", 0)
+	runtime.ReadMemStats(&after)
+	t.Logf("FSList allocated %d MiB", (after.TotalAlloc-before.TotalAlloc)>>20)
+	// Carrying 30 MiB costs about 270 MiB here; decoded whole it cost 4.5 GiB.
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 600<<20 {
+		t.Errorf("FSList allocated %d MiB for a %d MiB reply", alloc>>20, line>>20)
+	}
+	if !errors.Is(err, guest.ErrUnsafe) {
+		t.Fatalf("err = %.200v, want ErrUnsafe", err)
+	}
+}
