@@ -218,7 +218,7 @@ func (v *VM) applyLimits(ctx context.Context, l Limits, p hypervisor.Process) er
 		}
 		// A VM started without a group joins it now; one in it already
 		// is moved onto itself, which changes nothing.
-		if err := g.Add(p.PID); err != nil {
+		if err := v.addToCgroup(g, p); err != nil {
 			return err
 		}
 	}

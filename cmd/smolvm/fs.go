@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
@@ -220,7 +221,9 @@ func lsMode(e smolvm.FileInfo) string {
 
 func printable(s string) string {
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
+		// C1 controls (U+009B is a CSI on some terminals) and format
+		// characters such as U+202E (right-to-left override) count too.
+		if r != ' ' && !unicode.IsPrint(r) || r == utf8.RuneError {
 			return strconv.Quote(s)
 		}
 	}

@@ -211,7 +211,8 @@ func newPsCmd(g *globalOptions) *cobra.Command {
 					tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 					fmt.Fprintln(tw, "ID\tPID\tSTATUS\tSTARTED\tCOMMAND")
 					for _, p := range list {
-						fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", p.ID, p.PID, procStatus(p), p.StartedAt.Local().Format(time.DateTime), procCommand(p))
+						// Every string here is the guest's: quoted if it holds terminal escapes.
+						fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", printable(p.ID), p.PID, printable(procStatus(p)), p.StartedAt.Local().Format(time.DateTime), procCommand(p))
 					}
 					return tw.Flush()
 				})
@@ -237,10 +238,11 @@ func procCommand(p smolvm.ProcessInfo) string {
 	if len(p.Args) > 0 {
 		c = shellJoin(p.Args)
 	}
-	if len(c) > 60 {
-		c = c[:57] + "..."
+	c = printable(strings.ReplaceAll(c, "\n", " "))
+	if r := []rune(c); len(r) > 60 {
+		c = string(r[:57]) + "..." // whole runes: a cut one would print as U+FFFD
 	}
-	return strings.ReplaceAll(c, "\n", " ")
+	return c
 }
 
 type killOptions struct{ signal string }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
@@ -352,14 +353,33 @@ func TestRemoteMatchesLocal(t *testing.T) {
 		// logs -f goes on until the VM stops.
 		f := exec.Command(bin, "--host", srv.unix, "--json", "logs", "-f", vm)
 		f.Env = append(os.Environ(), "SMOLVM_HOME="+home)
-		var followed bytes.Buffer
-		f.Stdout = &followed
+		stdout, err := f.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := f.Start(); err != nil {
 			t.Fatal(err)
 		}
+		// Stopped once logs -f streams, not after a sleep: under load the
+		// CLI may take longer than any fixed pause to connect.
+		var followed bytes.Buffer
+		streaming, copied := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(copied)
+			br := bufio.NewReader(stdout)
+			line, err := br.ReadString('\n')
+			followed.WriteString(line)
+			close(streaming)
+			if err == nil {
+				_, _ = followed.ReadFrom(br)
+			}
+		}()
 		done := make(chan error, 1)
-		go func() { done <- f.Wait() }()
-		time.Sleep(time.Second)
+		go func() { <-copied; done <- f.Wait() }()
+		select {
+		case <-streaming:
+		case <-time.After(30 * time.Second):
+		}
 		c.ok("stop", vm)
 		select {
 		case err := <-done:

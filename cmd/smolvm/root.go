@@ -231,7 +231,7 @@ func execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		writeJSON(stdout, jsonError{Error: msg, Kind: kind})
 		return code
 	}
-	fmt.Fprintln(stderr, "smolvm: "+msg)
+	fmt.Fprintln(stderr, "smolvm: "+terminalSafe(msg))
 	if errors.As(err, new(usageError)) && cmd != nil {
 		fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
 	}

@@ -153,7 +153,13 @@ func Dial(ctx context.Context, addr string, hostKey ssh.PublicKey, key ssh.Signe
 		if errors.Is(err, ErrHostKeyMismatch) || errors.Is(err, ErrAuthFailed) || errors.Is(err, ErrNoInterface) {
 			return nil, err
 		}
-		lastErr = err
+		// An attempt cut short by ctx's deadline says only "i/o timeout";
+		// the one before it (refused, reset...) is what tells the caller
+		// why. The dialer's own timer can fire before ctx reads as done,
+		// so the clock decides, not ctx.Err.
+		if lastErr == nil || !pastDeadline(ctx) {
+			lastErr = err
+		}
 		pause.Reset(retryPause)
 		select {
 		case <-ctx.Done():
@@ -164,6 +170,12 @@ func Dial(ctx context.Context, addr string, hostKey ssh.PublicKey, key ssh.Signe
 		case <-pause.C:
 		}
 	}
+}
+
+// pastDeadline reports whether ctx is done or its deadline has come.
+func pastDeadline(ctx context.Context) bool {
+	d, ok := ctx.Deadline()
+	return ctx.Err() != nil || ok && !time.Now().Before(d)
 }
 
 // dialOnce makes one connection attempt.

@@ -448,9 +448,12 @@ func TestDialContextExpiry(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
+	hostKey, key := newKey(t).PublicKey(), newKey(t)
+	// The keys are made first so that a loaded machine still makes a
+	// refused attempt before the deadline.
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	_, err = guest.Dial(ctx, addr, newKey(t).PublicKey(), newKey(t))
+	_, err = guest.Dial(ctx, addr, hostKey, key)
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "refused") {
 		t.Fatalf("err = %v, want DeadlineExceeded naming the last dial error", err)
 	}

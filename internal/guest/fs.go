@@ -125,8 +125,11 @@ func (c *Client) FSRename(ctx context.Context, from, to string) error {
 
 type fsReply struct {
 	Entry   *FSEntry  `json:"entry"`
-	Entries []FSEntry `json:"entries"`
-	Error   *struct {
+	Entries []FSEntry `json:"-"` // from RawEntries, see decodeBounded
+	// RawEntries is decoded one entry at a time up to the listing's max:
+	// decoded whole, 32 MiB of "{}," would cost the host gigabytes.
+	RawEntries json.RawMessage `json:"entries"`
+	Error      *struct {
 		Errno   string `json:"errno"`
 		Message string `json:"message"`
 	} `json:"error"`
@@ -158,6 +161,16 @@ func (c *Client) fsOp(ctx context.Context, req FSRequest) (fsReply, error) {
 	}
 	if r.Error != nil {
 		return fsReply{}, fsError(req.Op, req.Path, r.Error.Errno, r.Error.Message)
+	}
+	if len(r.RawEntries) > 0 {
+		max := req.Max
+		if max <= 0 {
+			max = MaxListEntries
+		}
+		if err := decodeBounded(r.RawEntries, &r.Entries, max, "directory entries"); err != nil {
+			return fsReply{}, fmt.Errorf("guest: %s %s: %w: %w", req.Op, req.Path, ErrUnsafe, err)
+		}
+		r.RawEntries = nil
 	}
 	return r, nil
 }

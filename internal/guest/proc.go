@@ -60,7 +60,7 @@ type procRequest struct {
 
 type procReply struct {
 	Proc    *ProcInfo     `json:"proc,omitempty"`
-	Procs   []ProcInfo    `json:"procs,omitempty"`
+	Procs   procList      `json:"procs,omitempty"`
 	Error   *CommandError `json:"error,omitempty"`
 	Stream  string        `json:"stream,omitempty"`
 	Data    []byte        `json:"data,omitempty"`
@@ -76,7 +76,66 @@ const (
 	// MaxProcStdin is the most one ProcStdin call sends.
 	MaxProcStdin = 1 << 20
 	maxProcs     = 1024 // the agent's table
+	maxProcArgs  = 4096 // the agent's bound on argv words
 )
+
+// procList and argvWords decode a JSON array one element at a time and
+// stop at the agent's bound: decoded whole, a line of "{}," or "\"\","
+// costs the host 20 to 300 times its size before it could be counted.
+type (
+	procList  []ProcInfo
+	argvWords []string
+)
+
+func (l *procList) UnmarshalJSON(b []byte) error {
+	return decodeBounded(b, (*[]ProcInfo)(l), maxProcs, "processes listed")
+}
+
+func (a *argvWords) UnmarshalJSON(b []byte) error {
+	return decodeBounded(b, (*[]string)(a), maxProcArgs, "argv words in a record")
+}
+
+// UnmarshalJSON bounds the record's argv (see argvWords).
+func (p *ProcInfo) UnmarshalJSON(b []byte) error {
+	type plain ProcInfo // no UnmarshalJSON: no recursion
+	w := struct {
+		*plain
+		Argv argvWords `json:"argv,omitempty"`
+	}{plain: (*plain)(p)}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	p.Argv = w.Argv
+	return nil
+}
+
+func decodeBounded[T any](b []byte, out *[]T, max int, what string) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	t, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if t == nil { // null
+		*out = nil
+		return nil
+	}
+	if d, ok := t.(json.Delim); !ok || d != '[' {
+		return fmt.Errorf("%s: want an array, got %v", what, t)
+	}
+	list := []T{}
+	for dec.More() {
+		if len(list) == max {
+			return fmt.Errorf("more than %d %s, the agent sends at most %d", max, what, max)
+		}
+		var v T
+		if err := dec.Decode(&v); err != nil {
+			return err
+		}
+		list = append(list, v)
+	}
+	*out = list
+	return nil
+}
 
 // ErrProcProtocol is a reply from the agent that breaks the protocol.
 var ErrProcProtocol = errors.New("guest: malformed smolvm-proc reply")

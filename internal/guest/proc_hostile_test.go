@@ -138,3 +138,70 @@ func TestExecArgvHostileError(t *testing.T) {
 		cancel()
 	}
 }
+
+// TestProcHostileList: a list reply just under the line bound, made of
+// tiny records or tiny argv words, must not make the host allocate many
+// times the line's size before it can count what it got.
+func TestProcHostileList(t *testing.T) {
+	const line = 7 << 20
+	tests := []struct {
+		name  string
+		reply string
+	}{
+		{"millions of records", `{"procs":[{}` + strings.Repeat(`,{}`, line/3) + "]}\n"},
+		{"millions of argv words", `{"procs":[{"id":"p1","argv":[""` + strings.Repeat(`,""`, line/3) + "]}]}\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := hostileAgent(t, func(ch ssh.Channel) { io.WriteString(ch, tt.reply) })
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			c, err := guest.Dial(ctx, g.addr, g.hostKey.PublicKey(), g.clientKey)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			_, err = c.Procs(ctx)
+			runtime.ReadMemStats(&after)
+			// Carrying any 7 MiB reply costs about 80 MiB here (both SSH
+			// ends run in this process, and the line is buffered); decoded
+			// whole, these two cost 2.3 GiB and 260 MiB.
+			if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 160<<20 {
+				t.Errorf("Procs allocated %d MiB for a %d MiB reply", alloc>>20, line>>20)
+			}
+			if !errors.Is(err, guest.ErrProcProtocol) {
+				t.Fatalf("err = %.200v, want ErrProcProtocol", err)
+			}
+		})
+	}
+}
+
+// TestFSHostileList: the same for a smolvm-fs listing, whose replies may
+// be 32 MiB.
+func TestFSHostileList(t *testing.T) {
+	const line = 30 << 20
+	g := hostileAgent(t, func(ch ssh.Channel) {
+		io.WriteString(ch, `{"entries":[{}`+strings.Repeat(`,{}`, line/3)+"]}")
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := guest.Dial(ctx, g.addr, g.hostKey.PublicKey(), g.clientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err = c.FSList(ctx, "/", 0)
+	runtime.ReadMemStats(&after)
+	t.Logf("FSList allocated %d MiB", (after.TotalAlloc-before.TotalAlloc)>>20)
+	// Carrying 30 MiB costs about 270 MiB here; decoded whole it cost 4.5 GiB.
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 600<<20 {
+		t.Errorf("FSList allocated %d MiB for a %d MiB reply", alloc>>20, line>>20)
+	}
+	if !errors.Is(err, guest.ErrUnsafe) {
+		t.Fatalf("err = %.200v, want ErrUnsafe", err)
+	}
+}
