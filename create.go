@@ -165,7 +165,7 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 		rt.Network = NetworkInfo{
 			Mode: NetworkUser, GuestIP: network.UserGuestIP.Addr().String(), Prefix: network.UserGuestIP.Bits(),
 			Gateway: network.UserGateway.String(),
-			Note:    "user-mode networking (not root): the guest is reached through forwarded ports on 127.0.0.1; it has no egress (QEMU's user-mode network cannot keep a guest from the host's 127.0.0.1 services, so it runs with restrict=on)",
+			Note:    "user-mode networking: the guest is reached through forwarded ports on 127.0.0.1; it has no route out (QEMU's user-mode network cannot keep a guest from the host's 127.0.0.1 services, so it runs with restrict=on) and reaches the network only through its egress proxy, an HTTP proxy (its http_proxy and https_proxy) that enforces its egress policy",
 		}
 	}
 

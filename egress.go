@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/smolvm/smolvm/internal/egress"
+	"github.com/smolvm/smolvm/internal/hypervisor"
 	"github.com/smolvm/smolvm/internal/network"
 	"github.com/smolvm/smolvm/internal/store"
 )
@@ -30,7 +31,10 @@ import (
 // smolvm's, on its gateway, which answers only allowed names (others get
 // NXDOMAIN) and lets the VM connect to the addresses it answered, for the
 // record's TTL (clamped to 1 minute-1 hour). With user-mode networking a
-// VM has no egress at all, whatever the policy (see docs/networking.md).
+// VM has no route out: it reaches the network only through smolvm's HTTP
+// proxy (NetworkInfo.Proxy; the guest's http_proxy and https_proxy),
+// which resolves names itself and enforces the same policy (see
+// docs/networking.md).
 type EgressPolicy struct {
 	// NoEgress cuts the VM off: no connection out, no name resolves.
 	// Exposed ports still reach it. Not with allowances.
@@ -139,13 +143,14 @@ type EgressStatus struct {
 }
 
 // EgressStatus returns the VM's policy and what it means for its network
-// mode (user-mode networking has no egress, whatever the policy).
-func (i VMInfo) EgressStatus() EgressStatus { return egressStatus(i.Config, i.Network.Mode) }
+// mode (with user-mode networking, the VM goes out only through its
+// egress proxy).
+func (i VMInfo) EgressStatus() EgressStatus { return egressStatus(i.Config, i.Network) }
 
 // EgressPolicy returns the VM's egress policy as of the last look.
 func (v *VM) EgressPolicy() EgressPolicy { return v.Info().Config.egressPolicy() }
 
-func egressStatus(cfg VMConfig, mode string) EgressStatus {
+func egressStatus(cfg VMConfig, n NetworkInfo) EgressStatus {
 	p := cfg.egressPolicy()
 	st := EgressStatus{Policy: p, DNSUpstream: cfg.DNSUpstream}
 	var parts []string
@@ -168,8 +173,12 @@ func egressStatus(cfg VMConfig, mode string) EgressStatus {
 		parts = append(parts, "never "+strings.Join(p.DenyCIDRs, ", "))
 	}
 	st.Summary = strings.Join(parts, "; ")
-	if mode == NetworkUser && !p.NoEgress {
-		st.Summary = "no egress: user-mode networking has none, whatever the policy (" + st.Summary + ")"
+	if n.Mode == NetworkUser && !p.NoEgress {
+		if n.Proxy != "" {
+			st.Summary += "; through the HTTP proxy " + n.Proxy + " only (user-mode networking: the guest's http_proxy and https_proxy)"
+		} else {
+			st.Summary = "no egress: this user-mode VM has no egress proxy (" + st.Summary + ")"
+		}
 	}
 	return st
 }
@@ -208,19 +217,22 @@ func (v *VM) SetEgressPolicy(ctx context.Context, p EgressPolicy) error {
 		return opError("set egress policy", v.id, err)
 	}
 	info := v.Info()
-	if info.State != StateRunning && info.State != StatePaused || info.Network.Mode != NetworkTAP {
+	if info.State != StateRunning && info.State != StatePaused || info.Network.Mode == NetworkUser && info.Network.Proxy == "" {
 		return nil // applied at the next start
 	}
 	if err := v.applyEgress(info); err != nil {
 		return opError("set egress policy", v.id, err)
 	}
-	v.log().Info("egress policy set", "policy", egressStatus(info.Config, info.Network.Mode).Summary)
+	v.log().Info("egress policy set", "policy", egressStatus(info.Config, info.Network).Summary)
 	return nil
 }
 
 // applyEgress installs a running TAP VM's policy: its firewall rules and
 // its resolver's spec.
 func (v *VM) applyEgress(info VMInfo) error {
+	if info.Network.Mode == NetworkUser {
+		return rewriteProxySpec(v.paths.dir, info.Config)
+	}
 	if err := firewallSetVM(info.Process, info.Network, info.Config); err != nil {
 		return err
 	}
@@ -268,17 +280,91 @@ func firewallSetVM(tag string, n NetworkInfo, cfg VMConfig) error {
 // config, $SMOLVM_DNS_UPSTREAM or the host's /etc/resolv.conf; none found
 // is not fatal: allowed names then fail to resolve, and the log says why.
 func writeResolverSpec(dir, tag string, n NetworkInfo, cfg VMConfig) error {
-	p := cfg.egressPolicy()
-	spec := egress.Spec{
-		Listen: n.Gateway + ":53", Device: n.TAP, Tag: tag,
-		NoEgress: p.NoEgress, Domains: p.AllowDomains, Allow: p.AllowCIDRs, Deny: p.DenyCIDRs,
+	spec, err := egressSpec(cfg)
+	if err != nil {
+		return err
 	}
+	spec.Listen, spec.Device, spec.Tag = n.Gateway+":53", n.TAP, tag
+	return egress.WriteSpec(filepath.Join(dir, egress.SpecFile), spec)
+}
+
+// egressSpec is the policy part of a resolver's or proxy's spec.
+func egressSpec(cfg VMConfig) (egress.Spec, error) {
+	p := cfg.egressPolicy()
+	spec := egress.Spec{NoEgress: p.NoEgress, Domains: p.AllowDomains, Allow: p.AllowCIDRs, Deny: p.DenyCIDRs}
 	if up, err := egress.Upstream(cfg.DNSUpstream, "/etc/resolv.conf"); err == nil {
 		spec.Upstream = up.String()
 	} else if cfg.DNSUpstream != "" {
-		return fmt.Errorf("%w: %w", ErrInvalid, err)
+		return spec, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	return egress.WriteSpec(filepath.Join(dir, egress.SpecFile), spec)
+	return spec, nil
+}
+
+// prepareProxy readies a user-mode VM's egress proxy (internal/egress):
+// its socket's place, where only QEMU's user reaches it; its spec, which
+// the keeper serves; and the relay QEMU runs, as runAs, for each guest
+// connection to the proxy's address. The proxy is there whatever the
+// policy (it refuses what the policy does not allow), so a policy set
+// later applies without a restart.
+func (v *VM) prepareProxy(ctx context.Context, tag string, runAs *hypervisor.Credential, cfg VMConfig) (hypervisor.GuestForward, error) {
+	var fwd hypervisor.GuestForward
+	exe, err := v.keeperExe(ctx) // the keeper serves the proxy
+	if err != nil {
+		return fwd, err
+	}
+	var uid, gid *int
+	if runAs != nil {
+		u, g := int(runAs.UID), int(runAs.GID)
+		uid, gid = &u, &g
+	}
+	sock, err := egress.ProxySocket(v.paths.dir, tag, gid)
+	if err != nil {
+		return fwd, err
+	}
+	argv, err := egress.RelayArgv(exe, sock, uid, gid)
+	if err != nil {
+		egress.RemoveProxySocket(v.paths.dir, tag)
+		return fwd, err
+	}
+	spec, err := egressSpec(cfg)
+	if err != nil {
+		egress.RemoveProxySocket(v.paths.dir, tag)
+		return fwd, err
+	}
+	spec.Listen, spec.Tag = sock, tag
+	if gid != nil {
+		spec.Group = *gid
+	}
+	if err := egress.WriteSpec(filepath.Join(v.paths.dir, egress.ProxySpecFile), spec); err != nil {
+		egress.RemoveProxySocket(v.paths.dir, tag)
+		return fwd, err
+	}
+	return hypervisor.GuestForward{Addr: egress.ProxyGuestAddr.String(), Argv: argv}, nil
+}
+
+// rewriteProxySpec puts a changed policy in a running user-mode VM's
+// proxy spec; its socket and upstream stay the ones picked at start.
+func rewriteProxySpec(dir string, cfg VMConfig) error {
+	path := filepath.Join(dir, egress.ProxySpecFile)
+	old, err := egress.ReadSpec(path)
+	if err != nil {
+		return err
+	}
+	if cfg.DNSUpstream == "" {
+		cfg.DNSUpstream = old.Upstream
+	}
+	spec, err := egressSpec(cfg)
+	if err != nil {
+		return err
+	}
+	spec.Listen, spec.Tag, spec.Group = old.Listen, old.Tag, old.Group
+	return egress.WriteSpec(path, spec)
+}
+
+// removeProxySpec drops a stopped user-mode VM's proxy spec and socket.
+func removeProxySpec(dir, tag string) {
+	os.Remove(filepath.Join(dir, egress.ProxySpecFile))
+	egress.RemoveProxySocket(dir, tag)
 }
 
 // removeResolverSpec drops the spec when the VM stops: a resolver started

@@ -46,16 +46,19 @@ func TestEgressPolicyValidate(t *testing.T) {
 
 func TestEgressStatus(t *testing.T) {
 	for _, tt := range []struct {
-		cfg  smolvm.VMConfig
-		mode string
-		want string
+		cfg   smolvm.VMConfig
+		mode  string
+		proxy string
+		want  string
 	}{
-		{smolvm.VMConfig{}, smolvm.NetworkTAP, "public addresses"},
-		{smolvm.VMConfig{NoEgress: true}, smolvm.NetworkTAP, "no egress"},
-		{smolvm.VMConfig{Egress: smolvm.EgressPolicy{AllowDomains: []string{"ok.test"}, DenyCIDRs: []string{"203.0.113.9/32"}}}, smolvm.NetworkTAP, "only domains ok.test; never 203.0.113.9/32"},
-		{smolvm.VMConfig{Egress: smolvm.EgressPolicy{AllowDomains: []string{"ok.test"}}}, smolvm.NetworkUser, "no egress: user-mode networking has none, whatever the policy"},
+		{smolvm.VMConfig{}, smolvm.NetworkTAP, "", "public addresses"},
+		{smolvm.VMConfig{NoEgress: true}, smolvm.NetworkTAP, "", "no egress"},
+		{smolvm.VMConfig{Egress: smolvm.EgressPolicy{AllowDomains: []string{"ok.test"}, DenyCIDRs: []string{"203.0.113.9/32"}}}, smolvm.NetworkTAP, "", "only domains ok.test; never 203.0.113.9/32"},
+		{smolvm.VMConfig{Egress: smolvm.EgressPolicy{AllowDomains: []string{"ok.test"}}}, smolvm.NetworkUser, "10.0.2.100:3128", "only domains ok.test; through the HTTP proxy 10.0.2.100:3128 only"},
+		{smolvm.VMConfig{Egress: smolvm.EgressPolicy{AllowDomains: []string{"ok.test"}}}, smolvm.NetworkUser, "", "no egress: this user-mode VM has no egress proxy"},
+		{smolvm.VMConfig{NoEgress: true}, smolvm.NetworkUser, "10.0.2.100:3128", "no egress"},
 	} {
-		got := smolvm.VMInfo{Config: tt.cfg, Network: smolvm.NetworkInfo{Mode: tt.mode}}.EgressStatus()
+		got := smolvm.VMInfo{Config: tt.cfg, Network: smolvm.NetworkInfo{Mode: tt.mode, Proxy: tt.proxy}}.EgressStatus()
 		if !strings.Contains(got.Summary, tt.want) {
 			t.Errorf("%+v in %s: %q, want it to say %q", tt.cfg, tt.mode, got.Summary, tt.want)
 		}

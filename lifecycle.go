@@ -115,6 +115,17 @@ func (v *VM) start(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	var guestFwds []hypervisor.GuestForward
+	if net.Mode == NetworkUser {
+		net.Proxy = ""
+		fwd, err := v.prepareProxy(ctx, name, runAs, info.Config)
+		if err != nil {
+			v.log().Warn("start: no egress proxy, so the VM has no egress", "err", err)
+		} else {
+			guestFwds, net.Proxy = []hypervisor.GuestForward{fwd}, fwd.Addr
+			undo.push("egress proxy", func() error { removeProxySpec(v.paths.dir, name); return nil })
+		}
+	}
 	spec := hypervisor.Spec{
 		ID: v.id, Name: name, VCPUs: info.Config.VCPUs, MemoryMiB: info.Config.MemoryMiB,
 		Kernel: rt.Kernel, Initrd: rt.Initrd, Disk: v.diskPath(), DiskBase: rt.DiskBase,
@@ -122,7 +133,7 @@ func (v *VM) start(ctx context.Context) (err error) {
 		AgentSocket: v.paths.agentSocket(),
 		RunAs:       runAs,
 		Cmdline:     rt.BootArgs + " " + guestCmdline(v.id, net, info.Config.Mounts),
-		Net:         hypervisor.NetSpec{TAP: net.TAP, MAC: network.MAC(v.id)},
+		Net:         hypervisor.NetSpec{TAP: net.TAP, MAC: network.MAC(v.id), GuestForwards: guestFwds},
 	}
 	spec.Mounts = hypervisorMounts(info.Config.Mounts)
 	bootPath := "cold"
@@ -276,6 +287,7 @@ func vmCredential(instance string, kvm bool, mounts []Mount) (*hypervisor.Creden
 	if owner, ok := mountsOwner(mounts); ok {
 		c.UID, c.GID = owner.Uid, owner.Gid
 	} else {
+		c.Own = true
 		for _, m := range mounts {
 			if err := openToOthers(m); err != nil {
 				return nil, err
@@ -581,6 +593,7 @@ func (v *VM) releaseRunResources() {
 	v.mu.Unlock()
 	v.releaseLimits(tap)
 	v.stopKeeper()
+	removeProxySpec(v.paths.dir, name)
 	if tap == "" {
 		return
 	}
@@ -670,6 +683,9 @@ func guestCmdline(id string, n NetworkInfo, mounts []Mount) string {
 	}
 	if n.Gateway != "" {
 		parts = append(parts, "smolvm.gw="+n.Gateway)
+	}
+	if n.Proxy != "" {
+		parts = append(parts, "smolvm.proxy="+n.Proxy) // egress.go
 	}
 	if n.Mode == NetworkUser {
 		parts = append(parts, "smolvm.dns="+network.UserDNS.String())

@@ -264,16 +264,17 @@ func TestUserModeNoHostLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	startVM(t, ctx, vm)
-	if !strings.Contains(vm.Info().Network.Note, "no egress") {
-		t.Errorf("network note %q does not say the VM has no egress", vm.Info().Network.Note)
+	if !strings.Contains(vm.Info().Network.Note, "only through its egress proxy") {
+		t.Errorf("network note %q does not say the VM goes out only through its proxy", vm.Info().Network.Note)
 	}
-	// An egress policy that allows everything changes nothing here: the
-	// checks below run under it, and the VM's status says so.
+	// An egress policy that allows everything opens no direct route: the
+	// checks below run under it (the proxy, which never reaches the
+	// host's own addresses, is TestEgressProxyUserMode's).
 	if err := vm.SetEgressPolicy(ctx, smolvm.EgressPolicy{AllowCIDRs: []string{"0.0.0.0/0"}}); err != nil {
 		t.Fatal(err)
 	}
-	if s := vm.Info().EgressStatus().Summary; !strings.Contains(s, "no egress: user-mode") {
-		t.Errorf("egress status %q does not say a user-mode VM has no egress", s)
+	if s := vm.Info().EgressStatus().Summary; !strings.Contains(s, "through the HTTP proxy") {
+		t.Errorf("egress status %q does not say a user-mode VM goes out through its proxy", s)
 	}
 	res := run(t, ctx, vm, fmt.Sprintf("nc -w 3 %s %d </dev/null", network.UserGateway, port))
 	if strings.Contains(res.Stdout, "host-loopback-service") {

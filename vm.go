@@ -51,7 +51,11 @@ type NetworkInfo struct {
 	Prefix  int    `json:"prefix_len"`        // length of the guest's subnet prefix
 	Gateway string `json:"gateway,omitempty"`
 	SSHAddr string `json:"ssh_addr"` // host:port the host reaches SSH at
-	Note    string `json:"note,omitempty"`
+	// Proxy is, in user-mode networking, the guest's HTTP proxy
+	// (address:port in the guest's network): its only way out, under
+	// its egress policy. Empty: the VM has no egress.
+	Proxy string `json:"proxy,omitempty"`
+	Note  string `json:"note,omitempty"`
 }
 
 // VMInfo is a snapshot of what smolvm knows about a VM.

@@ -18,6 +18,9 @@ have_cmd ssh || need+=(openssh-client)
 have_cmd cpio || need+=(cpio)
 have_cmd ip || need+=(iproute2)
 have_cmd nft || need+=(nftables)
+# socat relays a user-mode guest's connections to its egress proxy when
+# QEMU runs as a user who may not run the smolvm CLI (as root).
+have_cmd socat || need+=(socat)
 have_pkg busybox-static || need+=(busybox-static)
 have_cmd mmdebstrap || need+=(mmdebstrap)
 # The Python client's tests: pytest, and venv for the offline `pip install ./python` test.

@@ -20,8 +20,9 @@ import (
 // (see keeper.Duty) runs until its context ends; an error restarts it.
 func keeperDuties() map[string]keeper.Duty {
 	return map[string]keeper.Duty{
-		"ttl": ttlDuty,
-		"dns": dnsDuty, // the TAP VM's resolver (dnsduty.go, internal/egress)
+		"ttl":   ttlDuty,
+		"dns":   dnsDuty,   // the TAP VM's resolver (dnsduty.go, internal/egress)
+		"proxy": proxyDuty, // the user-mode VM's egress proxy (proxyduty.go)
 	}
 }
 

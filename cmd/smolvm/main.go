@@ -9,11 +9,15 @@ import (
 	"syscall"
 
 	"github.com/smolvm/smolvm/internal/agent"
+	"github.com/smolvm/smolvm/internal/egress"
 )
 
 func main() {
 	if agent.Main() {
 		return
+	}
+	if len(os.Args) == 3 && os.Args[1] == egress.RelayCommand {
+		os.Exit(relay(os.Args[2]))
 	}
 	// Ctrl-C and SIGTERM cancel the context; commands still clean up (run
 	// deletes its VM) with a context that outlives the cancellation.

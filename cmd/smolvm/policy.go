@@ -38,7 +38,9 @@ func newPolicyCmd(g *globalOptions) *cobra.Command {
 			"host's services or other VMs). --allow-domain and --allow-cidr let it reach\n" +
 			"only what they name; --deny-cidr wins over both; --no-egress cuts it off.\n" +
 			"Domains work through smolvm's resolver on the VM's gateway (TAP\n" +
-			"networking). A user-mode VM has no egress at all, whatever the policy.",
+			"networking). A user-mode VM has no route out: it reaches the network only\n" +
+			"through smolvm's HTTP proxy (the guest's http_proxy and https_proxy),\n" +
+			"which enforces the same policy.",
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 	}

@@ -220,7 +220,7 @@ func (s *Server) command(sp *argvSpec, term string, sessionEnv []string) (*exec.
 	for k, v := range sp.Env {
 		extra = append(extra, k+"="+v)
 	}
-	env := buildEnv(home, s.shell, term, s.secrets.overlay(stored), extra) // start secrets too
+	env := buildEnv(home, s.shell, term, s.commandVars(stored), extra) // start secrets too
 
 	dir := sp.Dir
 	if dir == "" {

@@ -20,6 +20,8 @@ type BootConfig struct {
 	RootType string
 	Debug    bool // print boot steps with timings to the console
 	Mounts   []Mount
+	// Proxy is the HTTP proxy of a user-mode VM: its only way out.
+	Proxy netip.AddrPort
 }
 
 // Mount is a host folder shared into the guest over virtio-9p.
@@ -50,6 +52,8 @@ func ParseCmdline(cmdline string) (BootConfig, error) {
 				}
 				cfg.DNS = append(cfg.DNS, a)
 			}
+		case "smolvm.proxy":
+			cfg.Proxy, err = netip.ParseAddrPort(val)
 		case "smolvm.hostname":
 			cfg.Hostname = val
 		case "smolvm.root":
@@ -77,4 +81,19 @@ func parseMount(val string) (Mount, error) {
 		return Mount{}, fmt.Errorf("want TAG:/PATH:ro|rw")
 	}
 	return Mount{Tag: parts[0], Path: parts[1], ReadOnly: parts[2] == "ro"}, nil
+}
+
+// ProxyEnv is the environment that sends a guest's HTTP clients through
+// proxy (curl, wget, apk, pip, npm and git read these).
+func ProxyEnv(proxy netip.AddrPort) map[string]string {
+	if !proxy.IsValid() {
+		return nil
+	}
+	u := "http://" + proxy.String()
+	env := map[string]string{}
+	for _, k := range []string{"http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"} {
+		env[k] = u
+	}
+	env["no_proxy"], env["NO_PROXY"] = "localhost,127.0.0.1,::1", "localhost,127.0.0.1,::1"
+	return env
 }

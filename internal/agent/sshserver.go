@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -90,10 +91,14 @@ func (c *ServerConfig) Validate() error {
 // that runs commands as root, serves SFTP, forwards TCP and manages the
 // persistent environment.
 type Server struct {
-	shell    string
-	homeDir  string
-	env      *envStore
-	secrets  secretStore // start secrets, in memory only
+	shell   string
+	homeDir string
+	env     *envStore
+	secrets secretStore // start secrets, in memory only
+	// bootEnv is what the host set at boot for every command (the
+	// user-mode egress proxy); stored variables override it. Set before
+	// the server serves.
+	bootEnv  map[string]string
 	poweroff func()
 	reaper   *Reaper
 	procs    *procTable // background processes (smolvm-proc)
@@ -103,6 +108,18 @@ type Server struct {
 	sshConf            atomic.Pointer[ssh.ServerConfig]
 	authorizedKeysFile string
 	password           func(ssh.ConnMetadata, []byte) (*ssh.Permissions, error)
+}
+
+// commandVars are the variables of a command's environment besides the
+// fixed base: the boot's, the stored ones over them, the start secrets
+// over those.
+func (s *Server) commandVars(stored map[string]string) map[string]string {
+	if len(s.bootEnv) > 0 {
+		merged := maps.Clone(s.bootEnv)
+		maps.Copy(merged, stored)
+		stored = merged
+	}
+	return s.secrets.overlay(stored)
 }
 
 // startProcess starts cmd, through the reaper when there is one.

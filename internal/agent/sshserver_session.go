@@ -244,7 +244,7 @@ func (s *session) startCommand(argv ...string) (func(), error) {
 		Path:        argv[0],
 		Args:        argv,
 		Dir:         s.srv.homeDir,
-		Env:         buildEnv(s.srv.homeDir, s.srv.shell, term, s.srv.secrets.overlay(stored), s.env),
+		Env:         buildEnv(s.srv.homeDir, s.srv.shell, term, s.srv.commandVars(stored), s.env),
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
 	}
 	if s.pty != nil {

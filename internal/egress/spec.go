@@ -30,7 +30,7 @@ const UpstreamEnv = "SMOLVM_DNS_UPSTREAM"
 
 // Spec is the content of SpecFile.
 type Spec struct {
-	Listen   string   `json:"listen"`             // gateway:53
+	Listen   string   `json:"listen"`             // gateway:53; in a proxy spec, the unix socket
 	Device   string   `json:"device"`             // the VM's TAP
 	Upstream string   `json:"upstream,omitempty"` // addr:port; empty = none found (allowed names fail)
 	Tag      string   `json:"tag"`                // the VM's firewall tag (its resolved set)
@@ -38,6 +38,9 @@ type Spec struct {
 	Domains  []string `json:"domains,omitempty"`
 	Allow    []string `json:"allow,omitempty"`
 	Deny     []string `json:"deny,omitempty"`
+	// Group, in a proxy spec (ProxySpecFile), is the group of QEMU's
+	// user, whose relays connect to the socket Listen names.
+	Group int `json:"group,omitempty"`
 }
 
 // Compile checks a policy and returns the rules a resolver enforces.

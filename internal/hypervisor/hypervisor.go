@@ -77,6 +77,9 @@ type Credential struct {
 	UID, GID uint32
 	// Groups are supplementary groups (e.g. the owner group of /dev/kvm).
 	Groups []uint32
+	// Own says the user is the VM's alone: its processes can be bounded
+	// (RLIMIT_NPROC) without touching anyone else's.
+	Own bool
 }
 
 // Process identifies a running VM process: its PID and its start time in
@@ -104,6 +107,16 @@ type NetSpec struct {
 	MAC string
 	// Forwards are host-port forwards for user-mode networking.
 	Forwards []Forward
+	// GuestForwards hand, in user-mode networking, each guest connection
+	// to an address of the guest's network to a program of the host.
+	GuestForwards []GuestForward
+}
+
+// GuestForward runs Argv for each TCP connection of the guest to Addr,
+// with the connection as its stdin, stdout and stderr.
+type GuestForward struct {
+	Addr string // IPv4:port in the user-mode network
+	Argv []string
 }
 
 // Forward sends TCP connections to HostAddr:HostPort on to GuestPort.

@@ -312,3 +312,28 @@ func HostNetworks() []netip.Prefix {
 	}
 	return out
 }
+
+// HostOrVM reports whether a connection from the host to a leads to the
+// host itself or to a VM: the kernel routes it through loopback (one of
+// the host's own addresses) or one of smolvm's TAPs. Host-side code that
+// connects for a guest (the user-mode egress proxy) must refuse those,
+// whatever the guest's policy allows: the TAP firewall's input and
+// VM-to-VM rules stop the same traffic from TAP guests. An address the
+// kernel cannot route counts as forbidden.
+func HostOrVM(a netip.Addr) bool {
+	routes, err := netlink.RouteGet(a.AsSlice())
+	if err != nil || len(routes) == 0 {
+		return true
+	}
+	for _, r := range routes {
+		link, err := netlink.LinkByIndex(r.LinkIndex)
+		if err != nil {
+			return true
+		}
+		name := link.Attrs().Name
+		if name == "lo" || strings.HasPrefix(name, tapPrefix) || r.Type == unix.RTN_LOCAL {
+			return true
+		}
+	}
+	return false
+}

@@ -262,6 +262,8 @@ class NetworkConfig:
         mode: ``"tap"`` or ``"user"``.
         ssh_addr: ``host:port`` the host reaches the guest's SSH at.
         prefix_len: Length of the guest's subnet prefix.
+        proxy: User-mode networking: the guest's HTTP proxy, its only way
+            out ("" = no egress, or TAP networking).
     """
 
     guest_ip: str
@@ -270,6 +272,7 @@ class NetworkConfig:
     mode: str = ""
     ssh_addr: str = ""
     prefix_len: int = 0
+    proxy: str = ""
 
     @classmethod
     def from_api(cls, d: Optional[Mapping[str, Any]]) -> Optional["NetworkConfig"]:
@@ -282,6 +285,7 @@ class NetworkConfig:
             mode=str(d.get("mode") or ""),
             ssh_addr=str(d.get("ssh_addr") or ""),
             prefix_len=int(d.get("prefix_len") or 0),
+            proxy=str(d.get("proxy") or ""),
         )
 
 

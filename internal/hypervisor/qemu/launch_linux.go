@@ -30,6 +30,10 @@ import (
 // the QMP socket already listening, the VM's files as O_PATH descriptors.
 // An unprivileged QEMU (spec.RunAs) thus needs no access to the state
 // directory, /dev/net/tun or any other VM's files.
+// maxVMProcs bounds the processes and threads of a QEMU that runs as a
+// user of its own (RLIMIT_NPROC): its threads and its guestfwd relays.
+const maxVMProcs = 512
+
 func (q *QEMU) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.Process, error) {
 	var proc hypervisor.Process
 	h, err := q.handOver(spec)
@@ -64,6 +68,15 @@ func (q *QEMU) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.Proc
 	h.close() // QEMU holds its copies; ours would keep a dead QEMU's socket open
 	proc.PID = cmd.Process.Pid
 	proc.Start, _ = hypervisor.StartTime(proc.PID)
+	if spec.RunAs != nil && spec.RunAs.Own {
+		// A user-mode guest's connections to a guestfwd address each
+		// start a relay process as QEMU's user, which as root is this
+		// VM's own: bound them (QEMU's threads count too), so a guest
+		// opening connections by the thousand cannot fill the host with
+		// processes; a connection over the bound is refused.
+		lim := unix.Rlimit{Cur: maxVMProcs, Max: maxVMProcs}
+		unix.Prlimit(proc.PID, unix.RLIMIT_NPROC, &lim, nil)
+	}
 
 	// v1: QEMU is still setting the machine up (QMP is not served yet),
 	// so no guest instruction has run outside the group.

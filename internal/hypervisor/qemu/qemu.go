@@ -84,6 +84,21 @@ type launchSpec struct {
 // and friends, no fork/exec, no scheduler or resource changes.
 const sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
+// sandboxSpawning is the filter of a QEMU that runs programs for guestfwd
+// (a user-mode VM's egress relay): fork and exec allowed, and the
+// set*id family, as libslirp's child calls setsid; the rest as sandbox.
+// smolvm never runs QEMU as root, so a set*id call of an unprivileged
+// QEMU can only fail, and what it starts inherits the filter and
+// no_new_privs (setuid bits do nothing), as QEMU's user.
+const sandboxSpawning = "on,obsolete=deny,elevateprivileges=allow,spawn=allow,resourcecontrol=deny"
+
+func sandboxFor(spec hypervisor.Spec) string {
+	if spec.Net.TAP == "" && len(spec.Net.GuestForwards) > 0 {
+		return sandboxSpawning
+	}
+	return sandbox
+}
+
 // optValue escapes a value for QEMU's comma-separated options, where a
 // comma in a path would otherwise start a new option.
 func optValue(s string) string { return strings.ReplaceAll(s, ",", ",,") }
@@ -118,7 +133,7 @@ func (q *QEMU) args(spec launchSpec) []string {
 		"-smp", strconv.Itoa(spec.VCPUs),
 		"-m", strconv.Itoa(spec.MemoryMiB) + "M",
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-		"-sandbox", sandbox,
+		"-sandbox", sandboxFor(spec.Spec),
 		"-kernel", spec.Kernel,
 		"-append", cmdline,
 		"-chardev", "file,id=" + ConsoleChardev + ",path=" + optValue(spec.ConsoleLog),
@@ -174,6 +189,15 @@ func (q *QEMU) args(spec launchSpec) []string {
 		netdev := "user,id=net0,restrict=on"
 		for _, f := range spec.Net.Forwards {
 			netdev += fmt.Sprintf(",hostfwd=tcp:%s:%d-:%d", f.HostAddr, f.HostPort, f.GuestPort)
+		}
+		for _, g := range spec.Net.GuestForwards {
+			// QEMU runs the command for each connection, split by
+			// g_shell_parse_argv: each word single-quoted.
+			words := make([]string, len(g.Argv))
+			for i, w := range g.Argv {
+				words[i] = "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
+			}
+			netdev += ",guestfwd=tcp:" + g.Addr + "-cmd:" + optValue(strings.Join(words, " "))
 		}
 		args = append(args, "-netdev", netdev)
 	}
