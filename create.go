@@ -69,6 +69,13 @@ func NewFromConfig(ctx context.Context, cfg VMConfig, opts ...Option) (_ *VM, er
 	if err := cfg.Limits.checkHost(mode); err != nil {
 		return nil, opError("create", cfg.ID, err)
 	}
+	if p := s.snapshot; p != nil && !p.rec.DiskOnly && p.rec.Network != "" && p.rec.Network != mode {
+		// Its memory holds the network device as that mode set it up
+		// (QEMU's user-mode network, or a TAP's vnet header), which a
+		// machine of the other mode cannot take.
+		return nil, opError("create", cfg.ID, &ValidationError{Field: "network", Value: mode,
+			Reason: fmt.Sprintf("snapshot %q was taken with %s networking, and its memory restores only with it: use --network %s (smolvm.WithNetwork(%q)), or take a disk-only snapshot", p.name, p.rec.Network, p.rec.Network, p.rec.Network)})
+	}
 	pool, err := resolvePool(s.subnet)
 	if err != nil {
 		return nil, opError("create", cfg.ID, err)

@@ -1,6 +1,7 @@
 package smolvm_test
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -229,4 +230,50 @@ func userProcs(t *testing.T, pid int) int {
 		}
 	}
 	return n
+}
+
+// TestEgressProxyAcrossModes: a user-mode VM's clone has its proxy (the
+// agent is told again at the clone's new identity), and a memory
+// snapshot never becomes a machine of the other network mode (its memory
+// holds the network device as that mode set it up): refused up front,
+// clearly, leaving nothing.
+func TestEgressProxyAcrossModes(t *testing.T) {
+	requireVM(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: TAP networking")
+	}
+	ctx := testContext(t, 6*time.Minute)
+	refused := func(t *testing.T, snap, mode string) {
+		t.Helper()
+		before, _ := smolvm.List(ctx)
+		_, err := smolvm.FromSnapshot(ctx, snap, smolvm.WithNetwork(mode))
+		if !errors.Is(err, smolvm.ErrInvalid) || !strings.Contains(err.Error(), "--network ") {
+			t.Errorf("%s clone of %s: %v, want ErrInvalid naming the mode to use", mode, snap, err)
+		}
+		if after, _ := smolvm.List(ctx); len(after) != len(before) {
+			t.Errorf("the refused clone left a VM: %d VMs, had %d", len(after), len(before))
+		}
+	}
+	user := newVM(t, ctx, smolvm.VMConfig{MemoryMiB: snapshotMiB}, smolvm.WithNetwork(smolvm.NetworkUser))
+	startVM(t, ctx, user)
+	takeSnapshot(t, ctx, user, "proxy-user")
+	refused(t, "proxy-user", smolvm.NetworkTAP)
+	clone := restore(t, ctx, "proxy-user", smolvm.WithNetwork(smolvm.NetworkUser))
+	want := "[http://" + egress.ProxyGuestAddr.String() + "]\nprofile"
+	if got := strings.TrimSpace(run(t, ctx, clone, `echo "[$http_proxy]"; test -e /etc/profile.d/smolvm-proxy.sh && echo profile`).Stdout); got != want {
+		t.Errorf("user-mode clone: proxy environment %q, want %q", got, want)
+	}
+	// The clone's own proxy answers (and refuses the host's loopback).
+	out := run(t, ctx, clone, `printf 'CONNECT 127.0.0.1:22 HTTP/1.1\r\n\r\n' | nc -w 5 10.0.2.100 3128`).Stdout
+	if !strings.Contains(out, " 403 ") {
+		t.Errorf("the clone's proxy: %q, want 403", out)
+	}
+
+	tap := newVM(t, ctx, smolvm.VMConfig{MemoryMiB: snapshotMiB}, smolvm.WithNetwork(smolvm.NetworkTAP))
+	startVM(t, ctx, tap)
+	if got := strings.TrimSpace(run(t, ctx, tap, `echo "[$http_proxy]"`).Stdout); got != "[]" {
+		t.Errorf("TAP VM: proxy environment %q, want none", got)
+	}
+	takeSnapshot(t, ctx, tap, "proxy-tap")
+	refused(t, "proxy-tap", smolvm.NetworkUser)
 }

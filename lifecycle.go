@@ -210,7 +210,7 @@ func (v *VM) start(ctx context.Context) (err error) {
 		// its own identity, so it is recorded as running only after that:
 		// should this process die before, nobody holds the lock and the
 		// VM does not run, so the next look kills the QEMU by its name.
-		if err := v.reidentify(bootCtx); err != nil {
+		if err := v.reidentify(bootCtx, net.Proxy); err != nil {
 			if bootCtx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
 				return &TimeoutError{Op: "start", VM: v.id, Timeout: timeout, Detail: "the resumed guest did not take its new identity in time: " + err.Error()}
 			}

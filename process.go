@@ -64,13 +64,17 @@ type ProcessInfo struct {
 	// longer in the agent's buffer.
 	OutputBytes  int64 `json:"output_bytes"`
 	DroppedBytes int64 `json:"dropped_bytes,omitempty"`
+	// CommandTruncated says Args or Shell is only the start of the
+	// command: a list (VM.Processes) carries at most 4 KiB of each;
+	// Process.Info has all of it.
+	CommandTruncated bool `json:"command_truncated,omitempty"`
 }
 
 func processInfo(g *guest.ProcInfo) ProcessInfo {
 	in := ProcessInfo{
 		ID: g.ID, PID: g.PID, Args: g.Argv, Shell: g.Shell, Dir: g.Dir, User: g.User, StdinOpen: g.Stdin,
 		StartedAt: g.StartedAt, Running: g.Running, ExitedAt: g.ExitedAt,
-		OutputBytes: g.OutputBytes, DroppedBytes: g.Dropped,
+		OutputBytes: g.OutputBytes, DroppedBytes: g.Dropped, CommandTruncated: g.Truncated,
 	}
 	if g.Exit != nil {
 		in.Exit = &ExitStatus{ExitCode: g.Exit.ExitCode, Signal: g.Exit.Signal, CoreDumped: g.Exit.CoreDumped}

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -203,6 +204,46 @@ func TestProcesses(t *testing.T) {
 		res := run(t, ctx, vm, "grep VmRSS /proc/1/status")
 		if kb := atoi(t, strings.Fields(res.Stdout)[1]); kb > 64<<10 {
 			t.Fatalf("agent RSS %d kB after a flood", kb)
+		}
+	})
+
+	t.Run("huge commands still list", func(t *testing.T) {
+		// Commands of a megabyte or more each (many words: one is at most
+		// 128 KiB in Linux): a list of them whole would pass the host's
+		// bound on a reply line. The list carries the start of each and
+		// says so; the process's own Info has all of it.
+		words := make([]string, 2000)
+		for i := range words {
+			words[i] = strings.Repeat("w", 600)
+		}
+		var ids []string
+		for range 8 {
+			p, err := vm.StartProcess(ctx, smolvm.ProcessSpec{Args: append([]string{"sh", "-c", "sleep 30"}, words...)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, p.ID())
+			defer p.Signal(context.Background(), "KILL")
+		}
+		list, err := vm.Processes(ctx)
+		if err != nil {
+			t.Fatalf("list of 8 commands of 1.2 MB: %v", err)
+		}
+		for _, in := range list {
+			if slices.Contains(ids, in.ID) && (!in.CommandTruncated || len(strings.Join(in.Args, "")) > 4<<10) {
+				t.Errorf("%s in the list: %d words, truncated %v", in.ID, len(in.Args), in.CommandTruncated)
+			}
+		}
+		p, err := vm.Process(ctx, ids[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, err := p.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if in.CommandTruncated || len(in.Args) != 3+len(words) {
+			t.Errorf("Info: %d words, truncated %v", len(in.Args), in.CommandTruncated)
 		}
 	})
 

@@ -1,6 +1,7 @@
 package smolvm
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -123,7 +124,7 @@ func (v *VM) applySnapshotPlan(ctx context.Context, plan *snapshotPlan, rt *runt
 // reidentify makes a VM resumed from a snapshot a machine of its own: it
 // still runs as the snapshot's source did, with its address, keys, names,
 // RNG state and clock, until the agent is told who it is now.
-func (v *VM) reidentify(ctx context.Context) error {
+func (v *VM) reidentify(ctx context.Context, proxy string) error {
 	info := v.Info()
 	hostKey, err := os.ReadFile(v.paths.hostKey())
 	if err != nil {
@@ -148,7 +149,7 @@ func (v *VM) reidentify(ctx context.Context) error {
 	id := guest.Identity{
 		Hostname: v.id, Address: addr, Gateway: gw, MAC: network.MAC(v.id),
 		HostKeyPEM: hostKey, AuthorizedKeys: authKey, MachineID: hex.EncodeToString(machineID),
-		Seed: seed, Time: time.Now(),
+		Seed: seed, Time: time.Now(), Proxy: cmp.Or(proxy, "off"),
 	}
 	if info.Network.Mode == NetworkUser {
 		id.DNS = []netip.Addr{network.UserDNS}

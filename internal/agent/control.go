@@ -51,6 +51,7 @@ type IdentityRequest struct {
 	MachineID      string       `json:"machine_id,omitempty"`
 	Seed           []byte       `json:"seed,omitempty"` // RNG seed, credited as entropy
 	TimeUnixNano   int64        `json:"time_unix_nano,omitempty"`
+	Proxy          string       `json:"proxy,omitempty"` // ADDR:PORT, or "off"
 }
 
 // Identity is a validated IdentityRequest, ready to apply. Zero fields are
@@ -66,6 +67,9 @@ type Identity struct {
 	MachineID      string
 	Seed           []byte
 	Time           time.Time
+	// Proxy, if not nil, is the HTTP proxy commands get from now on; an
+	// invalid (zero) one is none.
+	Proxy *netip.AddrPort
 }
 
 // Bounds of the seed: below 32 bytes it could not make a clone's generator
@@ -113,6 +117,17 @@ func (r IdentityRequest) Parse() (Identity, error) {
 		}
 	}
 	id.DNS = r.DNS
+	switch r.Proxy {
+	case "":
+	case "off":
+		id.Proxy = &netip.AddrPort{}
+	default:
+		p, err := netip.ParseAddrPort(r.Proxy)
+		if err != nil || !p.Addr().Is4() || p.Port() == 0 {
+			return id, fmt.Errorf("proxy %q: want IPv4:PORT, or off", r.Proxy)
+		}
+		id.Proxy = &p
+	}
 	if len(r.HostKey) > 0 {
 		signer, err := ssh.ParsePrivateKey(r.HostKey)
 		if err != nil {

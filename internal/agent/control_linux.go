@@ -5,16 +5,22 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"maps"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/smolvm/smolvm/internal/shell"
 )
 
 const (
@@ -169,6 +175,11 @@ func applyIdentity(srv *Server, id Identity) error {
 			return fmt.Errorf("network: %w", err)
 		}
 	}
+	if id.Proxy != nil {
+		if err := applyProxy(srv, *id.Proxy); err != nil {
+			return fmt.Errorf("proxy: %w", err)
+		}
+	}
 	if id.HostKey != nil || id.AuthorizedKeys != nil {
 		if id.HostKey == nil || id.AuthorizedKeys == nil {
 			return errors.New("ssh: send the host key and the authorized keys together")
@@ -225,4 +236,27 @@ func renumber(id Identity) error {
 		return nil
 	}
 	return addressLink(link, id.Address, id.Gateway, id.DNS)
+}
+
+// proxyProfile has login shells (the console, smolvm ssh) take the HTTP
+// proxy that commands get.
+const proxyProfile = "/etc/profile.d/smolvm-proxy.sh"
+
+// applyProxy gives commands from now on proxy's environment (ProxyEnv;
+// none for the zero AddrPort), and login shells too.
+func applyProxy(srv *Server, proxy netip.AddrPort) error {
+	env := ProxyEnv(proxy)
+	srv.bootEnv.Store(&env)
+	if env == nil {
+		if err := os.Remove(proxyProfile); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	var b strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(env)) {
+		fmt.Fprintf(&b, "export %s=%s\n", k, shell.Quote(env[k]))
+	}
+	os.MkdirAll(filepath.Dir(proxyProfile), 0o755)
+	return replaceFile(proxyProfile, []byte(b.String()), 0o644)
 }

@@ -222,3 +222,41 @@ func TestSetKeys(t *testing.T) {
 		t.Errorf("the open connection broke: %v", err)
 	}
 }
+
+func TestIdentityProxy(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want string // "" = left as it is; "none" = cleared
+		bad  bool
+	}{
+		{in: "", want: ""},
+		{in: "off", want: "none"},
+		{in: "10.0.2.100:3128", want: "10.0.2.100:3128"},
+		{in: "10.0.2.100", bad: true},
+		{in: "[::1]:3128", bad: true},
+		{in: "10.0.2.100:0", bad: true},
+		{in: "http://10.0.2.100:3128", bad: true},
+	} {
+		id, err := IdentityRequest{Proxy: tt.in}.Parse()
+		if tt.bad {
+			if err == nil {
+				t.Errorf("proxy %q accepted", tt.in)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("proxy %q: %v", tt.in, err)
+			continue
+		}
+		got := ""
+		if id.Proxy != nil {
+			got = "none"
+			if id.Proxy.IsValid() {
+				got = id.Proxy.String()
+			}
+		}
+		if got != tt.want {
+			t.Errorf("proxy %q: %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}

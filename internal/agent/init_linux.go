@@ -6,19 +6,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/smolvm/smolvm/internal/shell"
 )
 
 // Paths in the initramfs (read before switching root; the host key never
@@ -194,16 +190,8 @@ func Init() error {
 		return fmt.Errorf("network: %w", err)
 	}
 	step("network up")
-	if env := ProxyEnv(cfg.Proxy); env != nil {
-		srv.bootEnv = env
-		// Login shells (the console, smolvm ssh) read it from here.
-		var b strings.Builder
-		for _, k := range slices.Sorted(maps.Keys(env)) {
-			fmt.Fprintf(&b, "export %s=%s\n", k, shell.Quote(env[k]))
-		}
-		if err := os.WriteFile("/etc/profile.d/smolvm-proxy.sh", []byte(b.String()), 0o644); err != nil {
-			console("smolvm-init: proxy: %v", err)
-		}
+	if err := applyProxy(srv, cfg.Proxy); err != nil {
+		console("smolvm-init: proxy: %v", err)
 	}
 	go serveControlPort(srv)
 	go serve(srv)

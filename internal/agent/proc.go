@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 )
@@ -65,6 +66,39 @@ type procInfo struct {
 	// in the buffer.
 	OutputBytes int64 `json:"output_bytes"`
 	Dropped     int64 `json:"dropped_bytes,omitempty"`
+	// Truncated says a list shortened the command (Argv, Shell); get
+	// returns all of it.
+	Truncated bool `json:"command_truncated,omitempty"`
+}
+
+// maxListCommand is the most of one command (its words' bytes) a list
+// carries: 1024 processes of megabytes of arguments each must still make
+// a list the host reads (its line bound is 8 MiB).
+const maxListCommand = 4 << 10
+
+// abbreviate cuts the command to maxListCommand bytes, whole words of
+// Argv first (a cut word ends at a rune boundary).
+func (in *procInfo) abbreviate() {
+	cut := func(s string, n int) string {
+		if len(s) <= n {
+			return s
+		}
+		for n > 0 && !utf8.RuneStart(s[n]) {
+			n--
+		}
+		return s[:n]
+	}
+	if len(in.Shell) > maxListCommand {
+		in.Shell, in.Truncated = cut(in.Shell, maxListCommand), true
+	}
+	left := maxListCommand
+	for i, w := range in.Argv {
+		if len(w) > left {
+			in.Argv, in.Truncated = append(in.Argv[:i:i], cut(w, left)), true
+			return
+		}
+		left -= len(w)
+	}
 }
 
 // bgProc is one background process and its recent output.
@@ -215,7 +249,9 @@ func (t *procTable) list() []procInfo {
 	t.mu.Unlock()
 	out := make([]procInfo, 0, len(procs))
 	for _, p := range procs {
-		out = append(out, p.info())
+		in := p.info()
+		in.abbreviate()
+		out = append(out, in)
 	}
 	return out
 }

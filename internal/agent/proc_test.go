@@ -2,7 +2,9 @@ package agent
 
 import (
 	"bytes"
+	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // TestRing: the ring keeps the last procRingSize bytes with their streams
@@ -73,5 +75,40 @@ func TestParseSignal(t *testing.T) {
 		if (err != nil) != (want == 0) || int(sig) != want {
 			t.Errorf("parseSignal(%q) = %d, %v; want %d", in, sig, err, want)
 		}
+	}
+}
+
+func TestAbbreviate(t *testing.T) {
+	big := strings.Repeat("x", 3<<10)
+	for _, tt := range []struct {
+		name      string
+		in        procInfo
+		wantArgv  int // bytes of all words
+		wantWords int
+		wantShell int
+		truncated bool
+	}{
+		{"short argv", procInfo{Argv: []string{"ls", "-l"}}, 4, 2, 0, false},
+		{"long argv", procInfo{Argv: []string{"echo", big, big, big}}, maxListCommand, 3, 0, true},
+		{"one huge word", procInfo{Argv: []string{strings.Repeat("é", 4<<20)}}, maxListCommand, 1, 0, true},
+		{"long shell", procInfo{Shell: strings.Repeat("a", 2<<20)}, 0, 0, maxListCommand, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			in := tt.in
+			in.abbreviate()
+			n := 0
+			for _, w := range in.Argv {
+				n += len(w)
+				if !utf8.ValidString(w) {
+					t.Errorf("a word cut inside a rune")
+				}
+			}
+			if n != tt.wantArgv && !(tt.truncated && n <= maxListCommand && n > maxListCommand-4) {
+				t.Errorf("argv bytes %d, want %d", n, tt.wantArgv)
+			}
+			if len(in.Argv) != tt.wantWords || len(in.Shell) != tt.wantShell || in.Truncated != tt.truncated {
+				t.Errorf("got %d words, shell %d bytes, truncated %v", len(in.Argv), len(in.Shell), in.Truncated)
+			}
+		})
 	}
 }

@@ -98,7 +98,7 @@ type Server struct {
 	// bootEnv is what the host set at boot for every command (the
 	// user-mode egress proxy); stored variables override it. Set before
 	// the server serves.
-	bootEnv  map[string]string
+	bootEnv  atomic.Pointer[map[string]string]
 	poweroff func()
 	reaper   *Reaper
 	procs    *procTable // background processes (smolvm-proc)
@@ -114,8 +114,8 @@ type Server struct {
 // fixed base: the boot's, the stored ones over them, the start secrets
 // over those.
 func (s *Server) commandVars(stored map[string]string) map[string]string {
-	if len(s.bootEnv) > 0 {
-		merged := maps.Clone(s.bootEnv)
+	if boot := s.bootEnv.Load(); boot != nil && len(*boot) > 0 {
+		merged := maps.Clone(*boot)
 		maps.Copy(merged, stored)
 		stored = merged
 	}

@@ -195,6 +195,7 @@ func (p *Proxy) ServeConn(ctx context.Context, c net.Conn) {
 	}
 	req.Close = true
 	req.RequestURI = ""
+	req.Host = req.URL.Host // the server reached is the one checked
 	go func() {
 		if err := req.Write(up); err != nil {
 			up.Close()

@@ -45,6 +45,13 @@ func newProxyWorld(t *testing.T, spec Spec) *proxyWorld {
 				r := bufio.NewReader(c)
 				line, _ := r.ReadString('\n')
 				fmt.Fprintf(c, "banner got %q\n", strings.TrimSpace(line))
+				for strings.HasPrefix(line, "GET ") { // a request: its headers too
+					h, err := r.ReadString('\n')
+					if err != nil || strings.TrimSpace(h) == "" {
+						break
+					}
+					fmt.Fprintf(c, "header %q\n", strings.TrimSpace(h))
+				}
 			}()
 		}
 	}()
@@ -171,8 +178,12 @@ func TestProxyRequests(t *testing.T) {
 			}
 		})
 	}
-	if out := w.ask("GET http://ok.test/ HTTP/1.1\r\nHost: ok.test\r\nProxy-Authorization: secret\r\n\r\n"); strings.Contains(out, "secret") {
-		t.Errorf("Proxy-Authorization went on: %q", out)
+	out := w.ask("GET http://ok.test/ HTTP/1.1\r\nHost: bad.test\r\nProxy-Authorization: secret\r\nX-Keep: 1\r\n\r\n")
+	if strings.Contains(out, "secret") || !strings.Contains(out, `header "X-Keep: 1"`) {
+		t.Errorf("headers sent on: %q, want X-Keep and no Proxy-Authorization", out)
+	}
+	if !strings.Contains(out, `header "Host: ok.test"`) {
+		t.Errorf("Host sent on is not the host checked: %q", out)
 	}
 }
 

@@ -60,6 +60,10 @@ type Identity struct {
 	MAC string
 	// DNS replaces /etc/resolv.conf's name servers when not empty.
 	DNS []netip.Addr
+	// Proxy, when not empty, replaces the HTTP proxy commands get in
+	// their environment: ADDR:PORT, or "off" for none (a clone of a
+	// user-mode VM's snapshot running with TAP networking).
+	Proxy string
 	// HostKeyPEM is the SSH server's new host key (a PEM private key, as
 	// GenerateKey makes), AuthorizedKeys the authorized_keys line(s) of
 	// the clients it accepts from then on. Both or neither.
@@ -106,6 +110,7 @@ type controlRequest struct {
 	MachineID      string       `json:"machine_id,omitempty"`
 	Seed           []byte       `json:"seed,omitempty"`
 	TimeUnixNano   int64        `json:"time_unix_nano,omitempty"`
+	Proxy          string       `json:"proxy,omitempty"`
 }
 
 type controlAnswer struct {
@@ -187,6 +192,7 @@ func (c *Control) Identity(ctx context.Context, id Identity) error {
 	req := controlRequest{
 		Op: "identity", Hostname: id.Hostname, Address: id.Address, Gateway: id.Gateway, MAC: id.MAC,
 		DNS: id.DNS, HostKey: id.HostKeyPEM, AuthorizedKeys: id.AuthorizedKeys, MachineID: id.MachineID, Seed: id.Seed,
+		Proxy: id.Proxy,
 	}
 	if !id.Time.IsZero() {
 		req.TimeUnixNano = id.Time.UnixNano()

@@ -43,6 +43,7 @@ type ProcInfo struct {
 	Exit        *ProcExit  `json:"exit,omitempty"`
 	OutputBytes int64      `json:"output_bytes"`
 	Dropped     int64      `json:"dropped_bytes,omitempty"`
+	Truncated   bool       `json:"command_truncated,omitempty"` // a list cut Argv/Shell
 }
 
 // procRequest and procReply are the agent's smolvm-proc wire format.
