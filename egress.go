@@ -331,9 +331,9 @@ func (v *VM) prepareProxy(ctx context.Context, tag string, runAs *hypervisor.Cre
 		egress.RemoveProxySocket(v.paths.dir, tag)
 		return fwd, err
 	}
-	spec.Listen, spec.Tag = sock, tag
+	spec.Listen, spec.Tag, spec.Peer = sock, tag, os.Getuid()
 	if gid != nil {
-		spec.Group = *gid
+		spec.Group, spec.Peer = *gid, *uid
 	}
 	if err := egress.WriteSpec(filepath.Join(v.paths.dir, egress.ProxySpecFile), spec); err != nil {
 		egress.RemoveProxySocket(v.paths.dir, tag)
@@ -357,7 +357,7 @@ func rewriteProxySpec(dir string, cfg VMConfig) error {
 	if err != nil {
 		return err
 	}
-	spec.Listen, spec.Tag, spec.Group = old.Listen, old.Tag, old.Group
+	spec.Listen, spec.Tag, spec.Group, spec.Peer = old.Listen, old.Tag, old.Group, old.Peer
 	return egress.WriteSpec(path, spec)
 }
 

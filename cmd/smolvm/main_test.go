@@ -11,6 +11,9 @@ import (
 // end of the default pool (each test package has a part of its own), would otherwise take addresses these tests'
 // VMs are given, and fail their starts. SMOLVM_SUBNET, when set, is kept.
 func TestMain(m *testing.M) {
+	if sock := os.Getenv("SMOLVM_TEST_RELAY"); sock != "" {
+		os.Exit(relay(sock)) // this binary as the egress relay (relay_test.go)
+	}
 	if os.Getenv("SMOLVM_SUBNET") == "" {
 		os.Setenv("SMOLVM_SUBNET", "172.29.32.0/19")
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -31,7 +32,7 @@ func proxyDuty(ctx context.Context, kv keeper.VM) error {
 	if err != nil {
 		return err
 	}
-	ln, err := egress.ListenProxy(spec.Listen, spec.Group)
+	ln, err := egress.ListenProxy(spec.Listen, spec.Group, spec.Peer)
 	if err != nil {
 		return err
 	}
@@ -45,6 +46,10 @@ func proxyDuty(ctx context.Context, kv keeper.VM) error {
 	kv.Log.Info("egress proxy: serving", "socket", spec.Listen)
 	return p.Serve(ctx, ln)
 }
+
+// relayLinger is how long a relay still passes on the guest's bytes
+// after the proxy's side ended (as socat's -t).
+const relayLinger = 30 * time.Second
 
 // relay is `smolvm egress-relay SOCKET`, which QEMU runs for each
 // connection of a user-mode guest to its egress proxy, as QEMU's user,
@@ -61,13 +66,23 @@ func relay(socket string) int {
 		return 1
 	}
 	defer up.Close()
+	fromGuest := make(chan struct{})
 	go func() {
 		io.Copy(up, os.Stdin)
 		up.(*net.UnixConn).CloseWrite()
+		close(fromGuest)
 	}()
-	// Done when the proxy is: a guest must not keep alive a relay whose
-	// connection the proxy refused or ended.
-	io.Copy(os.Stdout, up)
+	n, _ := io.Copy(os.Stdout, up)
 	unix.Shutdown(1, unix.SHUT_WR)
+	if n == 0 {
+		return 0 // refused unheard (too many at once): no tunnel to keep
+	}
+	// The proxy is done sending; a half-closed tunnel may still carry
+	// the guest's bytes, but a guest must not keep a relay alive for
+	// ever on a connection the proxy ended.
+	select {
+	case <-fromGuest:
+	case <-time.After(relayLinger):
+	}
 	return 0
 }

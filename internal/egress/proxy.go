@@ -17,6 +17,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/dns/dnsmessage"
+	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 )
 
@@ -104,16 +106,20 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var wg sync.WaitGroup
-	defer wg.Wait()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
+				wg.Wait() // the tunnels close with ctx
 				return nil
 			}
 			if ne, ok := err.(net.Error); ok && ne.Timeout() {
 				continue
 			}
+			// Out of descriptors, say: stop listening now (relays fail
+			// at once instead of waiting in the backlog); open tunnels
+			// run on.
+			ln.Close()
 			return err
 		}
 		if !p.limit.Allow() {
@@ -170,7 +176,8 @@ func (p *Proxy) ServeConn(ctx context.Context, c net.Conn) {
 	if err != nil {
 		var d *DeniedError
 		if errors.As(err, &d) {
-			p.Logger.Info("egress proxy: refused", "host", strconv.Quote(host), "port", port, "why", d.Reason)
+			// Throttled, and cut: the name is the guest's, up to 16 KiB.
+			p.warn("egress proxy: refused (more refusals within a minute are not logged)", "host", strconv.Quote(clip(host, 256)), "port", port, "why", d.Reason)
 			proxyReply(c, http.StatusForbidden, err.Error())
 		} else {
 			proxyReply(c, http.StatusBadGateway, err.Error())
@@ -190,9 +197,18 @@ func (p *Proxy) ServeConn(ctx context.Context, c net.Conn) {
 	// An absolute-form request: sent on in origin form, one per
 	// connection (a keep-alive client's next request may be for another
 	// host, which this connection does not lead to).
+	for _, v := range req.Header.Values("Connection") { // hop-by-hop by name
+		for _, h := range strings.Split(v, ",") {
+			req.Header.Del(strings.TrimSpace(h))
+		}
+	}
 	for _, h := range []string{"Proxy-Connection", "Proxy-Authorization", "Keep-Alive", "Connection", "Te", "Trailer", "Upgrade"} {
 		req.Header.Del(h)
 	}
+	if _, ok := req.Header["User-Agent"]; !ok {
+		req.Header["User-Agent"] = nil // Write would add Go's own
+	}
+	req.Trailer = nil
 	req.Close = true
 	req.RequestURI = ""
 	req.Host = req.URL.Host // the server reached is the one checked
@@ -202,6 +218,14 @@ func (p *Proxy) ServeConn(ctx context.Context, c net.Conn) {
 		}
 	}()
 	io.Copy(c, up)
+}
+
+// clip cuts s to at most n bytes.
+func clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
 }
 
 // proxyTarget is where a request wants to go: CONNECT host:port, or the
@@ -253,10 +277,12 @@ func (p *Proxy) connect(ctx context.Context, host string, port int) (net.Conn, e
 	denied := func(why string) error { return &DeniedError{Target: target, Reason: why} }
 	spec, err := p.Spec()
 	if err != nil {
-		return nil, denied("no policy to enforce (" + err.Error() + ")")
+		p.warn("egress proxy: no policy to enforce", "err", err)
+		return nil, denied("no policy to enforce")
 	}
 	rules, err := spec.Rules()
 	if err != nil {
+		p.warn("egress proxy: the stored policy is invalid", "err", err)
 		return nil, denied("the stored policy is invalid")
 	}
 	if rules.NoEgress {
@@ -288,7 +314,7 @@ func (p *Proxy) connect(ctx context.Context, host string, port int) (net.Conn, e
 		}
 		up, err := ParseUpstream(spec.Upstream)
 		if err != nil {
-			return nil, errors.New("smolvm: no DNS upstream to resolve " + name + " (--dns-upstream, $" + UpstreamEnv + " or the host's /etc/resolv.conf)")
+			return nil, errors.New("smolvm: no DNS upstream to resolve " + name + " with (--dns-upstream, $" + UpstreamEnv + " or the host's /etc/resolv.conf)")
 		}
 		lookup := p.Lookup
 		if lookup == nil {
@@ -297,8 +323,8 @@ func (p *Proxy) connect(ctx context.Context, host string, port int) (net.Conn, e
 		lctx, cancel := context.WithTimeout(ctx, upstreamTimeout*2)
 		candidates, err = lookup(lctx, up, name)
 		cancel()
-		if err != nil || len(candidates) == 0 {
-			return nil, fmt.Errorf("smolvm: resolve %s: %v", name, err)
+		if err != nil {
+			return nil, fmt.Errorf("smolvm: resolve %s: %w", name, err)
 		}
 	}
 	var allowed []netip.Addr
@@ -365,18 +391,34 @@ func reachable(a netip.Addr, r *Rules, restricted, viaName bool, lan []netip.Pre
 	return true
 }
 
-// lookupA asks upstream for name's A records, from the host's sockets.
+// lookupA asks upstream alone for name's A records, from the host's
+// sockets, as the TAP resolver does: the name as given (no search
+// domains of the host's resolv.conf, no /etc/hosts), the CNAME chain
+// from it followed, records for other names ignored.
 func lookupA(ctx context.Context, upstream netip.AddrPort, name string) ([]netip.Addr, error) {
-	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, network, upstream.String())
-	}}
-	addrs, err := r.LookupNetIP(ctx, "ip4", name)
-	if len(addrs) > maxAddrs {
-		addrs = addrs[:maxAddrs]
+	n, err := dnsmessage.NewName(name + ".")
+	if err != nil {
+		return nil, errors.New("not a domain name")
 	}
-	return addrs, err
+	q := dnsmessage.Question{Name: n, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}
+	resp, err := askUpstream(ctx, upstream, q)
+	if err != nil {
+		return nil, errors.New("the DNS upstream did not answer")
+	}
+	ans, rc := filterAnswer(q, resp, &anyAddress)
+	switch {
+	case rc == dnsmessage.RCodeNameError:
+		return nil, errors.New("no such name")
+	case rc != dnsmessage.RCodeSuccess:
+		return nil, errors.New("the DNS upstream failed")
+	case len(ans.addrs) == 0:
+		return nil, errors.New("no IPv4 address")
+	}
+	return ans.addrs, nil
 }
+
+// anyAddress hands out every address: the proxy checks them itself.
+var anyAddress = Rules{Allow: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}}
 
 // proxyReply writes a short HTTP answer; what went wrong is in the body, for
 // whoever runs curl in the guest.
@@ -418,7 +460,7 @@ func splice(client net.Conn, fromClient io.Reader, up net.Conn) {
 // stale socket there is replaced, and only the owner and group gid
 // (QEMU's, whose relays connect) may connect. The directory must keep
 // everyone else out: until the mode is set, the socket has the umask's.
-func ListenProxy(path string, gid int) (net.Listener, error) {
+func ListenProxy(path string, gid, peer int) (net.Listener, error) {
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != os.ModeSocket {
 			return nil, fmt.Errorf("egress proxy: %s exists and is no socket", path)
@@ -439,5 +481,44 @@ func ListenProxy(path string, gid int) (net.Listener, error) {
 		ln.Close()
 		return nil, fmt.Errorf("egress proxy: %w", err)
 	}
-	return ln, nil
+	return &peerListener{Listener: ln, uid: peer}, nil
+}
+
+// peerListener accepts connections of one user (and root) only: the
+// socket's group may be shared (a VM running as the owner of its shared
+// folders has that user's primary group).
+type peerListener struct {
+	net.Listener
+	uid int
+}
+
+func (l *peerListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if uid, ok := peerUID(c); ok && (uid == l.uid || uid == 0) {
+			return c, nil
+		}
+		c.Close()
+	}
+}
+
+// peerUID is the user of the process at the other end of a unix socket.
+func peerUID(c net.Conn) (int, bool) {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return 0, false
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil || cerr != nil {
+		return 0, false
+	}
+	return int(cred.Uid), true
 }

@@ -8,6 +8,9 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -64,6 +67,7 @@ func newProxyWorld(t *testing.T, spec Spec) *proxyWorld {
 		"a.ok.test":     {netip.MustParseAddr("198.51.100.5")},
 		"lan.test":      {netip.MustParseAddr("203.0.113.7")},
 		"hostaddr.test": {netip.MustParseAddr("198.51.100.99")},
+		"mapped.test":   {netip.MustParseAddr("::ffff:127.0.0.1")},
 	}
 	p := &Proxy{
 		Spec:     func() (Spec, error) { return w.spec, nil },
@@ -114,34 +118,37 @@ func TestProxyPolicy(t *testing.T) {
 		spec   Spec
 		target string
 		ok     bool
+		dial   string // the address dialed, when ok (default: target's)
 	}{
-		{"default: public name", Spec{Upstream: "192.0.2.53:53"}, "bad.test:80", true},
-		{"default: public address", Spec{}, "198.51.100.4:80", true},
-		{"default: private address", Spec{}, "10.1.2.3:80", false},
-		{"default: name resolving private", Spec{Upstream: "192.0.2.53:53"}, "priv.test:80", false},
-		{"default: mixed answer keeps the public one", Spec{Upstream: "192.0.2.53:53"}, "mixed.test:80", true},
-		{"default: loopback", Spec{}, "127.0.0.1:22", false},
-		{"default: name resolving to loopback", Spec{Upstream: "192.0.2.53:53"}, "loop.test:22", false},
-		{"default: metadata", Spec{}, "169.254.169.254:80", false},
-		{"default: host's LAN", Spec{}, "203.0.113.7:80", false},
-		{"default: IPv6", Spec{}, "[2001:db8::1]:80", false},
-		{"default: the host itself", Spec{}, "198.51.100.99:80", false},
-		{"domains: allowed", Spec{Domains: []string{"ok.test"}, Upstream: "192.0.2.53:53"}, "ok.test:443", true},
-		{"domains: case and dot", Spec{Domains: []string{"ok.test"}, Upstream: "192.0.2.53:53"}, "OK.Test.:443", true},
-		{"domains: other name", Spec{Domains: []string{"ok.test"}, Upstream: "192.0.2.53:53"}, "bad.test:443", false},
-		{"domains: wildcard below", Spec{Domains: []string{"*.ok.test"}, Upstream: "192.0.2.53:53"}, "a.ok.test:443", true},
-		{"domains: wildcard not apex", Spec{Domains: []string{"*.ok.test"}, Upstream: "192.0.2.53:53"}, "ok.test:443", false},
-		{"domains: address literal", Spec{Domains: []string{"ok.test"}}, "198.51.100.3:443", false},
-		{"domains: allowed name, private answer", Spec{Domains: []string{"priv.test"}, Upstream: "192.0.2.53:53"}, "priv.test:80", false},
-		{"domains: allowed name on the host's LAN", Spec{Domains: []string{"lan.test"}, Upstream: "192.0.2.53:53"}, "lan.test:80", true},
-		{"cidr: allowed private", Spec{Allow: []string{"10.0.0.0/8"}}, "10.1.2.3:80", true},
-		{"cidr: outside", Spec{Allow: []string{"10.0.0.0/8"}}, "198.51.100.4:80", false},
-		{"cidr: everything still not loopback", Spec{Allow: []string{"0.0.0.0/0"}}, "127.0.0.1:80", false},
-		{"cidr: everything still not the host", Spec{Allow: []string{"0.0.0.0/0"}}, "198.51.100.99:80", false},
-		{"deny wins over cidr", Spec{Allow: []string{"198.51.100.0/24"}, Deny: []string{"198.51.100.4/32"}}, "198.51.100.4:80", false},
-		{"deny wins over name", Spec{Domains: []string{"ok.test"}, Deny: []string{"198.51.100.0/24"}, Upstream: "192.0.2.53:53"}, "ok.test:80", false},
-		{"no egress", Spec{NoEgress: true}, "198.51.100.4:80", false},
-		{"no upstream", Spec{}, "ok.test:80", false},
+		{"default: public name", Spec{Upstream: "192.0.2.53:53"}, "bad.test:80", true, ""},
+		{"default: public address", Spec{}, "198.51.100.4:80", true, ""},
+		{"default: private address", Spec{}, "10.1.2.3:80", false, ""},
+		{"default: name resolving private", Spec{Upstream: "192.0.2.53:53"}, "priv.test:80", false, ""},
+		{"default: mixed answer keeps the public one", Spec{Upstream: "192.0.2.53:53"}, "mixed.test:80", true, "198.51.100.3:80"},
+		{"default: mapped loopback answer", Spec{Upstream: "192.0.2.53:53"}, "mapped.test:80", false, ""},
+		{"default: mapped loopback literal", Spec{}, "[::ffff:127.0.0.1]:80", false, ""},
+		{"default: loopback", Spec{}, "127.0.0.1:22", false, ""},
+		{"default: name resolving to loopback", Spec{Upstream: "192.0.2.53:53"}, "loop.test:22", false, ""},
+		{"default: metadata", Spec{}, "169.254.169.254:80", false, ""},
+		{"default: host's LAN", Spec{}, "203.0.113.7:80", false, ""},
+		{"default: IPv6", Spec{}, "[2001:db8::1]:80", false, ""},
+		{"default: the host itself", Spec{}, "198.51.100.99:80", false, ""},
+		{"domains: allowed", Spec{Domains: []string{"ok.test"}, Upstream: "192.0.2.53:53"}, "ok.test:443", true, ""},
+		{"domains: case and dot", Spec{Domains: []string{"ok.test"}, Upstream: "192.0.2.53:53"}, "OK.Test.:443", true, ""},
+		{"domains: other name", Spec{Domains: []string{"ok.test"}, Upstream: "192.0.2.53:53"}, "bad.test:443", false, ""},
+		{"domains: wildcard below", Spec{Domains: []string{"*.ok.test"}, Upstream: "192.0.2.53:53"}, "a.ok.test:443", true, ""},
+		{"domains: wildcard not apex", Spec{Domains: []string{"*.ok.test"}, Upstream: "192.0.2.53:53"}, "ok.test:443", false, ""},
+		{"domains: address literal", Spec{Domains: []string{"ok.test"}}, "198.51.100.3:443", false, ""},
+		{"domains: allowed name, private answer", Spec{Domains: []string{"priv.test"}, Upstream: "192.0.2.53:53"}, "priv.test:80", false, ""},
+		{"domains: allowed name on the host's LAN", Spec{Domains: []string{"lan.test"}, Upstream: "192.0.2.53:53"}, "lan.test:80", true, ""},
+		{"cidr: allowed private", Spec{Allow: []string{"10.0.0.0/8"}}, "10.1.2.3:80", true, ""},
+		{"cidr: outside", Spec{Allow: []string{"10.0.0.0/8"}}, "198.51.100.4:80", false, ""},
+		{"cidr: everything still not loopback", Spec{Allow: []string{"0.0.0.0/0"}}, "127.0.0.1:80", false, ""},
+		{"cidr: everything still not the host", Spec{Allow: []string{"0.0.0.0/0"}}, "198.51.100.99:80", false, ""},
+		{"deny wins over cidr", Spec{Allow: []string{"198.51.100.0/24"}, Deny: []string{"198.51.100.4/32"}}, "198.51.100.4:80", false, ""},
+		{"deny wins over name", Spec{Domains: []string{"ok.test"}, Deny: []string{"198.51.100.0/24"}, Upstream: "192.0.2.53:53"}, "ok.test:80", false, ""},
+		{"no egress", Spec{NoEgress: true}, "198.51.100.4:80", false, ""},
+		{"no upstream", Spec{}, "ok.test:80", false, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			w := newProxyWorld(t, tt.spec)
@@ -152,6 +159,22 @@ func TestProxyPolicy(t *testing.T) {
 			}
 			if !tt.ok && len(w.dialed) != 0 {
 				t.Errorf("refused, yet dialed %v", w.dialed)
+			}
+			if tt.ok {
+				want := tt.dial
+				if want == "" {
+					want = tt.target
+					if h, p, err := net.SplitHostPort(tt.target); err == nil {
+						if a, err := netip.ParseAddr(h); err == nil {
+							want = net.JoinHostPort(a.String(), p)
+						} else {
+							want = "" // a name: its zone's address
+						}
+					}
+				}
+				if len(w.dialed) != 1 || (want != "" && w.dialed[0].String() != want) {
+					t.Errorf("dialed %v, want %s", w.dialed, want)
+				}
 			}
 		})
 	}
@@ -224,5 +247,85 @@ func TestProxyConnectionBound(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if out := w.ask("CONNECT 198.51.100.4:80 HTTP/1.1\r\n\r\nhi\n"); !strings.Contains(out, `banner got "hi"`) {
 		t.Errorf("after the burst: %q", out)
+	}
+}
+
+// TestProxyLookup: the proxy asks its upstream alone, for the name as
+// given (no search domains, no /etc/hosts), follows the CNAME chain from
+// it and ignores records for other names, as the TAP resolver does.
+func TestProxyLookup(t *testing.T) {
+	up := newFakeUpstream(t, map[string][]fakeRecord{
+		"ok.test":      {{name: "ok.test", a: "198.51.100.3", ttl: 60}},
+		"alias.test":   {{name: "alias.test", cname: "ok.test", ttl: 60}, {name: "ok.test", a: "198.51.100.3", ttl: 60}},
+		"stuffed.test": {{name: "stuffed.test", a: "198.51.100.3", ttl: 60}, {name: "other.test", a: "198.51.100.4", ttl: 60}},
+		"v6only.test":  {},
+	})
+	for _, tt := range []struct {
+		name, want, err string
+	}{
+		{"ok.test", "[198.51.100.3]", ""},
+		{"alias.test", "[198.51.100.3]", ""},
+		{"stuffed.test", "[198.51.100.3]", ""},
+		{"missing.test", "", "no such name"},
+		{"v6only.test", "", "no IPv4 address"},
+	} {
+		addrs, err := lookupA(context.Background(), up.addr, tt.name)
+		if tt.err != "" {
+			if err == nil || err.Error() != tt.err {
+				t.Errorf("%s: %v, %v; want error %q", tt.name, addrs, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || fmt.Sprint(addrs) != tt.want {
+			t.Errorf("%s: %v, %v; want %s", tt.name, addrs, err, tt.want)
+		}
+	}
+	if _, err := lookupA(context.Background(), netip.MustParseAddrPort("127.0.0.1:1"), "ok.test"); err == nil || strings.Contains(err.Error(), "127.0.0.1") {
+		t.Errorf("no upstream: %v, want an error that names no host address", err)
+	}
+}
+
+// TestProxyPeer: the proxy's socket serves QEMU's user and root only,
+// whoever else shares its group.
+func TestProxyPeer(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: connects as another user")
+	}
+	socat, err := exec.LookPath("socat")
+	if err != nil {
+		t.Skip("socat is not installed (scripts/deps.sh installs it)")
+	}
+	dir := t.TempDir()
+	os.Chmod(filepath.Dir(dir), 0o755) // t.TempDir makes both 0700
+	os.Chmod(dir, 0o755)
+	sock := filepath.Join(dir, "s")
+	ln, err := ListenProxy(sock, 65534, 4242) // group nogroup, peer uid 4242
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	served := make(chan struct{}, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "served\n")
+			c.Close()
+			served <- struct{}{}
+		}
+	}()
+	as := func(uid string) string {
+		cmd := exec.Command("setpriv", "--reuid="+uid, "--regid=65534", "--clear-groups", socat, "-t", "1", "STDIO", "UNIX-CONNECT:"+sock)
+		cmd.Stdin = strings.NewReader("")
+		out, _ := cmd.CombinedOutput()
+		return string(out)
+	}
+	if out := as("65534"); strings.Contains(out, "served") {
+		t.Errorf("a user of the socket's group, not its peer, was served: %q", out)
+	}
+	if out := as("4242"); !strings.Contains(out, "served") {
+		t.Errorf("the peer was not served: %q", out)
 	}
 }

@@ -58,17 +58,35 @@ func RemoveProxySocket(vmDir, tag string) {
 }
 
 // RelayArgv is the command QEMU runs, as uid/gid (nil = this process's
-// user), for each guest connection to the proxy: smolvmExe's relay if
-// that user may run it, else socat's, else none (an error saying why).
+// user), for each guest connection to the proxy: smolvmExe's relay or
+// socat, whichever that user may run, else none (an error saying why).
 func RelayArgv(smolvmExe, socket string, uid, gid *int) ([]string, error) {
-	if smolvmExe != "" && runnableBy(smolvmExe, uid, gid) {
-		return []string{smolvmExe, RelayCommand, socket}, nil
+	own := func() ([]string, bool) {
+		if smolvmExe != "" && runnableBy(smolvmExe, uid, gid) {
+			return []string{smolvmExe, RelayCommand, socket}, true
+		}
+		return nil, false
 	}
-	if p, err := exec.LookPath("socat"); err == nil && runnableBy(p, uid, gid) {
-		// -t: after one side ends, how long the other may still send
-		// (short: a guest must not keep relays it was refused alive).
-		// -lf: its messages would go to the guest (its stderr).
-		return []string{p, "-lf", os.DevNull, "-t", "2", "STDIO", "UNIX-CONNECT:" + socket}, nil
+	socat := func() ([]string, bool) {
+		if p, err := exec.LookPath("socat"); err == nil && runnableBy(p, uid, gid) {
+			// -lf: its messages would reach the guest (its stderr). -t:
+			// after one side ends, how long the other may still send
+			// (a half-closed client waiting for its answer).
+			return []string{p, "-lf", os.DevNull, "-t", "30", "STDIO", "UNIX-CONNECT:" + socket}, true
+		}
+		return nil, false
+	}
+	// For a user of QEMU's own (its processes bounded, threads included)
+	// socat first: one thread per relay where Go's runtime has several.
+	first, second := own, socat
+	if uid != nil {
+		first, second = socat, own
+	}
+	if argv, ok := first(); ok {
+		return argv, nil
+	}
+	if argv, ok := second(); ok {
+		return argv, nil
 	}
 	who := "this user"
 	if uid != nil {

@@ -453,6 +453,17 @@ func (r *Resolver) answer(ctx context.Context, query []byte, size int) []byte {
 // UDP, and over TCP when the UDP answer was truncated; it returns the
 // upstream's answer, checked to answer q.
 func (r *Resolver) forward(ctx context.Context, q dnsmessage.Question) ([]byte, error) {
+	upAddr := *r.upstream.Load()
+	if !upAddr.IsValid() {
+		return nil, errors.New("no upstream resolver configured")
+	}
+	return askUpstream(ctx, upAddr, q)
+}
+
+// askUpstream sends q to upstream (a fresh id, recursion desired) over
+// UDP, and over TCP when the UDP answer was truncated; it returns the
+// answer, checked to answer q.
+func askUpstream(ctx context.Context, upAddr netip.AddrPort, q dnsmessage.Question) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, upstreamTimeout)
 	defer cancel()
 	var idb [2]byte
@@ -471,10 +482,6 @@ func (r *Resolver) forward(ctx context.Context, q dnsmessage.Question) ([]byte, 
 		return nil, err
 	}
 	var d net.Dialer
-	upAddr := *r.upstream.Load()
-	if !upAddr.IsValid() {
-		return nil, errors.New("no upstream resolver configured")
-	}
 	up := upAddr.String()
 	resp, err := exchangeUDP(ctx, &d, up, msg, id, q)
 	if errors.Is(err, errTruncated) {

@@ -41,6 +41,9 @@ type Spec struct {
 	// Group, in a proxy spec (ProxySpecFile), is the group of QEMU's
 	// user, whose relays connect to the socket Listen names.
 	Group int `json:"group,omitempty"`
+	// Peer, in a proxy spec, is QEMU's uid: only its relays (and root)
+	// are served.
+	Peer int `json:"peer,omitempty"`
 }
 
 // Compile checks a policy and returns the rules a resolver enforces.

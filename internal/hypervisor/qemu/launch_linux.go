@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -58,7 +59,7 @@ func (q *QEMU) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.Proc
 	if spec.CgroupDir != nil {
 		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(spec.CgroupDir.Fd())
 	}
-	if err := cmd.Start(); err != nil {
+	if err := startBounded(cmd, spec.RunAs); err != nil {
 		return proc, fmt.Errorf("qemu: %w", err)
 	}
 	// Reap it if it exits while this process lives; once this process is
@@ -68,15 +69,6 @@ func (q *QEMU) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.Proc
 	h.close() // QEMU holds its copies; ours would keep a dead QEMU's socket open
 	proc.PID = cmd.Process.Pid
 	proc.Start, _ = hypervisor.StartTime(proc.PID)
-	if spec.RunAs != nil && spec.RunAs.Own {
-		// A user-mode guest's connections to a guestfwd address each
-		// start a relay process as QEMU's user, which as root is this
-		// VM's own: bound them (QEMU's threads count too), so a guest
-		// opening connections by the thousand cannot fill the host with
-		// processes; a connection over the bound is refused.
-		lim := unix.Rlimit{Cur: maxVMProcs, Max: maxVMProcs}
-		unix.Prlimit(proc.PID, unix.RLIMIT_NPROC, &lim, nil)
-	}
 
 	// v1: QEMU is still setting the machine up (QMP is not served yet),
 	// so no guest instruction has run outside the group.
@@ -93,6 +85,41 @@ func (q *QEMU) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.Proc
 		return hypervisor.Process{}, fmt.Errorf("qemu: %w%s", err, logTail(spec.ProcessLog))
 	}
 	return proc, nil
+}
+
+// nprocMu serialises startBounded: the limit it sets is the whole
+// process's for a moment, and a concurrent start must not restore it
+// before its own child took it.
+var nprocMu sync.Mutex
+
+// startBounded starts cmd; for a user of the VM's own (c.Own) with its
+// RLIMIT_NPROC soft limit at maxVMProcs. A user-mode guest's connections
+// to a guestfwd address each start a relay process as QEMU's user: the
+// bound (QEMU's threads count too) keeps a guest opening connections by
+// the thousand from filling the host with processes; a connection over
+// it is refused, and only that VM suffers. The child inherits the limit
+// at fork (setting it on another user's process afterwards would need
+// CAP_SYS_RESOURCE, which a container's root may lack). Only the soft
+// limit: this process could not raise its own hard limit back. QEMU
+// never raises it; code that escaped into QEMU could, as it could spend
+// the host's resources in other ways (docs/security.md).
+func startBounded(cmd *exec.Cmd, c *hypervisor.Credential) error {
+	if c == nil || !c.Own {
+		return cmd.Start()
+	}
+	nprocMu.Lock()
+	defer nprocMu.Unlock()
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NPROC, &old); err != nil {
+		return fmt.Errorf("RLIMIT_NPROC: %w", err)
+	}
+	lim := unix.Rlimit{Cur: min(maxVMProcs, old.Cur), Max: old.Max}
+	if err := unix.Setrlimit(unix.RLIMIT_NPROC, &lim); err != nil {
+		return fmt.Errorf("RLIMIT_NPROC: %w", err)
+	}
+	err := cmd.Start()
+	unix.Setrlimit(unix.RLIMIT_NPROC, &old) // a soft limit back under its hard one: permitted
+	return err
 }
 
 // joinCgroup writes pid to each cgroup.procs file.
