@@ -306,38 +306,38 @@ func egressSpec(cfg VMConfig) (egress.Spec, error) {
 // connection to the proxy's address. The proxy is there whatever the
 // policy (it refuses what the policy does not allow), so a policy set
 // later applies without a restart.
-func (v *VM) prepareProxy(ctx context.Context, tag string, runAs *hypervisor.Credential, cfg VMConfig) (hypervisor.GuestForward, error) {
-	var fwd hypervisor.GuestForward
+func (v *VM) prepareProxy(ctx context.Context, tag string, runAs *hypervisor.Credential, cfg VMConfig) (_ hypervisor.GuestForward, err error) {
 	exe, err := v.keeperExe(ctx) // the keeper serves the proxy
 	if err != nil {
-		return fwd, err
-	}
-	var uid, gid *int
-	if runAs != nil {
-		u, g := int(runAs.UID), int(runAs.GID)
-		uid, gid = &u, &g
-	}
-	sock, err := egress.ProxySocket(v.paths.dir, tag, gid)
-	if err != nil {
-		return fwd, err
-	}
-	argv, err := egress.RelayArgv(exe, sock, uid, gid)
-	if err != nil {
-		egress.RemoveProxySocket(v.paths.dir, tag)
-		return fwd, err
+		return hypervisor.GuestForward{}, err
 	}
 	spec, err := egressSpec(cfg)
 	if err != nil {
-		egress.RemoveProxySocket(v.paths.dir, tag)
-		return fwd, err
+		return hypervisor.GuestForward{}, err
 	}
-	spec.Listen, spec.Tag, spec.Peer = sock, tag, os.Getuid()
-	if gid != nil {
-		spec.Group, spec.Peer = *gid, *uid
+	var uid, gid *int
+	spec.Peer = os.Getuid()
+	if runAs != nil {
+		u, g := int(runAs.UID), int(runAs.GID)
+		uid, gid = &u, &g
+		spec.Group, spec.Peer = g, u
 	}
+	sock, err := egress.ProxySocket(v.paths.dir, tag, gid)
+	if err != nil {
+		return hypervisor.GuestForward{}, err
+	}
+	defer func() {
+		if err != nil {
+			egress.RemoveProxySocket(v.paths.dir, tag)
+		}
+	}()
+	argv, err := egress.RelayArgv(exe, sock, uid, gid)
+	if err != nil {
+		return hypervisor.GuestForward{}, err
+	}
+	spec.Listen, spec.Tag = sock, tag
 	if err := egress.WriteSpec(filepath.Join(v.paths.dir, egress.ProxySpecFile), spec); err != nil {
-		egress.RemoveProxySocket(v.paths.dir, tag)
-		return fwd, err
+		return hypervisor.GuestForward{}, err
 	}
 	return hypervisor.GuestForward{Addr: egress.ProxyGuestAddr.String(), Argv: argv}, nil
 }

@@ -30,9 +30,23 @@ func (v *VM) keeperExe(ctx context.Context) (string, error) {
 	if p := os.Getenv(KeeperEnv); p != "" {
 		return p, nil
 	}
-	return agentbin.ProvisionKeeper(ctx, agentbin.Options{
+	// Once per handle: a start asks twice (its egress proxy's relay, its
+	// keeper), and finding a built one hashes the module's source.
+	v.mu.Lock()
+	found := v.keeper
+	v.mu.Unlock()
+	if found != "" {
+		return found, nil
+	}
+	p, err := agentbin.ProvisionKeeper(ctx, agentbin.Options{
 		CacheDir: agentbin.DefaultCacheDir(v.s.home), Progress: v.s.progress, Logger: v.s.logger,
 	})
+	if err == nil {
+		v.mu.Lock()
+		v.keeper = p
+		v.mu.Unlock()
+	}
+	return p, err
 }
 
 // ensureKeeper starts the VM's keeper if the VM runs and none keeps it:

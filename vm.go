@@ -148,6 +148,7 @@ type VM struct {
 	client *guest.Client
 
 	lastCPU cpuSample // the previous Metrics' CPU reading; guarded by mu
+	keeper  string    // the keeper binary once found (keeperExe); guarded by mu
 
 	closeOnce   sync.Once
 	deleted     bool // the VM is gone (see row); guarded by mu

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -134,12 +135,10 @@ func runExecProc(ctx context.Context, g *globalOptions, o execOptions, id string
 		}
 		// A background process's env lives only in the agent's memory
 		// (ProcessInfo never shows it), so secrets join it there.
-		for k, v := range secrets {
-			if env == nil {
-				env = map[string]string{}
-			}
-			env[k] = v
+		if env == nil && len(secrets) > 0 {
+			env = map[string]string{}
 		}
+		maps.Copy(env, secrets)
 		spec := smolvm.ProcessSpec{Dir: o.cwd, User: o.user, Env: env}
 		if o.argv {
 			spec.Args = words

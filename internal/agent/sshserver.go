@@ -95,9 +95,9 @@ type Server struct {
 	homeDir string
 	env     *envStore
 	secrets secretStore // start secrets, in memory only
-	// bootEnv is what the host set at boot for every command (the
-	// user-mode egress proxy); stored variables override it. Set before
-	// the server serves.
+	// bootEnv is what the host sets for every command (the user-mode
+	// egress proxy), at boot and at a clone's new identity; stored
+	// variables override it.
 	bootEnv  atomic.Pointer[map[string]string]
 	poweroff func()
 	reaper   *Reaper

@@ -71,34 +71,20 @@ type Proxy struct {
 	once     sync.Once
 	limit    *rate.Limiter
 	inflight chan struct{}
-	mu       sync.Mutex
-	warned   map[string]time.Time
+	warnings onceAMinute
 }
 
 func (p *Proxy) init() {
 	p.once.Do(func() {
 		p.limit = rate.NewLimiter(proxyRate, proxyBurst)
 		p.inflight = make(chan struct{}, maxProxyConns)
-		p.warned = map[string]time.Time{}
 		if p.Logger == nil {
 			p.Logger = slog.New(slog.DiscardHandler)
 		}
 	})
 }
 
-// warn logs at most once a minute per message, so a hostile guest cannot
-// fill the log.
-func (p *Proxy) warn(msg string, args ...any) {
-	p.mu.Lock()
-	last, ok := p.warned[msg]
-	if ok && time.Since(last) < time.Minute {
-		p.mu.Unlock()
-		return
-	}
-	p.warned[msg] = time.Now()
-	p.mu.Unlock()
-	p.Logger.Warn(msg, args...)
-}
+func (p *Proxy) warn(msg string, args ...any) { p.warnings.warn(p.Logger, msg, args...) }
 
 // Serve accepts connections on ln until ctx ends.
 func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {

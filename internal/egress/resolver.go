@@ -115,9 +115,9 @@ type Resolver struct {
 	inflight    chan struct{}
 	log         *slog.Logger
 
-	mu     sync.Mutex
-	warned map[string]time.Time // last warning of each kind; guarded by mu
-	stats  Stats                // guarded by mu
+	warnings onceAMinute
+	mu       sync.Mutex
+	stats    Stats // guarded by mu
 }
 
 // Stats counts what a Resolver did.
@@ -272,19 +272,27 @@ func (r *Resolver) serveUDP(ctx context.Context, pc net.PacketConn) error {
 	}
 }
 
-// warn logs msg at most once a minute: a guest must not be able to fill
-// the keeper's log.
-func (r *Resolver) warn(msg string, args ...any) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if time.Since(r.warned[msg]) < time.Minute {
+func (r *Resolver) warn(msg string, args ...any) { r.warnings.warn(r.log, msg, args...) }
+
+// onceAMinute logs each warning at most once a minute: what the guest
+// provokes must not be able to fill the keeper's log.
+type onceAMinute struct {
+	mu   sync.Mutex
+	last map[string]time.Time // of each message
+}
+
+func (o *onceAMinute) warn(log *slog.Logger, msg string, args ...any) {
+	o.mu.Lock()
+	if time.Since(o.last[msg]) < time.Minute {
+		o.mu.Unlock()
 		return
 	}
-	if r.warned == nil {
-		r.warned = map[string]time.Time{}
+	if o.last == nil {
+		o.last = map[string]time.Time{}
 	}
-	r.warned[msg] = time.Now()
-	r.log.Warn(msg, args...)
+	o.last[msg] = time.Now()
+	o.mu.Unlock()
+	log.Warn(msg, args...)
 }
 
 // admit takes a token and an in-flight slot for one query, or counts it

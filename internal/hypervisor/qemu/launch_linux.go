@@ -31,10 +31,6 @@ import (
 // the QMP socket already listening, the VM's files as O_PATH descriptors.
 // An unprivileged QEMU (spec.RunAs) thus needs no access to the state
 // directory, /dev/net/tun or any other VM's files.
-// maxVMProcs bounds the processes and threads of a QEMU that runs as a
-// user of its own (RLIMIT_NPROC): its threads and its guestfwd relays.
-const maxVMProcs = 512
-
 func (q *QEMU) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.Process, error) {
 	var proc hypervisor.Process
 	h, err := q.handOver(spec)
@@ -86,6 +82,10 @@ func (q *QEMU) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.Proc
 	}
 	return proc, nil
 }
+
+// maxVMProcs bounds the processes and threads of a QEMU that runs as a
+// user of its own (RLIMIT_NPROC): its threads and its guestfwd relays.
+const maxVMProcs = 512
 
 // nprocMu serialises startBounded: the limit it sets is the whole
 // process's for a moment, and a concurrent start must not restore it
