@@ -146,6 +146,9 @@ func TestEgressProxyUserMode(t *testing.T) {
 			if !strings.Contains(out, "HTTP/1.1 4") || strings.Contains(out, "-host") {
 				t.Errorf("%s: %q, want a 4xx answer", name, out)
 			}
+			if strings.Contains(out, "socat") {
+				t.Errorf("%s: the relay's own messages reached the guest: %q", name, out)
+			}
 		}
 		reaches(t, "ok.test:8080", "ok-host") // still serving
 	})

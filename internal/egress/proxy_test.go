@@ -2,10 +2,12 @@ package egress
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -23,11 +25,31 @@ import (
 // address to a loopback server that prints its banner (nothing else runs
 // here), and records what was dialed. Lookup is a zone.
 type proxyWorld struct {
-	t      *testing.T
-	spec   Spec
-	addr   string
-	mu     sync.Mutex
-	dialed []netip.AddrPort
+	t       *testing.T
+	spec    Spec
+	addr    string
+	mu      sync.Mutex
+	dialed  []netip.AddrPort
+	specErr error        // what Spec fails with, if set
+	log     lockedBuffer // the proxy's log
+}
+
+// lockedBuffer is a log destination the proxy's goroutines share.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func newProxyWorld(t *testing.T, spec Spec) *proxyWorld {
@@ -70,7 +92,8 @@ func newProxyWorld(t *testing.T, spec Spec) *proxyWorld {
 		"mapped.test":   {netip.MustParseAddr("::ffff:127.0.0.1")},
 	}
 	p := &Proxy{
-		Spec:     func() (Spec, error) { return w.spec, nil },
+		Spec:     func() (Spec, error) { return w.spec, w.specErr },
+		Logger:   slog.New(slog.NewTextHandler(&w.log, nil)),
 		HostOrVM: func(a netip.Addr) bool { return a == netip.MustParseAddr("198.51.100.99") },
 		LAN:      func() []netip.Prefix { return []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")} },
 		Lookup: func(_ context.Context, _ netip.AddrPort, name string) ([]netip.Addr, error) {
@@ -205,6 +228,9 @@ func TestProxyRequests(t *testing.T) {
 	if strings.Contains(out, "secret") || !strings.Contains(out, `header "X-Keep: 1"`) {
 		t.Errorf("headers sent on: %q, want X-Keep and no Proxy-Authorization", out)
 	}
+	if strings.Contains(out, "User-Agent") {
+		t.Errorf("a User-Agent the client did not send went on: %q", out)
+	}
 	if !strings.Contains(out, `header "Host: ok.test"`) {
 		t.Errorf("Host sent on is not the host checked: %q", out)
 	}
@@ -327,5 +353,24 @@ func TestProxyPeer(t *testing.T) {
 	}
 	if out := as("4242"); !strings.Contains(out, "served") {
 		t.Errorf("the peer was not served: %q", out)
+	}
+}
+
+// TestProxyQuiet: what a hostile guest provokes reaches neither the log
+// without bound nor, as host details, the guest.
+func TestProxyQuiet(t *testing.T) {
+	w := newProxyWorld(t, Spec{Domains: []string{"ok.test"}})
+	name := strings.Repeat("a", 60) + "." + strings.Repeat("b", 60) + "." + strings.Repeat("c", 10<<10)
+	for range 60 {
+		if out := w.ask("CONNECT " + name + ":80 HTTP/1.1\r\n\r\n"); !strings.Contains(out, " 403 ") {
+			t.Fatalf("refusal: %q", out)
+		}
+	}
+	if log := w.log.String(); strings.Count(log, "\n") > 1 || len(log) > 2<<10 {
+		t.Errorf("60 refusals of 10 KiB names wrote %d log lines, %d bytes; want at most one short line", strings.Count(log, "\n"), len(log))
+	}
+	w.specErr = errors.New("open /root/.local/state/smolvm/vms/x/egress-proxy.json: no such file")
+	if out := w.ask("CONNECT ok.test:80 HTTP/1.1\r\n\r\n"); !strings.Contains(out, " 403 ") || strings.Contains(out, "/root") {
+		t.Errorf("no policy: %q, want a 403 that names no host path", out)
 	}
 }
